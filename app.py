@@ -1,0 +1,66 @@
+"""The gateway's application factory. Nothing happens at import time; `create_app()` does it all."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from gateway import handlers, logs, metrics, runtime, store
+from gateway.config import DEFAULTS, load_config
+
+log = logging.getLogger("gateway")
+
+
+def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
+    """Build the gateway from the environment (and `overrides`, for tests)."""
+    config = load_config(overrides=overrides)
+    logs.configure_logging()
+    app = Flask(__name__, static_folder="static", static_url_path="/static")
+    app.config.update(config)
+    app.config["MAX_CONTENT_LENGTH"] = int(config["GATEWAY_MAX_BODY"])
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    if config["GATEWAY_TRUST_PROXY"]:
+        # Behind nginx: trust exactly one proxy for client IP, scheme and host (house style 14).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
+
+    sandbox = bool(config["GATEWAY_SANDBOX"])
+    if sandbox and config["DINGTALK_API_BASE"] == DEFAULTS["DINGTALK_API_BASE"]:
+        # Sandbox mode never calls the real DingTalk: without an explicit simulator URL, run one here.
+        from sandbox.bridge import start_simulator
+
+        app.config["DINGTALK_API_BASE"] = start_simulator(app)
+
+    logs.init_app(app)
+    metrics.init_app(app)
+    store.init_app(app)
+    runtime.init_app(app)
+    handlers.init_app(app)
+
+    from channel.views import bp as channel_bp
+    from corp.cli import bp as corp_bp
+
+    app.register_blueprint(channel_bp)
+    app.register_blueprint(corp_bp)
+    if sandbox:
+        from sandbox.bridge import bp as sandbox_bp
+        from sandbox.bridge import register_demo_corp
+
+        app.register_blueprint(sandbox_bp)
+        register_demo_corp(app)
+        log.warning("GATEWAY_SANDBOX=1: demo corp registered; never run sandbox mode in production")
+
+    @app.get("/healthz")
+    def healthz() -> tuple[Response, int]:
+        ok = store.ping(store.get_store(app))
+        body = {
+            "status": "ok" if ok else "degraded",
+            "store": "ok" if ok else "unreachable",
+            "sandbox": sandbox,
+        }
+        return jsonify(body), 200 if ok else 503
+
+    return app

@@ -1,0 +1,1 @@
+"""The service window: channel token and ticket, dd.config signing, follower login, the H5 page."""

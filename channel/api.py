@@ -1,0 +1,81 @@
+"""The channel-token pipelines (token and JSAPI ticket) and the calls that need the channel token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from corp.registry import Corp
+from gateway.sealing import Sealer
+from oapi.tokens import CacheSettings, ChannelTicket, ChannelToken, CredentialCache, with_token
+from oapi.upstream import Upstream
+
+
+@dataclass(frozen=True)
+class Follower:
+    """Who a follower's auth code belongs to."""
+
+    openid: str
+    unionid: str
+
+
+class ChannelClient:
+    """Calls made with corpid + channelSecret."""
+
+    def __init__(
+        self, corp: Corp, upstream: Upstream, store: redis.Redis, sealer: Sealer, settings: CacheSettings
+    ) -> None:
+        self.corp = corp
+        self._upstream = upstream
+        self.token: CredentialCache[ChannelToken] = CredentialCache(
+            store,
+            sealer,
+            corpid=corp.corpid,
+            pipeline="channel:token",
+            kind=ChannelToken,
+            fetch=self._fetch_token,
+            settings=settings,
+        )
+        self.ticket: CredentialCache[ChannelTicket] = CredentialCache(
+            store,
+            sealer,
+            corpid=corp.corpid,
+            pipeline="channel:ticket",
+            kind=ChannelTicket,
+            fetch=self._fetch_ticket,
+            settings=settings,
+        )
+
+    def _fetch_token(self) -> tuple[str, int | None]:
+        body = self._upstream.call(
+            "channel/get_channel_token",
+            {"corpid": self.corp.corpid, "channel_secret": self.corp.channel_secret},
+            corpid=self.corp.corpid,
+            token_fetch=True,
+        )
+        return str(body["access_token"]), body.get("expires_in")
+
+    def _fetch_ticket(self) -> tuple[str, int | None]:
+        def call(token: ChannelToken) -> dict:
+            return self._upstream.call(
+                "channel/get_channel_jsapi_ticket", {"access_token": token.value}, corpid=self.corp.corpid
+            )
+
+        body = with_token(self.token, call)
+        return str(body["ticket"]), body.get("expires_in")
+
+    def follower_for_code(self, code: str) -> Follower:
+        """Exchange a follower's single-use auth code for openid and unionid."""
+
+        def call(token: ChannelToken) -> dict:
+            # Not idempotent: a read timeout must not resend a code DingTalk may already have spent.
+            return self._upstream.call(
+                "channel/user/get_by_code",
+                {"access_token": token.value, "code": code},
+                corpid=self.corp.corpid,
+                idempotent=False,
+            )
+
+        body = with_token(self.token, call)
+        return Follower(openid=str(body.get("openid", "")), unionid=str(body.get("unionid", "")))

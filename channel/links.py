@@ -1,0 +1,61 @@
+"""Cache of unionid -> userid links, so a returning follower costs one upstream call, not two.
+
+`link:<unionid>` holds the link; `link-by-user:<userid>` points back, so a callback that names userids
+(user_leave_org, user_modify_org) can drop exactly the affected links.
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from corp.api import UserLink
+from gateway.store import corp_key
+
+# An unlinked follower may be hired any day: recheck sooner than a linked one.
+UNLINKED_TTL_CAP = 600
+
+
+class LinkCache:
+    """Per-corp link cache in the store."""
+
+    def __init__(self, store: redis.Redis, corpid: str, ttl: int) -> None:
+        self._store = store
+        self._corpid = corpid
+        self._ttl = max(1, int(ttl))
+
+    def _key(self, unionid: str) -> str:
+        return corp_key(self._corpid, "link", unionid)
+
+    def _user_key(self, userid: str) -> str:
+        return corp_key(self._corpid, "link-by-user", userid)
+
+    def get(self, unionid: str) -> UserLink | None:
+        raw = self._store.get(self._key(unionid))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return UserLink(data.get("userid"), data.get("contact_type"))
+
+    def put(self, unionid: str, link: UserLink) -> None:
+        ttl = self._ttl if link.linked else min(self._ttl, UNLINKED_TTL_CAP)
+        pipe = self._store.pipeline(transaction=True)
+        pipe.set(
+            self._key(unionid), json.dumps({"userid": link.userid, "contact_type": link.contact_type}), ex=ttl
+        )
+        if link.userid:
+            pipe.sadd(self._user_key(link.userid), unionid)
+            pipe.expire(self._user_key(link.userid), ttl)
+        pipe.execute()
+
+    def drop_users(self, userids: list[str]) -> int:
+        """Forget the links of these userids; return how many links were dropped."""
+        dropped = 0
+        for userid in userids:
+            unionids = self._store.smembers(self._user_key(userid))
+            keys = [self._key(u) for u in unionids]
+            if keys:
+                dropped += int(self._store.delete(*keys))
+            self._store.delete(self._user_key(userid))
+        return dropped

@@ -1,0 +1,37 @@
+"""Request schemas of the channel API (marshmallow): field-level messages for `invalid_request`."""
+
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, fields, validate
+
+CORPID = validate.Regexp(r"^[A-Za-z0-9_.\-]{1,64}$", error="must be 1-64 of A-Z a-z 0-9 _ . -")
+
+
+class ConfigQuery(Schema):
+    class Meta:
+        unknown = RAISE
+
+    corpid = fields.String(required=True, validate=CORPID)
+    agentid = fields.String(
+        required=True, validate=validate.Regexp(r"^[0-9]{1,20}$", error="must be a number")
+    )
+    url = fields.String(load_default=None, validate=validate.Length(min=1, max=4096))
+
+
+class LoginBody(Schema):
+    class Meta:
+        unknown = RAISE
+
+    corpid = fields.String(required=True, validate=CORPID)
+    code = fields.String(required=True, validate=validate.Length(min=1, max=256))
+
+
+class ConfigErrorBody(Schema):
+    class Meta:
+        unknown = RAISE
+
+    corpid = fields.String(required=True, validate=CORPID)
+    agentid = fields.String(load_default=None, validate=validate.Length(max=20))
+    url = fields.String(load_default=None, validate=validate.Length(max=4096))
+    errorCode = fields.Integer(required=True, strict=False)  # noqa: N815 - the page's dd.error field name
+    errorMessage = fields.String(load_default="", validate=validate.Length(max=1000))  # noqa: N815

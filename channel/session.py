@@ -1,0 +1,54 @@
+"""The session token handed to the page: an HS256 JWT the enterprise's system verifies with any JWT library.
+
+Key: HMAC-SHA256(GATEWAY_SECRET_KEY, "dtgw session-jwt v1"), so the existing system can derive it in two
+lines without ever seeing the other keys derived from the same secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import jwt
+
+ISSUER = "dingtalk-channel-gateway"
+ALGORITHM = "HS256"
+
+
+def session_key(secret_key: str) -> bytes:
+    """The JWT key derived from GATEWAY_SECRET_KEY."""
+    return hmac.new(secret_key.encode(), b"dtgw session-jwt v1", hashlib.sha256).digest()
+
+
+def issue_token(
+    key: bytes,
+    *,
+    corpid: str,
+    openid: str,
+    unionid: str,
+    userid: str | None,
+    ttl: int,
+    now: float | None = None,
+) -> str:
+    """Sign a session token; `sub` is the userid when linked, else `unionid:<unionid>`."""
+    iat = int(now if now is not None else time.time())
+    claims: dict[str, Any] = {
+        "iss": ISSUER,
+        "sub": userid if userid else f"unionid:{unionid}",
+        "corpid": corpid,
+        "unionid": unionid,
+        "openid": openid,
+        "userid": userid,
+        "iat": iat,
+        "exp": iat + int(ttl),
+    }
+    return jwt.encode(claims, key, algorithm=ALGORITHM)
+
+
+def verify_token(key: bytes, token: str) -> dict[str, Any]:
+    """Decode and check a session token (raises jwt.InvalidTokenError)."""
+    return jwt.decode(
+        token, key, algorithms=[ALGORITHM], issuer=ISSUER, options={"require": ["exp", "iat", "sub"]}
+    )

@@ -1,0 +1,45 @@
+"""The dd.config signature (dingtalk-oapi.md §4): URL normalisation, nonce, timestamp, digest. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+import time
+from urllib.parse import unquote_plus
+
+HASHES = {"sha1": hashlib.sha1, "sha256": hashlib.sha256}
+_NONCE_ALPHABET = string.ascii_letters + string.digits
+
+
+def normalize_url(url: str) -> str:
+    """The URL as DingTalk's server sample signs it.
+
+    Scheme lower-cased; authority and path untouched (an explicit :80 stays, case stays); fragment dropped;
+    only the query percent-decoded, with form rules (`+` is a space), because iOS passes it encoded and
+    Android raw.
+    """
+    url = url.split("#", 1)[0]
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        url = scheme.lower() + sep + rest
+    base, qmark, query = url.partition("?")
+    if not qmark:
+        return base
+    return base + "?" + unquote_plus(query)
+
+
+def sign(ticket: str, nonce: str, timestamp: str, url: str, algorithm: str = "sha1") -> str:
+    """Lower-case hex digest of `jsapi_ticket=…&noncestr=…&timestamp=…&url=…` (url already normalised)."""
+    plain = f"jsapi_ticket={ticket}&noncestr={nonce}&timestamp={timestamp}&url={url}"
+    return HASHES[algorithm](plain.encode("utf-8")).hexdigest()
+
+
+def new_nonce(length: int = 16) -> str:
+    """A fresh random nonce for every config (the old demos' constant nonce is a replay gift)."""
+    return "".join(secrets.choice(_NONCE_ALPHABET) for _ in range(length))
+
+
+def timestamp_ms() -> str:
+    """Now, in milliseconds, as the string dd.config takes."""
+    return str(int(time.time() * 1000))

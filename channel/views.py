@@ -1,0 +1,126 @@
+"""The channel blueprint: thin views over channel.config and channel.login, plus CORS for corp origins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, render_template, request
+from marshmallow import Schema, ValidationError
+
+from channel.config import report_config_error, signed_config
+from channel.login import login
+from channel.schemas import ConfigErrorBody, ConfigQuery, LoginBody
+from gateway.errors import InvalidRequest, UnknownCorp
+from gateway.runtime import get_runtime
+
+bp = Blueprint("channel", __name__, url_prefix="/channel")
+
+
+def load(schema: Schema, data: Any) -> dict[str, Any]:
+    """Validate with marshmallow; field errors become one `invalid_request` message."""
+    try:
+        return schema.load(data)
+    except ValidationError as e:
+        detail = "; ".join(
+            f"{field}: {' '.join(m if isinstance(m, str) else str(m) for m in msgs)}"
+            if isinstance(msgs, list)
+            else f"{field}: {msgs}"
+            for field, msgs in e.normalized_messages().items()
+        )
+        raise InvalidRequest(f"Invalid request: {detail}") from None
+
+
+def json_body() -> Any:
+    """The request's JSON body, or `invalid_request` saying what is wrong with it."""
+    if not request.is_json:
+        raise InvalidRequest(
+            "The body must be JSON", hint="Send Content-Type: application/json with a JSON object body."
+        )
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise InvalidRequest("The body is not a JSON object", hint='Send a JSON object, e.g. {"corpid": …}.')
+    return data
+
+
+def _allow_origin(response: Response, corpid: str | None) -> Response:
+    """Echo the Origin only when it is one of this corp's registered origins."""
+    origin = request.headers.get("Origin")
+    response.vary.add("Origin")
+    if not origin or not corpid:
+        return response
+    try:
+        corp = get_runtime().corp(corpid)
+    except (UnknownCorp, ValueError):
+        return response
+    if corp.allows(origin):
+        response.headers["Access-Control-Allow-Origin"] = origin
+    return response
+
+
+@bp.after_request
+def cors(response: Response) -> Response:
+    corpid = request.args.get("corpid") or (g.get("dtgw_corpid"))
+    return _allow_origin(response, corpid)
+
+
+@bp.route("/config", methods=["OPTIONS"])
+@bp.route("/login", methods=["OPTIONS"])
+@bp.route("/config/error", methods=["OPTIONS"])
+def preflight() -> Response:
+    """Answer CORS preflights for any origin some corp registered (the body names the corp later)."""
+    response = Response(status=204)
+    origin = request.headers.get("Origin")
+    rt = get_runtime()
+    if origin and any(rt.corp(c).allows(origin) for c in rt.registry.corpids()):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+        response.headers["Access-Control-Max-Age"] = "600"
+    response.vary.add("Origin")
+    return response
+
+
+@bp.get("/config")
+def config() -> Response:
+    args = load(ConfigQuery(), request.args.to_dict())
+    url = args["url"] or request.headers.get("Referer")
+    if not url:
+        raise InvalidRequest(
+            "url: missing, and no Referer header", hint="Pass url=location.href (without the #fragment)."
+        )
+    return jsonify(signed_config(get_runtime(), args["corpid"], args["agentid"], url))
+
+
+@bp.post("/login")
+def login_view() -> Response:
+    body = load(LoginBody(), json_body())
+    g.dtgw_corpid = body["corpid"]
+    return jsonify(login(get_runtime(), body["corpid"], body["code"], request_id=g.request_id))
+
+
+@bp.post("/config/error")
+def config_error() -> tuple[Response, int]:
+    body = load(ConfigErrorBody(), json_body())
+    g.dtgw_corpid = body["corpid"]
+    result = report_config_error(
+        get_runtime(),
+        corpid=body["corpid"],
+        agentid=body["agentid"],
+        url=body["url"],
+        error_code=body["errorCode"],
+        error_message=body["errorMessage"],
+        request_id=g.request_id,
+    )
+    return jsonify(result), 202
+
+
+@bp.get("/login")
+def page() -> str:
+    """The H5 page that runs the follower flow inside DingTalk (and in a plain browser in sandbox mode)."""
+    rt = get_runtime()
+    return render_template(
+        "channel_login.html",
+        corpid=request.args.get("corpid", ""),
+        agentid=request.args.get("agentid", ""),
+        sandbox=bool(rt.config.get("GATEWAY_SANDBOX")),
+    )

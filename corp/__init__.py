@@ -1,0 +1,1 @@
+"""The corp: registry and `flask corp` CLI, the corp-token pipeline, unionid -> userid."""

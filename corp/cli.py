@@ -1,0 +1,146 @@
+"""`flask corp …`: register, list, remove and self-test corps. Secrets are sealed; nothing prints them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from flask import Blueprint
+from marshmallow import ValidationError
+
+from corp.check import check_corp
+from corp.registry import Corp
+from corp.schemas import CorpRegistrationSchema, first_error, parse_origin
+from gateway.errors import GatewayError
+from gateway.runtime import get_runtime
+
+bp = Blueprint("corp", __name__, cli_group="corp")
+
+
+def fail(message: str) -> None:
+    """Print one line to stderr and exit non-zero."""
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(2)
+
+
+@bp.cli.command("add")
+@click.argument("corpid")
+@click.option("--corp-secret", help="The app's corpSecret (for the corp token).")
+@click.option("--channel-secret", help="The service window's channelSecret (for the channel token).")
+@click.option("--agent-id", help="The agentid the page passes to dd.config.")
+@click.option("--origin", "origins", multiple=True, help="scheme://host[:port] of the H5 pages (repeatable).")
+@click.option(
+    "--sign-hash",
+    type=click.Choice(["sha1", "sha256"]),
+    default="sha1",
+    show_default=True,
+    help="Hash of the dd.config signature.",
+)
+@click.option("--callback-token", help="The callback token (push receiver).")
+@click.option("--aes-key", help="The callback EncodingAESKey (43 characters).")
+@click.option(
+    "--callback-key", help="Receiver key of pushes: corpId (default), appKey, suiteKey or customKey."
+)
+@click.option("--landing-url", help="Where the page sends a signed-in follower (token in the #fragment).")
+def add(
+    corpid: str,
+    corp_secret: str | None,
+    channel_secret: str | None,
+    agent_id: str | None,
+    origins: tuple[str, ...],
+    sign_hash: str,
+    callback_token: str | None,
+    aes_key: str | None,
+    callback_key: str | None,
+    landing_url: str | None,
+) -> None:
+    """Register a corp (or replace its registration). Secrets are stored sealed."""
+    raw = {
+        "corpid": corpid,
+        "corp_secret": corp_secret,
+        "channel_secret": channel_secret,
+        "agent_id": agent_id,
+        "origins": list(origins),
+        "sign_hash": sign_hash,
+        "callback_token": callback_token,
+        "aes_key": aes_key,
+        "callback_key": callback_key,
+        "landing_url": landing_url,
+    }
+    for name in ("corp_secret", "channel_secret", "agent_id"):
+        if not raw[name]:
+            fail(f"--{name.replace('_', '-')} is required")
+    if not origins:
+        fail("at least one --origin is required (scheme://host[:port] of the pages to sign)")
+    try:
+        data = CorpRegistrationSchema().load(raw)
+    except ValidationError as e:
+        fail(first_error(e))
+        return
+    if bool(data["callback_token"]) != bool(data["aes_key"]):
+        fail("--callback-token and --aes-key go together")
+    if data["callback_key"] and not data["callback_token"]:
+        fail("--callback-key needs --callback-token and --aes-key")
+    corp = Corp(
+        corpid=data["corpid"],
+        agent_id=data["agent_id"],
+        origins=tuple(dict.fromkeys(parse_origin(o) for o in data["origins"])),
+        sign_hash=data["sign_hash"],
+        landing_url=data["landing_url"],
+        callback_key=data["callback_key"],
+        corp_secret=data["corp_secret"],
+        channel_secret=data["channel_secret"],
+        callback_token=data["callback_token"],
+        aes_key=data["aes_key"],
+    )
+    get_runtime().registry.add(corp)
+    click.echo(f"Registered corp {corp.corpid} (agent {corp.agent_id}, origins {', '.join(corp.origins)}).")
+
+
+@bp.cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_corps(as_json: bool) -> None:
+    """List registered corps (never prints secrets)."""
+    rt = get_runtime()
+    corps: list[dict[str, Any]] = [rt.registry.get(c).public() for c in rt.registry.corpids()]
+    if as_json:
+        click.echo(json.dumps(corps, ensure_ascii=False, indent=2))
+        return
+    if not corps:
+        click.echo("No corps registered. Add one with `flask corp add CORPID …`.")
+    for c in corps:
+        callback = "callback on" if c["callback"] else "no callback"
+        click.echo(
+            f"{c['corpid']}  agent={c['agent_id']}  hash={c['sign_hash']}  {callback}  "
+            f"origins={','.join(c['origins'])}"
+        )  # type: ignore[arg-type]
+
+
+@bp.cli.command("remove")
+@click.argument("corpid")
+def remove(corpid: str) -> None:
+    """Forget a corp and everything cached for it."""
+    if not get_runtime().registry.remove(corpid):
+        fail(f"corp {corpid} is not registered")
+    click.echo(f"Removed corp {corpid}.")
+
+
+@bp.cli.command("check")
+@click.argument("corpid")
+def check(corpid: str) -> None:
+    """Live self-test of both credentials, with hints for what to fix."""
+    rt = get_runtime()
+    try:
+        corp = rt.registry.get(corpid)
+    except GatewayError as e:
+        fail(e.message)
+        return
+    results = check_corp(rt.upstream, corp)
+    for r in results:
+        mark = "ok  " if r.ok else "FAIL"
+        detail = f"token fp={r.fingerprint}" if r.ok else f"errcode={r.errcode}: {r.diagnosis}"
+        click.echo(f"{mark} {r.pipeline:<7} {detail}")
+    if not all(r.ok for r in results):
+        sys.exit(1)

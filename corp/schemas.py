@@ -1,0 +1,84 @@
+"""Validation of a corp's registration (used by the CLI; the same rules for any future admin API)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from marshmallow import Schema, ValidationError, fields, validate, validates
+
+CORPID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+AES_KEY_RE = re.compile(r"^[A-Za-z0-9]{43}$")
+
+
+def parse_origin(value: str) -> str:
+    """Return the canonical `scheme://host[:port]` form, or raise ValueError with a reason."""
+    parts = urlsplit(value.strip())
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"origin {value!r} must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError(f"origin {value!r} has no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"origin {value!r} must be scheme://host[:port] only (no path, query or user)")
+    try:
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"origin {value!r} has an invalid port") from e
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port is not None else "")
+
+
+class CorpRegistrationSchema(Schema):
+    """What `flask corp add` accepts."""
+
+    corpid = fields.String(
+        required=True, validate=validate.Regexp(CORPID_RE, error="corpid must be 1-64 of A-Z a-z 0-9 _ . -")
+    )
+    corp_secret = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    channel_secret = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    agent_id = fields.String(
+        required=True, validate=validate.Regexp(r"^[0-9]{1,20}$", error="agent id must be a number")
+    )
+    origins = fields.List(fields.String(), required=True, validate=validate.Length(min=1))
+    sign_hash = fields.String(load_default="sha1", validate=validate.OneOf(["sha1", "sha256"]))
+    callback_token = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(min=1, max=256)
+    )
+    aes_key = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Regexp(
+            AES_KEY_RE, error="aes key (EncodingAESKey) must be exactly 43 letters/digits"
+        ),
+    )
+    callback_key = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
+    landing_url = fields.String(load_default=None, allow_none=True)
+
+    @validates("origins")
+    def _origins(self, value: list[str], **_: Any) -> None:
+        for origin in value:
+            try:
+                parse_origin(origin)
+            except ValueError as e:
+                raise ValidationError(str(e)) from e
+
+    @validates("landing_url")
+    def _landing(self, value: str | None, **_: Any) -> None:
+        if value is None:
+            return
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValidationError("landing url must be an absolute http(s) URL")
+
+
+def first_error(err: ValidationError) -> str:
+    """One line out of marshmallow's nested messages, for the CLI."""
+    messages = err.normalized_messages()
+    field, problems = next(iter(messages.items()))
+    if isinstance(problems, dict):
+        problems = [m for sub in problems.values() for m in (sub if isinstance(sub, list) else [sub])]
+    text = problems[0] if isinstance(problems, list) and problems else str(problems)
+    return f"{field}: {text}"

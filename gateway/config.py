@@ -1,0 +1,71 @@
+"""Configuration from the environment, with the contract's names and defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+# Only sandbox mode may run without a secret key: its demo corp's secrets are public anyway.
+SANDBOX_SECRET_KEY = "sandbox-only-insecure-key-never-use-in-production"
+
+DEFAULTS: dict[str, Any] = {
+    "DINGTALK_API_BASE": "https://oapi.dingtalk.com",
+    "REDIS_URL": None,
+    "GATEWAY_SECRET_KEY": None,
+    "GATEWAY_SANDBOX": False,
+    "GATEWAY_ADMIN_TOKEN": None,
+    # Tunables (seconds unless named otherwise); the contract leaves these to us.
+    "GATEWAY_HTTP_TIMEOUT": 5.0,  # per upstream call (connect and read)
+    "GATEWAY_TOKEN_MARGIN": 300,  # refresh credentials this long before DingTalk expires them
+    "GATEWAY_TOKEN_JITTER": 30,  # spreads refreshes of many corps over time
+    "GATEWAY_LOCK_WAIT": 3.0,  # how long a caller waits for another worker's refresh
+    "GATEWAY_LOCK_TTL": 15.0,  # a crashed refresher's lock frees itself after this
+    "GATEWAY_TICKET_COOLDOWN": 60,  # at most one forced ticket refresh per corp per window
+    "GATEWAY_CONFIG_ERROR_TTL": 30,  # how long a configuration error on a token fetch is remembered
+    "GATEWAY_USERID_CACHE_TTL": 3600,  # unionid -> userid mapping
+    "GATEWAY_SESSION_TTL": 7200,  # session token lifetime
+    "GATEWAY_CALLBACK_WINDOW": 300,  # accepted callback timestamp skew
+    "GATEWAY_TRACE_LIMIT": 200,  # trace entries kept per corp
+    "GATEWAY_MAX_BODY": 16 * 1024,  # bytes
+    "GATEWAY_BUSY_RETRIES": 3,  # errcode -1 retries
+    "GATEWAY_SANDBOX_ORIGINS": "http://127.0.0.1:5000,http://localhost:5000",
+    "GATEWAY_TRUST_PROXY": False,  # behind nginx: trust exactly one proxy's X-Forwarded-*
+}
+
+_BOOL = {"1", "true", "yes", "on"}
+
+
+def _coerce(default: Any, raw: str) -> Any:
+    if isinstance(default, bool):
+        return raw.strip().lower() in _BOOL
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw or None
+
+
+def load_config(
+    env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Read every setting from the environment, then apply explicit overrides (tests)."""
+    env = os.environ if env is None else env
+    config = dict(DEFAULTS)
+    for name, default in DEFAULTS.items():
+        if name in env and env[name] != "":
+            try:
+                config[name] = _coerce(default, env[name]) if default is not None else env[name]
+            except ValueError as e:
+                raise RuntimeError(f"{name}={env[name]!r} is not a valid value: {e}") from e
+    if overrides:
+        config.update(overrides)
+    if config["GATEWAY_SANDBOX"] and not config["GATEWAY_SECRET_KEY"]:
+        config["GATEWAY_SECRET_KEY"] = SANDBOX_SECRET_KEY
+    if not config["GATEWAY_SECRET_KEY"]:
+        raise RuntimeError(
+            "GATEWAY_SECRET_KEY is required (it signs session tokens and seals stored secrets); "
+            "set it, or set GATEWAY_SANDBOX=1 to try the gateway against its simulator."
+        )
+    config["DINGTALK_API_BASE"] = str(config["DINGTALK_API_BASE"]).rstrip("/")
+    return config

@@ -1,0 +1,70 @@
+"""The one place that turns errors into the contract's JSON envelope."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask, Response, g, jsonify
+from werkzeug.exceptions import HTTPException
+
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    StoreUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+
+def render(error: GatewayError) -> Response:
+    response = jsonify(error.to_dict(g.get("request_id")))
+    response.status_code = error.status
+    if error.retry_after:
+        response.headers["Retry-After"] = str(int(error.retry_after))
+    return response
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(GatewayError)
+    def _gateway_error(e: GatewayError) -> Response:
+        if e.status >= 500:
+            log.warning("%s %s (errcode=%s)", e.code, e.message, e.errcode)
+        return render(e)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> Response:
+        mapped: GatewayError
+        if e.code == 404:
+            mapped = NotFound("No such route")
+        elif e.code == 405:
+            mapped = MethodNotAllowed("Method not allowed on this route")
+        elif e.code == 413:
+            mapped = PayloadTooLarge("The request body is too large")
+        elif e.code and 400 <= e.code < 500:
+            mapped = InvalidRequest(e.description or "Bad request")
+            mapped.status = e.code
+        else:
+            mapped = GatewayError("Internal error")
+        response = render(mapped)
+        if e.code == 405 and e.response is None:
+            allow = e.get_headers()
+            for name, value in allow:
+                if name.lower() == "allow":
+                    response.headers["Allow"] = value
+        return response
+
+    @app.errorhandler(redis.exceptions.ConnectionError)
+    @app.errorhandler(redis.exceptions.TimeoutError)
+    def _store_down(e: redis.exceptions.RedisError) -> Response:
+        log.error("store unreachable: %s", type(e).__name__)
+        return render(StoreUnavailable("The gateway's store is unreachable", retry_after=2))
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception) -> Response:
+        # The traceback goes to the log only (tied to the request id), never to the caller.
+        log.exception("unhandled error")
+        return render(GatewayError("Internal error"))

@@ -1,0 +1,73 @@
+"""What every request needs, built once per app: store, sealer, upstream client, corp registry, settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from flask import Flask, current_app
+
+from channel.api import ChannelClient
+from channel.session import session_key
+from corp.api import CorpClient
+from corp.registry import Corp, CorpRegistry
+from gateway.sealing import Sealer
+from gateway.store import get_store
+from oapi.tokens import CacheSettings
+from oapi.upstream import Upstream
+
+EXTENSION = "dtgw.runtime"
+
+
+@dataclass
+class Runtime:
+    """The app's shared clients. Per-corp clients are cheap to build and hold no per-user state."""
+
+    config: dict[str, Any]
+    store: redis.Redis
+    sealer: Sealer
+    upstream: Upstream
+    registry: CorpRegistry
+    settings: CacheSettings
+    session_key: bytes
+
+    def corp(self, corpid: str) -> Corp:
+        return self.registry.get(corpid)
+
+    def channel_client(self, corp: Corp) -> ChannelClient:
+        return ChannelClient(corp, self.upstream, self.store, self.sealer, self.settings)
+
+    def corp_client(self, corp: Corp) -> CorpClient:
+        return CorpClient(corp, self.upstream, self.store, self.sealer, self.settings)
+
+
+def init_app(app: Flask) -> None:
+    """Build the runtime from app.config (after the store is attached)."""
+    config = app.config
+    store = get_store(app)
+    sealer = Sealer(config["GATEWAY_SECRET_KEY"])
+    app.extensions[EXTENSION] = Runtime(
+        config=dict(config),
+        store=store,
+        sealer=sealer,
+        upstream=Upstream(
+            config["DINGTALK_API_BASE"],
+            store,
+            timeout=float(config["GATEWAY_HTTP_TIMEOUT"]),
+            busy_retries=int(config["GATEWAY_BUSY_RETRIES"]),
+        ),
+        registry=CorpRegistry(store, sealer),
+        settings=CacheSettings(
+            margin=int(config["GATEWAY_TOKEN_MARGIN"]),
+            jitter=int(config["GATEWAY_TOKEN_JITTER"]),
+            lock_wait=float(config["GATEWAY_LOCK_WAIT"]),
+            lock_ttl=float(config["GATEWAY_LOCK_TTL"]),
+            fail_ttl=int(config["GATEWAY_CONFIG_ERROR_TTL"]),
+        ),
+        session_key=session_key(config["GATEWAY_SECRET_KEY"]),
+    )
+
+
+def get_runtime(app: Flask | None = None) -> Runtime:
+    return (app or current_app).extensions[EXTENSION]

@@ -1,0 +1,66 @@
+"""The shared store: a real Redis when REDIS_URL is set, else an in-process fakeredis for one process.
+
+Key layout (house style 7): `dtgw:v1:{CORPID}:...`. The `{CORPID}` braces are a Redis Cluster hash tag, so every
+key of one corp lives in one slot and a script or transaction over them also runs on a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from flask import Flask, current_app
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "dtgw:v1"
+EXTENSION = "dtgw.redis"
+
+
+def corp_key(corpid: str, *parts: str) -> str:
+    """The key of one corp's item, e.g. corp_key("ding1", "channel", "token")."""
+    return ":".join((NAMESPACE, "{" + corpid + "}", *parts))
+
+
+def global_key(*parts: str) -> str:
+    """A key that belongs to no corp (the corp index, the egress-IP block)."""
+    return ":".join((NAMESPACE, *parts))
+
+
+def connect(url: str | None) -> redis.Redis:
+    """Open the store; without a URL, an in-process fake that only one process can share."""
+    if url:
+        # Short timeouts: a dead Redis must turn into a quick 503, not a hung worker.
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=2.0,
+            socket_connect_timeout=1.0,
+            health_check_interval=30,
+            decode_responses=True,
+        )
+    import fakeredis
+
+    log.warning(
+        "REDIS_URL is not set: using an in-process store. It is private to this process, so tokens, tickets "
+        "and locks are NOT shared: run a single worker, or set REDIS_URL for several workers or hosts."
+    )
+    return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+
+
+def init_app(app: Flask) -> None:
+    """Attach the store to the app."""
+    app.extensions[EXTENSION] = connect(app.config.get("REDIS_URL"))
+
+
+def get_store(app: Flask | None = None) -> redis.Redis:
+    """The app's store client."""
+    return (app or current_app).extensions[EXTENSION]
+
+
+def ping(client: Any) -> bool:
+    """True when the store answers."""
+    try:
+        return bool(client.ping())
+    except redis.exceptions.RedisError:
+        return False

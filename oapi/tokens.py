@@ -1,0 +1,296 @@
+"""Cached credentials (tokens and tickets) with a single refresh at a time across every process and host.
+
+Layout of one credential, a Redis hash at `dtgw:v1:{CORPID}:<pipeline>` (e.g. `channel:token`):
+    v        the credential, sealed (a dump of Redis shows no usable token)
+    fp       a short fingerprint, for logs, the console and compare-and-delete
+    exp      when DingTalk expires it (unix seconds)
+    fetched  when it was fetched
+    gen      a fetch generation from `<key>:gen`; a writer never replaces a higher generation
+Its Redis TTL is `expires_in - margin - jitter`, so an entry that exists is always usable.
+
+Beside it, with the same hash tag: `:lock` (redis-py Lock), `:gen`, `:fail` (a remembered configuration error)
+and `:forced` (the forced-refresh cooldown). Every script touches one corp's keys only (Redis Cluster safe).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import redis
+from redis.exceptions import LockError
+
+from gateway.errors import LockTimeout, TokenInvalid, UpstreamError
+from gateway.metrics import CREDENTIAL_FETCHES
+from gateway.sealing import Sealer, SealError, fingerprint
+from gateway.store import corp_key
+from oapi.errcodes import CONFIGURATION
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPIRES_IN = 7200  # get_channel_token may omit expires_in
+
+# Write only if nothing newer is there: a refresher whose lock expired mid-fetch must not clobber its successor.
+_WRITE_IF_NEWER = """
+local cur = redis.call('HGET', KEYS[1], 'gen')
+if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'v', ARGV[2], 'exp', ARGV[3], 'fetched', ARGV[4], 'fp', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return 1
+"""
+
+# Delete only if the cached credential is still the one that failed; a fresh one from another worker stays.
+_DELETE_IF_SAME = """
+if redis.call('HGET', KEYS[1], 'fp') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A token or ticket as cached; `value` never goes into logs or responses."""
+
+    value: str
+    fingerprint: str
+    expires_at: float
+    fetched_at: float
+    generation: int
+
+
+# Distinct types so a channel token can never be passed where a corp token belongs (mypy checks it).
+class ChannelToken(Credential):
+    """Access token from corpid + channelSecret, for /channel/* APIs."""
+
+
+class CorpToken(Credential):
+    """Access token from corpid + corpSecret, for /user/* and the corp ticket."""
+
+
+class ChannelTicket(Credential):
+    """JSAPI ticket from the channel token, for dd.config type 1."""
+
+
+C = TypeVar("C", bound=Credential)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Timing knobs, from the app config."""
+
+    margin: int = 300
+    jitter: int = 30
+    lock_wait: float = 3.0
+    lock_ttl: float = 15.0
+    fail_ttl: int = 30
+    poll: float = 0.05
+
+
+Fetch = Callable[[], tuple[str, int | None]]
+
+
+class CredentialCache(Generic[C]):
+    """One corp's one pipeline: read from the store, or refresh under a cross-process lock."""
+
+    def __init__(
+        self,
+        store: redis.Redis,
+        sealer: Sealer,
+        *,
+        corpid: str,
+        pipeline: str,
+        kind: type[C],
+        fetch: Fetch,
+        settings: CacheSettings,
+    ) -> None:
+        self.store = store
+        self.corpid = corpid
+        self.pipeline = pipeline
+        self.kind = kind
+        self.key = corp_key(corpid, *pipeline.split(":"))
+        self._sealer = sealer
+        self._fetch = fetch
+        self._settings = settings
+        self._write = store.register_script(_WRITE_IF_NEWER)
+        self._delete = store.register_script(_DELETE_IF_SAME)
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def peek(self) -> C | None:
+        """The cached credential, or None when missing (never fetches)."""
+        fields = self.store.hgetall(self.key)
+        if not fields or "v" not in fields:
+            return None
+        try:
+            value = self._sealer.open(fields["v"], self.key)
+        except SealError:
+            # Sealed under another GATEWAY_SECRET_KEY: treat as missing, the next refresh replaces it.
+            return None
+        return self.kind(
+            value=value,
+            fingerprint=fields.get("fp", ""),
+            expires_at=float(fields.get("exp", 0)),
+            fetched_at=float(fields.get("fetched", 0)),
+            generation=int(fields.get("gen", 0)),
+        )
+
+    def get(self) -> C:
+        """A usable credential: the cached one, or a fresh one fetched by exactly one worker."""
+        cached = self.peek()
+        if cached is not None:
+            return cached
+        return self._refresh(newer_than=None)
+
+    # -- refreshing ------------------------------------------------------------------------------------------
+    def force_refresh(self, cooldown: int) -> C | None:
+        """Fetch a new credential now unless one was forced within `cooldown` seconds (then None)."""
+        if not self.store.set(self.key + ":forced", "1", nx=True, ex=max(1, int(cooldown))):
+            return None
+        current = self.peek()
+        return self._refresh(newer_than=current.generation if current else None)
+
+    def cooldown_left(self) -> int:
+        """Seconds until another forced refresh is allowed."""
+        return max(0, int(self.store.ttl(self.key + ":forced")))
+
+    def invalidate(self, failed: Credential) -> bool:
+        """Drop the cached credential only if it is still `failed` (compare-and-delete)."""
+        return bool(self._delete(keys=[self.key], args=[failed.fingerprint]))
+
+    def remembered_failure(self) -> dict[str, object] | None:
+        """The configuration error a recent fetch met, if still remembered."""
+        raw = self.store.get(self.key + ":fail")
+        return json.loads(raw) if raw else None
+
+    def _raise_remembered_failure(self) -> None:
+        failure = self.remembered_failure()
+        if failure:
+            raise UpstreamError(
+                str(failure.get("message", "")),
+                hint=str(failure.get("hint", "")) or None,
+                errcode=int(failure["errcode"]),  # type: ignore[call-overload]
+                errmsg=str(failure.get("errmsg", "")),
+            )
+
+    def _refresh(self, *, newer_than: int | None) -> C:
+        # A configuration error (wrong secret, IP whitelist) is remembered briefly: a hundred workers asking
+        # again cannot fix it, and hammering gettoken gets the corp throttled.
+        self._raise_remembered_failure()
+        lock = self.store.lock(self.key + ":lock", timeout=self._settings.lock_ttl, blocking=False)
+        deadline = time.monotonic() + self._settings.lock_wait
+        while not lock.acquire(blocking=False):
+            # Someone else is fetching: watch the cache rather than queueing on the lock, so every waiter
+            # returns as soon as the one fetch lands.
+            if time.monotonic() >= deadline:
+                raise LockTimeout(
+                    f"The {self.pipeline} refresh for corp {self.corpid} did not finish in time",
+                    retry_after=1,
+                )
+            time.sleep(self._settings.poll)
+            cached = self.peek()
+            if cached is not None and (newer_than is None or cached.generation > newer_than):
+                return cached
+            self._raise_remembered_failure()
+        try:
+            cached = self.peek()
+            if cached is not None and (newer_than is None or cached.generation > newer_than):
+                return cached
+            self._raise_remembered_failure()
+            return self._fetch_and_store()
+        finally:
+            try:
+                lock.release()
+            except LockError:
+                # Our lock expired during a slow fetch; the write above was guarded by its generation.
+                pass
+
+    def _fetch_and_store(self) -> C:
+        generation = int(self.store.incr(self.key + ":gen"))
+        started = time.time()
+        try:
+            value, expires_in = self._fetch()
+        except TokenInvalid:
+            CREDENTIAL_FETCHES.labels(self.corpid, self.pipeline, "error").inc()
+            raise
+        except UpstreamError as e:
+            CREDENTIAL_FETCHES.labels(self.corpid, self.pipeline, "error").inc()
+            if e.errcode in CONFIGURATION:
+                self.store.set(
+                    self.key + ":fail",
+                    json.dumps(
+                        {"errcode": e.errcode, "errmsg": e.errmsg, "message": e.message, "hint": e.hint}
+                    ),
+                    ex=self._settings.fail_ttl,
+                )
+            log.warning("fetch corp=%s pipeline=%s failed errcode=%s", self.corpid, self.pipeline, e.errcode)
+            raise
+        except Exception:
+            CREDENTIAL_FETCHES.labels(self.corpid, self.pipeline, "error").inc()
+            raise
+        lifetime = int(expires_in) if expires_in else DEFAULT_EXPIRES_IN
+        ttl = self._ttl(lifetime)
+        cred = self.kind(
+            value=value,
+            fingerprint=fingerprint(value),
+            expires_at=started + lifetime,
+            fetched_at=started,
+            generation=generation,
+        )
+        written = self._write(
+            keys=[self.key],
+            args=[
+                generation,
+                self._sealer.seal(value, self.key),
+                f"{cred.expires_at:.3f}",
+                f"{cred.fetched_at:.3f}",
+                cred.fingerprint,
+                int(ttl * 1000),
+            ],
+        )
+        CREDENTIAL_FETCHES.labels(self.corpid, self.pipeline, "ok").inc()
+        log.info(
+            "fetched corp=%s pipeline=%s fp=%s gen=%s ttl=%ss%s",
+            self.corpid,
+            self.pipeline,
+            cred.fingerprint,
+            generation,
+            int(ttl),
+            "" if written else " (a newer one was already stored; kept it)",
+        )
+        if not written:
+            newer = self.peek()
+            if newer is not None:
+                return newer
+        return cred
+
+    def _ttl(self, lifetime: int) -> float:
+        margin = self._settings.margin + random.uniform(0, self._settings.jitter)
+        if lifetime > margin * 2:
+            return lifetime - margin
+        # DingTalk handed out something short-lived: keep it for half its life rather than not at all.
+        return max(1.0, lifetime / 2)
+
+
+T = TypeVar("T")
+
+
+def with_token(cache: CredentialCache[C], call: Callable[[C], T]) -> T:
+    """Run `call` with a cached token; if DingTalk refuses it, refresh once and retry once.
+
+    A persistent refusal therefore costs exactly two calls of the API, and never recurses.
+    """
+    token = cache.get()
+    try:
+        return call(token)
+    except TokenInvalid:
+        cache.invalidate(token)
+        log.info(
+            "token refused corp=%s pipeline=%s fp=%s: refreshing once",
+            cache.corpid,
+            cache.pipeline,
+            token.fingerprint,
+        )
+    return call(cache.get())

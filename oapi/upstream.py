@@ -1,0 +1,133 @@
+"""The HTTP client for DingTalk's oapi: timeouts, library retries, errcode -> typed errors, shared backoff.
+
+Knows DingTalk, knows nothing of Flask. One Upstream per app holds the pooled sessions; per-corp clients
+(channel.api.ChannelClient, corp.api.CorpClient) call through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from gateway.errors import RateLimited, UpstreamUnavailable
+from gateway.metrics import UPSTREAM_CALLS, UPSTREAM_LATENCY
+from oapi.backoff import Backoff
+from oapi.errcodes import SYSTEM_BUSY, classify, effective_errcode
+
+log = logging.getLogger(__name__)
+
+
+def _session(read_retries: int, pool: int) -> requests.Session:
+    # Connection errors never reached DingTalk, so they are always safe to retry; read timeouts are only
+    # retried for idempotent calls (an auth code must not be spent twice).
+    retry = Retry(
+        total=2,
+        connect=2,
+        read=read_retries,
+        status=0,
+        other=0,
+        backoff_factor=0.1,
+        allowed_methods=frozenset({"GET"}),
+        raise_on_status=False,
+    )
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=pool)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class Upstream:
+    """Calls DingTalk oapi endpoints and returns successful bodies, or raises the gateway's typed errors."""
+
+    def __init__(
+        self,
+        base_url: str,
+        store: redis.Redis,
+        *,
+        timeout: float = 5.0,
+        busy_retries: int = 3,
+        pool: int = 64,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.busy_retries = busy_retries
+        self.backoff = Backoff(store)
+        self._idempotent = _session(read_retries=2, pool=pool)
+        self._once = _session(read_retries=0, pool=pool)
+
+    def call(
+        self,
+        api: str,
+        params: dict[str, str],
+        *,
+        corpid: str,
+        token_fetch: bool = False,
+        idempotent: bool = True,
+        accept: frozenset[int] = frozenset(),
+    ) -> dict[str, Any]:
+        """GET `api` with `params`; return the body when errcode is 0 (or in `accept`), else raise.
+
+        `-1` (system busy) is retried here, at most `busy_retries` times with a short backoff: it arrives
+        as HTTP 200, which urllib3's Retry cannot see.
+        """
+        self.backoff.check(corpid, api)
+        body: dict[str, Any] = {}
+        for attempt in range(self.busy_retries + 1):
+            body = self._get(api, params, corpid=corpid, idempotent=idempotent)
+            if effective_errcode(body) != SYSTEM_BUSY or not idempotent or attempt == self.busy_retries:
+                break
+            time.sleep(0.05 * 2**attempt)
+        errcode = effective_errcode(body)
+        if errcode in accept:
+            return body
+        error = classify(api, body, token_fetch=token_fetch)
+        if error is None:
+            return body
+        if isinstance(error, RateLimited):
+            error.retry_after = self.backoff.trip(corpid, api)
+        log.warning("dingtalk %s corp=%s errcode=%s", api, corpid, body.get("errcode"))
+        raise error
+
+    def _get(self, api: str, params: dict[str, str], *, corpid: str, idempotent: bool) -> dict[str, Any]:
+        session = self._idempotent if idempotent else self._once
+        started = time.perf_counter()
+        try:
+            resp = session.get(f"{self.base_url}/{api}", params=params, timeout=self.timeout)
+        except requests.RequestException as e:
+            UPSTREAM_CALLS.labels(api, "unreachable").inc()
+            # The exception text may carry the URL with its query (secrets, codes): never log or return it.
+            log.warning("dingtalk %s corp=%s unreachable: %s", api, corpid, type(e).__name__)
+            raise UpstreamUnavailable(f"DingTalk did not answer {api} in time", retry_after=2) from None
+        finally:
+            UPSTREAM_LATENCY.labels(api).observe(time.perf_counter() - started)
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or "errcode" not in body:
+            return self._blocked(api, body, status=resp.status_code)
+        UPSTREAM_CALLS.labels(api, str(body.get("errcode"))).inc()
+        return body
+
+    def _blocked(self, api: str, body: Any, *, status: int) -> dict[str, Any]:
+        """Handle a non-oapi answer: DingTalk's egress-IP block ({"status":1111,"wait":5} or an HTML page)."""
+        wait = body.get("wait") if isinstance(body, dict) and body.get("status") == 1111 else None
+        if isinstance(body, dict) and body.get("status") == 1111 or status in (200, 403, 429):
+            UPSTREAM_CALLS.labels(api, "ip_block").inc()
+            seconds = self.backoff.block_ip(int(wait) if isinstance(wait, int | float) else None)
+            log.error("dingtalk %s: egress IP blocked, every call paused for %ss", api, seconds)
+            raise RateLimited(
+                f"DingTalk blocked the gateway's IP ({api})",
+                retry_after=seconds,
+                errcode=1111,
+                errmsg="ip blocked",
+            )
+        UPSTREAM_CALLS.labels(api, f"http_{status}").inc()
+        raise UpstreamUnavailable(f"DingTalk answered {api} with HTTP {status} and no JSON", retry_after=2)
