@@ -1,0 +1,60 @@
+"""Define the demo corp and its three kinds of follower, used by sandbox mode and tests."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sandbox.state import Simulator
+
+DEMO_CORPID = "dingdemo0001"
+# Public on purpose: the sandbox is a toy upstream. They differ so that mixing the pipelines fails.
+DEMO_CORP_SECRET = "Xq7vR2mK9pLw4sTz8nBc3dFh6jYe1uGa5oNi0kWx"
+DEMO_CHANNEL_SECRET = "c4Hn8QwE2rTy6UiO0pAs5DfG9hJk3LzX7cVb1NmQ"
+DEMO_AGENT_ID = "1000001"
+
+DEMO_PEOPLE: list[dict[str, Any]] = [
+    {
+        "label": "员工（经理）",
+        "unionid": "uEmpl0yee8fQ2xKzN4",
+        "openid": "oEmpl0yee3mT7vLpR1",
+        "name": "王经理",
+        "userid": "manager0001",
+        "contact_type": 0,
+    },
+    {
+        "label": "外部联系人",
+        "unionid": "uExtern4l6hW9cYbA2",
+        "openid": "oExtern4l1sD5gJqE8",
+        "name": "李外联",
+        "userid": "ext0001",
+        "contact_type": 1,
+    },
+    {
+        "label": "未关联的关注者",
+        "unionid": "uF0llower2pV7nMtC5",
+        "openid": "oF0llower9kR4bXwZ3",
+        "name": "张关注",
+        "userid": None,
+        "contact_type": None,
+    },
+]
+
+
+def add_demo(sim: Simulator) -> None:
+    """Register the demo corp and its people on sim."""
+    sim.add_corp(
+        DEMO_CORPID,
+        corp_secret=DEMO_CORP_SECRET,
+        channel_secret=DEMO_CHANNEL_SECRET,
+        agent_id=DEMO_AGENT_ID,
+    )
+    for person in DEMO_PEOPLE:
+        sim.add_person(
+            DEMO_CORPID,
+            unionid=person["unionid"],
+            openid=person["openid"],
+            name=person["name"],
+            userid=person["userid"],
+            contact_type=person["contact_type"],
+        )
