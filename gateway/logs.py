@@ -20,8 +20,25 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class RedactQueryFilter(logging.Filter):
+    """Cut query strings out of HTTP client log lines: DingTalk takes secrets, tokens and codes in the query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                a.split("?", 1)[0] + "?<redacted>" if isinstance(a, str) and "?" in a else a for a in record.args
+            )
+        if isinstance(record.msg, str) and "?" in record.msg and not record.args:
+            record.msg = re.sub(r"\?\S*", "?<redacted>", record.msg)
+        return True
+
+
 def configure_logging() -> None:
     """Give the root logger one handler with request ids, unless the host (gunicorn, pytest) set one up."""
+    for name in ("urllib3.connectionpool", "urllib3.util.retry", "requests"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactQueryFilter) for f in logger.filters):
+            logger.addFilter(RedactQueryFilter())
     root = logging.getLogger()
     if not any(isinstance(f, RequestIdFilter) for h in root.handlers for f in h.filters):
         handler = logging.StreamHandler()

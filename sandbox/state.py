@@ -196,6 +196,19 @@ class Simulator:
                 raise SimulatorError(40035, f"unionid {unionid} already registered")
             corp.people[unionid] = _Person(unionid, openid, name, userid, contact_type)
 
+    def set_user_record(self, corpid: str, unionid: str, userid: str | None, contact_type: int | None = 0) -> None:
+        """Give a follower a user record (hired), change it, or take it away (left the corp)."""
+        if contact_type not in (None, 0, 1):
+            raise SimulatorError(40035, "contact_type must be 0 (employee) or 1 (external contact)")
+        with self._lock:
+            corp = self._corp(corpid)
+            if unionid not in corp.people:
+                raise SimulatorError(60121, "找不到该用户")
+            person = corp.people[unionid]
+            corp.people[unionid] = _Person(
+                unionid, person.openid, person.name, userid, contact_type if userid is not None else None
+            )
+
     # ---- controls for tests -----------------------------------------------------------------------
 
     def set_ticket_mode(self, corpid: str, mode: str) -> None:

@@ -1,0 +1,332 @@
+"""GET /channel/config, POST /channel/login and POST /channel/config/error, judged by the simulator."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import jwt
+import pytest
+
+from channel.session import ISSUER, session_key, verify_token
+from gateway import trace
+from gateway.runtime import get_runtime
+from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
+from tests.conftest import EMPLOYEE, EXTERNAL, ORIGIN, TEST_SECRET_KEY, UNLINKED
+
+CFG = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}"
+
+PAGE_URLS = [
+    f"{ORIGIN}/",
+    f"{ORIGIN}/channel/login?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}",
+    f"{ORIGIN}/p?next=https%3A%2F%2Fh5.example.com%2Fhome%3Fa%3D1&b=2",
+    f"{ORIGIN}/p?q=a+b&c=%E4%B8%AD",
+    f"{ORIGIN}/路径/页面?名=值",
+    f"{ORIGIN}:443/explicit-port?x=1",
+    f"{ORIGIN}/spa/#/orders/42?tab=2",
+    f"{ORIGIN}/p?x=1#",
+]
+
+
+def config_for(client: Any, page: str, *, via: str) -> Any:
+    if via == "url":
+        return client.get(f"{CFG}&url={quote(page, safe='')}")
+    return client.get(CFG, headers={"Referer": page})
+
+
+@pytest.mark.parametrize("via", ["url", "referer"])
+@pytest.mark.parametrize("page", PAGE_URLS)
+def test_every_served_config_passes_the_client_check(client: Any, sim: Any, page: str, via: str) -> None:
+    if via == "referer" and not page.isascii():
+        # HTTP headers are Latin-1: a browser sends such a Referer percent-encoded.
+        page = quote(page, safe=":/?#&=%+")
+    resp = config_for(client, page, via=via)
+    assert resp.status_code == 200, resp.json
+    cfg = resp.json
+    assert cfg["type"] == 1 and cfg["corpId"] == DEMO_CORPID and cfg["agentId"] == DEMO_AGENT_ID
+    assert "#" not in cfg["url"]
+    verdict = sim.check_config(
+        corpId=cfg["corpId"], agentId=cfg["agentId"], timeStamp=cfg["timeStamp"], nonceStr=cfg["nonceStr"],
+        signature=cfg["signature"], type=cfg["type"], url=page,
+    )
+    assert verdict == {"ok": True}
+
+
+def test_config_nonce_is_fresh_and_ticket_fetched_once(client: Any, sim: Any) -> None:
+    configs = [client.get(f"{CFG}&url={quote(ORIGIN + '/')}").json for _ in range(5)]
+    assert len({c["nonceStr"] for c in configs}) == 5
+    assert sim.calls("channel/get_channel_jsapi_ticket") == 1
+    assert sim.calls("channel/get_channel_token") == 1
+
+
+def test_sha256_corp(app: Any, client: Any, sim: Any) -> None:
+    from tests.conftest import register_demo
+
+    register_demo(app, corpid="dingsha256", sign_hash="sha256")
+    sim.add_corp("dingsha256", corp_secret=DEMO_CORP_SECRET, channel_secret=DEMO_CHANNEL_SECRET,
+                 agent_id=DEMO_AGENT_ID, sign_hash="sha256")
+    cfg = client.get(f"/channel/config?corpid=dingsha256&agentid={DEMO_AGENT_ID}&url={quote(ORIGIN + '/x')}").json
+    assert len(cfg["signature"]) == 64
+    assert sim.check_config(corpId="dingsha256", agentId=DEMO_AGENT_ID, timeStamp=cfg["timeStamp"],
+                            nonceStr=cfg["nonceStr"], signature=cfg["signature"], type=1,
+                            url=ORIGIN + "/x") == {"ok": True}
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "code"),
+    [
+        (f"corpid=nope&agentid=1&url={quote(ORIGIN)}", 404, "unknown_corp"),
+        (f"corpid={DEMO_CORPID}&agentid=999&url={quote(ORIGIN)}", 400, "agent_mismatch"),
+        (f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote('https://evil.example.com/')}", 403,
+         "url_not_allowed"),
+        (f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote('http://h5.example.com/')}", 403,
+         "url_not_allowed"),
+        (f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote('https://h5.example.com:8443/')}", 403,
+         "url_not_allowed"),
+        (f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote('https://h5.example.com.evil.io/')}", 403,
+         "url_not_allowed"),
+        (f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url=javascript%3Aalert(1)", 400, "invalid_request"),
+        (f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url=https%3A%2F%2Fh5.example.com%3A99999%2F", 400,
+         "invalid_request"),
+        (f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}", 400, "invalid_request"),
+        (f"agentid={DEMO_AGENT_ID}&url={quote(ORIGIN)}", 400, "invalid_request"),
+        (f"corpid={DEMO_CORPID}&agentid=abc&url={quote(ORIGIN)}", 400, "invalid_request"),
+        (f"corpid=a%7Bb%7D&agentid=1&url={quote(ORIGIN)}", 400, "invalid_request"),
+        (f"corpid={DEMO_CORPID}&agentid=1&url={quote(ORIGIN)}&extra=1", 400, "invalid_request"),
+    ],
+)
+def test_config_refusals(client: Any, sim: Any, query: str, status: int, code: str) -> None:
+    resp = client.get(f"/channel/config?{query}")
+    assert resp.status_code == status
+    assert resp.json["error"]["code"] == code
+    assert resp.json["error"]["hint"]
+    assert sim.calls("channel/get_channel_jsapi_ticket") == 0  # a refused page costs DingTalk nothing
+
+
+def test_cors_only_for_registered_origins(client: Any) -> None:
+    ok = client.get(f"{CFG}&url={quote(ORIGIN + '/')}", headers={"Origin": ORIGIN})
+    assert ok.headers["Access-Control-Allow-Origin"] == ORIGIN
+    other = client.get(f"{CFG}&url={quote(ORIGIN + '/')}", headers={"Origin": "https://evil.example.com"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    pre = client.options("/channel/login", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"})
+    assert pre.status_code == 204 and pre.headers["Access-Control-Allow-Origin"] == ORIGIN
+    pre = client.options("/channel/login", headers={"Origin": "https://evil.example.com"})
+    assert "Access-Control-Allow-Origin" not in pre.headers
+
+
+# -- login ---------------------------------------------------------------------------------------------------
+
+
+def login(client: Any, code: str, corpid: str = DEMO_CORPID) -> Any:
+    return client.post("/channel/login", json={"corpid": corpid, "code": code})
+
+
+@pytest.mark.parametrize(
+    ("person", "userid", "contact_type", "linked"),
+    [(EMPLOYEE, "manager0001", 0, True), (EXTERNAL, "ext0001", 1, True), (UNLINKED, None, None, False)],
+    ids=["employee", "external-contact", "no-user-record"],
+)
+def test_login_outcomes(client: Any, sim: Any, person: dict, userid: Any, contact_type: Any, linked: bool) -> None:
+    resp = login(client, sim.mint_auth_code(DEMO_CORPID, person["unionid"]))
+    assert resp.status_code == 200
+    body = resp.json
+    assert (body["userid"], body["contact_type"], body["linked"]) == (userid, contact_type, linked)
+    assert body["unionid"] == person["unionid"] and body["openid"] == person["openid"]
+    claims = verify_token(session_key(TEST_SECRET_KEY), body["token"])
+    assert claims["sub"] == (userid or f"unionid:{person['unionid']}")
+    assert claims["exp"] - claims["iat"] == body["expires_in"] == 7200
+
+
+def test_token_verifies_with_plain_pyjwt_and_tamper_fails(client: Any, sim: Any) -> None:
+    token = login(client, sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"])).json["token"]
+    # What the enterprise's system does: derive the key from GATEWAY_SECRET_KEY and verify with PyJWT.
+    import hashlib
+    import hmac
+
+    key = hmac.new(TEST_SECRET_KEY.encode(), b"dtgw session-jwt v1", hashlib.sha256).digest()
+    claims = jwt.decode(token, key, algorithms=["HS256"], issuer=ISSUER)
+    assert set(claims) >= {"iss", "sub", "corpid", "unionid", "openid", "userid", "iat", "exp"}
+    assert claims["userid"] == "manager0001" and claims["corpid"] == DEMO_CORPID
+    header, payload, sig = token.split(".")
+    forged = jwt.utils.base64url_encode(json.dumps({**claims, "userid": "boss"}).encode()).decode()
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(f"{header}.{forged}.{sig}", key, algorithms=["HS256"])
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, b"another key of at least thirty-two bytes", algorithms=["HS256"])
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "code"),
+    [
+        ("reused", 401, "code_invalid"),
+        ("bogus", 401, "code_invalid"),
+        ("unknown_corp", 404, "unknown_corp"),
+        ("malformed_json", 400, "invalid_request"),
+        ("wrong_content_type", 400, "invalid_request"),
+        ("oversized", 413, "invalid_request"),
+        ("missing_code", 400, "invalid_request"),
+        ("missing_corpid", 400, "invalid_request"),
+        ("empty_body", 400, "invalid_request"),
+        ("json_array", 400, "invalid_request"),
+        ("code_not_string", 400, "invalid_request"),
+        ("get_with_json", 200, None),
+    ],
+)
+def test_login_matrix(client: Any, sim: Any, make: str, status: int, code: str | None) -> None:
+    url = "/channel/login"
+    if make == "reused":
+        c = sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"])
+        assert login(client, c).status_code == 200
+        resp = login(client, c)
+    elif make == "bogus":
+        resp = login(client, "not-a-code")
+    elif make == "unknown_corp":
+        resp = login(client, "x", corpid="nosuchcorp")
+    elif make == "malformed_json":
+        resp = client.post(url, data="{oops", content_type="application/json")
+    elif make == "wrong_content_type":
+        resp = client.post(url, data="corpid=x&code=y", content_type="application/x-www-form-urlencoded")
+    elif make == "oversized":
+        resp = client.post(url, json={"corpid": DEMO_CORPID, "code": "x" * 100_000})
+    elif make == "missing_code":
+        resp = client.post(url, json={"corpid": DEMO_CORPID})
+    elif make == "missing_corpid":
+        resp = client.post(url, json={"code": "abc"})
+    elif make == "empty_body":
+        resp = client.post(url, data="", content_type="application/json")
+    elif make == "json_array":
+        resp = client.post(url, json=[DEMO_CORPID, "abc"])
+    elif make == "code_not_string":
+        resp = client.post(url, json={"corpid": DEMO_CORPID, "code": 12345})
+    else:
+        resp = client.get(url + f"?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}")  # the HTML page
+    assert resp.status_code == status, resp.data[:300]
+    if code is not None:
+        err = resp.json["error"]
+        assert err["code"] == code and err["message"] and err["hint"] and err["request_id"]
+        assert "Traceback" not in resp.get_data(as_text=True)
+    if make == "missing_code":
+        assert "code" in resp.json["error"]["message"]
+    if make in ("reused", "bogus"):
+        assert resp.json["error"]["dingtalk"]["errcode"] == 40078
+        assert "new code" in resp.json["error"]["hint"]
+
+
+def test_returning_follower_costs_one_upstream_call(client: Any, sim: Any) -> None:
+    assert login(client, sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"])).status_code == 200
+    for _ in range(3):
+        sim.reset_calls()
+        assert login(client, sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"])).json["userid"] == "manager0001"
+        assert sim.calls() == 1
+        assert sim.calls("channel/user/get_by_code") == 1
+
+
+def test_mapping_cache_ends_and_picks_up_a_new_employee(app: Any, sim: Any) -> None:
+    app.config["GATEWAY_USERID_CACHE_TTL"] = 1
+    get_runtime(app).config["GATEWAY_USERID_CACHE_TTL"] = 1
+    client = app.test_client()
+    assert login(client, sim.mint_auth_code(DEMO_CORPID, UNLINKED["unionid"])).json["linked"] is False
+    sim.set_user_record(DEMO_CORPID, UNLINKED["unionid"], "newhire01", 0)
+    store = get_runtime(app).store
+    for key in store.scan_iter(match="*:link:*"):
+        assert 0 < store.ttl(key) <= 1
+    import time
+
+    time.sleep(1.2)
+    assert login(client, sim.mint_auth_code(DEMO_CORPID, UNLINKED["unionid"])).json["userid"] == "newhire01"
+
+
+def test_login_with_upstream_trouble_is_clean(client: Any, sim: Any) -> None:
+    sim.inject("channel/user/get_by_code", 60011, times=1)
+    resp = login(client, sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"]))
+    assert resp.status_code == 502 and resp.json["error"]["dingtalk"]["errcode"] == 60011
+    assert "permission" in resp.json["error"]["hint"]
+    sim.inject("channel/user/get_by_code", 90018, times=1)
+    resp = login(client, sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"]))
+    assert resp.status_code == 503 and int(resp.headers["Retry-After"]) >= 1
+
+
+def test_login_trace_never_holds_the_code(app: Any, client: Any, sim: Any) -> None:
+    good = sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"])
+    login(client, good)
+    login(client, good)
+    entries = trace.recent(get_runtime(app).store, DEMO_CORPID)
+    assert [e["outcome"] for e in entries] == ["code_invalid", "linked"]
+    assert entries[0]["errcodes"] == [40078] and entries[0]["step"] == "exchange_code"
+    assert all(e["request_id"] for e in entries)
+    assert good not in json.dumps(entries)
+    assert [e["outcome"] for e in trace.recent(get_runtime(app).store, DEMO_CORPID, outcome="linked")] == ["linked"]
+
+
+# -- page-reported config errors -----------------------------------------------------------------------------
+
+
+def report(client: Any, code: int) -> Any:
+    return client.post("/channel/config/error", json={
+        "corpid": DEMO_CORPID, "agentid": DEMO_AGENT_ID, "url": ORIGIN + "/#/x", "errorCode": code,
+        "errorMessage": "signature check failed"})
+
+
+def test_ticket_errors_force_one_refresh_per_cooldown(app: Any, client: Any, sim: Any) -> None:
+    old = client.get(f"{CFG}&url={quote(ORIGIN + '/')}").json
+    assert sim.calls("channel/get_channel_jsapi_ticket") == 1
+    first = report(client, 52013)
+    assert first.status_code == 202 and first.json["ticket_refreshed"] is True
+    assert sim.calls("channel/get_channel_jsapi_ticket") == 2
+    for code in (52013, 52011, 52013):
+        assert report(client, code).json["ticket_refreshed"] is False
+    assert sim.calls("channel/get_channel_jsapi_ticket") == 2
+    assert report(client, 52019).status_code == 202
+    new = client.get(f"{CFG}&url={quote(ORIGIN + '/')}").json
+    check = {"corpId": DEMO_CORPID, "agentId": DEMO_AGENT_ID, "type": 1, "url": ORIGIN + "/"}
+    # The simulator invalidates old tickets on refetch: the old page config fails, the new one passes.
+    assert sim.check_config(**check, timeStamp=old["timeStamp"], nonceStr=old["nonceStr"],
+                            signature=old["signature"])["errorCode"] == 52013
+    assert sim.check_config(**check, timeStamp=new["timeStamp"], nonceStr=new["nonceStr"],
+                            signature=new["signature"]) == {"ok": True}
+    entries = trace.recent(get_runtime(app).store, DEMO_CORPID)
+    assert [e["errcodes"] for e in entries] == [[52019], [52013], [52011], [52013], [52013]]
+    assert entries[0]["hint"].startswith("dd.config: bad agentId")
+    assert entries[-1]["url"] == ORIGIN + "/"
+
+
+@pytest.mark.parametrize("body", [{"corpid": DEMO_CORPID}, {"corpid": DEMO_CORPID, "errorCode": "abc"}, {}])
+def test_config_error_bad_input(client: Any, body: dict) -> None:
+    resp = client.post("/channel/config/error", json=body)
+    assert resp.status_code == 400 and resp.json["error"]["code"] == "invalid_request"
+
+
+def test_no_secret_token_ticket_or_code_in_responses_or_logs(
+    app: Any, client: Any, sim: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    bodies: list[str] = []
+    codes: list[str] = []
+    for person in (EMPLOYEE, EXTERNAL, UNLINKED):
+        c = sim.mint_auth_code(DEMO_CORPID, person["unionid"])
+        codes.append(c)
+        bodies.append(login(client, c).get_data(as_text=True))
+        bodies.append(login(client, c).get_data(as_text=True))
+    bodies.append(client.get(f"{CFG}&url={quote(ORIGIN + '/')}").get_data(as_text=True))
+    bodies.append(report(client, 52013).get_data(as_text=True))
+    sim.inject("gettoken", 40001)
+    from gateway.runtime import get_runtime as rt_of
+
+    rt = rt_of(app)
+    corp = rt.corp(DEMO_CORPID)
+    rt.store.delete(rt.corp_client(corp).token.key)
+    sim.inject("user/getUseridByUnionid", 40014)
+    bodies.append(login(client, sim.mint_auth_code(DEMO_CORPID, UNLINKED["unionid"])).get_data(as_text=True))
+    bodies.append(client.get("/metrics").get_data(as_text=True))
+    channel = rt.channel_client(corp)
+    secrets = [DEMO_CORP_SECRET, DEMO_CHANNEL_SECRET, TEST_SECRET_KEY, *codes]
+    for cache in (channel.token, channel.ticket, rt.corp_client(corp).token):
+        cred = cache.peek()
+        if cred:
+            secrets.append(cred.value)
+    assert len(secrets) >= 8
+    haystack = "\n".join(bodies) + "\n".join(r.getMessage() for r in caplog.records)
+    for secret in secrets:
+        assert secret not in haystack
