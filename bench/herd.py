@@ -1,0 +1,168 @@
+"""Thundering herd on a cold cache: P processes x T threads ask for the same corp's config (or log in) at once.
+
+Used by the concurrency tests (tests/test_concurrency.py) and as a benchmark:
+
+    python -m bench.herd --processes 4 --threads 32 [--ticket-mode invalidate|renew] [--latency 0.05]
+
+It starts a real redis-server and the simulator itself, prints upstream fetches per pipeline and the time to
+the first and last response.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import threading
+import time
+from typing import Any
+from urllib.parse import quote
+
+PAGE = "https://h5.example.com/herd?x=1"
+
+
+def _worker(
+    index: int,
+    settings: dict[str, Any],
+    kind: str,
+    threads: int,
+    codes: list[str],
+    barrier: Any,
+    out: Any,
+) -> None:
+    """One OS process: build the app, wait for everyone, fire `threads` requests at once."""
+    from app import create_app
+
+    app = create_app(settings)
+    results: list[dict[str, Any]] = [{} for _ in range(threads)]
+    corpid, agentid = settings["_corpid"], settings["_agentid"]
+    local = threading.Barrier(threads)
+
+    def one(i: int) -> None:
+        client = app.test_client()
+        local.wait()
+        started = time.time()
+        if kind == "config":
+            resp = client.get(f"/channel/config?corpid={corpid}&agentid={agentid}&url={quote(PAGE, safe='')}")
+        else:
+            resp = client.post("/channel/login", json={"corpid": corpid, "code": codes[i]})
+        results[i] = {"status": resp.status_code, "body": resp.get_json(), "start": started, "end": time.time()}
+
+    pool = [threading.Thread(target=one, args=(i,)) for i in range(threads)]
+    barrier.wait(timeout=120)
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(120)
+    out.put((index, results))
+
+
+def run_herd(
+    *,
+    base_url: str,
+    redis_url: str,
+    secret_key: str,
+    corpid: str,
+    agentid: str,
+    processes: int,
+    threads: int,
+    kind: str = "config",
+    codes: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the herd; return every request's status, body and wall-clock start/end."""
+    settings: dict[str, Any] = {
+        "DINGTALK_API_BASE": base_url,
+        "REDIS_URL": redis_url,
+        "GATEWAY_SECRET_KEY": secret_key,
+        "GATEWAY_TOKEN_JITTER": 0,
+        "_corpid": corpid,
+        "_agentid": agentid,
+        **(extra or {}),
+    }
+    ctx = mp.get_context("spawn")  # no fork of a threaded parent (the simulator serves from a thread)
+    barrier = ctx.Barrier(processes)
+    out = ctx.Queue()
+    codes = codes or []
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(i, settings, kind, threads, codes[i * threads : (i + 1) * threads], barrier, out),
+            daemon=True,
+        )
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    results: list[dict[str, Any]] = []
+    for _ in procs:
+        _, chunk = out.get(timeout=180)
+        results.extend(chunk)
+    for p in procs:
+        p.join(30)
+    return results
+
+
+def main() -> None:
+    from sandbox.server import SimulatorServer
+    from sandbox.state import Simulator
+    from tests.conftest import RedisServer, free_port
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=32)
+    parser.add_argument("--ticket-mode", choices=["invalidate", "renew"], default="invalidate")
+    parser.add_argument("--latency", type=float, default=0.05, help="simulated upstream latency (s)")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
+
+    redis_server = RedisServer(free_port())
+    redis_server.start()
+    rows = []
+    try:
+        for _ in range(args.rounds):
+            import redis
+
+            redis.Redis.from_url(redis_server.url).flushdb()
+            with SimulatorServer(Simulator.demo(rate_limit=None)) as sim_server:
+                sim = sim_server.sim
+                sim.set_ticket_mode(DEMO_CORPID, args.ticket_mode)
+                sim.set_latency(args.latency)
+                from app import create_app
+                from corp.registry import Corp
+                from gateway.runtime import get_runtime
+
+                app = create_app({"DINGTALK_API_BASE": sim_server.base_url, "REDIS_URL": redis_server.url,
+                                  "GATEWAY_SECRET_KEY": "bench-secret-key"})
+                get_runtime(app).registry.add(Corp(corpid=DEMO_CORPID, agent_id=DEMO_AGENT_ID,
+                                                   origins=("https://h5.example.com",),
+                                                   corp_secret=DEMO_CORP_SECRET, channel_secret=DEMO_CHANNEL_SECRET))
+                results = run_herd(base_url=sim_server.base_url, redis_url=redis_server.url,
+                                   secret_key="bench-secret-key", corpid=DEMO_CORPID, agentid=DEMO_AGENT_ID,
+                                   processes=args.processes, threads=args.threads)
+                t0 = min(r["start"] for r in results)
+                valid = sum(
+                    sim.check_config(corpId=r["body"]["corpId"], agentId=r["body"]["agentId"],
+                                     timeStamp=r["body"]["timeStamp"], nonceStr=r["body"]["nonceStr"],
+                                     signature=r["body"]["signature"], type=1, url=PAGE).get("ok", False)
+                    for r in results if r["status"] == 200
+                )
+                rows.append({
+                    "requests": len(results),
+                    "ok": sum(r["status"] == 200 for r in results),
+                    "valid_signatures": valid,
+                    "channel_token_fetches": sim.calls("channel/get_channel_token"),
+                    "ticket_fetches": sim.calls("channel/get_channel_jsapi_ticket"),
+                    "first_ms": round((min(r["end"] for r in results) - t0) * 1000, 1),
+                    "last_ms": round((max(r["end"] for r in results) - t0) * 1000, 1),
+                })
+    finally:
+        redis_server.stop()
+    print(json.dumps({"processes": args.processes, "threads": args.threads, "ticket_mode": args.ticket_mode,
+                      "latency_s": args.latency, "rounds": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""The token pipelines under real concurrency: several OS processes, many threads, a real Redis.
+
+These are the claims peer SDKs get wrong, so each is shown against redis-server, never fakeredis.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from bench.herd import PAGE, run_herd
+from gateway.runtime import get_runtime
+from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID, DEMO_PEOPLE
+from tests.conftest import EMPLOYEE, TEST_SECRET_KEY, RedisServer, free_port, make_config, register_demo
+
+pytestmark = pytest.mark.redis
+
+PROCESSES, THREADS = 4, 32
+
+
+def herd(sim_server: Any, redis_url: str, **kw: Any) -> list[dict[str, Any]]:
+    return run_herd(base_url=sim_server.base_url, redis_url=redis_url, secret_key=TEST_SECRET_KEY,
+                    corpid=DEMO_CORPID, agentid=DEMO_AGENT_ID, processes=PROCESSES, threads=THREADS, **kw)
+
+
+@pytest.mark.parametrize("mode", ["invalidate", "renew"])
+def test_cold_herd_fetches_each_credential_once(redis_app: Any, redis_url: str, sim_server: Any, mode: str) -> None:
+    sim = sim_server.sim
+    sim.set_ticket_mode(DEMO_CORPID, mode)
+    sim.set_latency(0.05)  # widen the race: every fetch takes 50 ms
+    results = herd(sim_server, redis_url)
+    assert len(results) == PROCESSES * THREADS
+    assert [r["status"] for r in results] == [200] * len(results)
+    assert sim.calls("channel/get_channel_token") == 1
+    assert sim.calls("channel/get_channel_jsapi_ticket") == 1
+    for r in results:
+        cfg = r["body"]
+        verdict = sim.check_config(corpId=cfg["corpId"], agentId=cfg["agentId"], timeStamp=cfg["timeStamp"],
+                                   nonceStr=cfg["nonceStr"], signature=cfg["signature"], type=1, url=PAGE)
+        assert verdict == {"ok": True}
+
+
+def test_cold_herd_of_logins_fetches_the_corp_token_once(redis_app: Any, redis_url: str, sim_server: Any) -> None:
+    sim = sim_server.sim
+    sim.set_latency(0.05)
+    people = [p["unionid"] for p in DEMO_PEOPLE]
+    codes = [sim.mint_auth_code(DEMO_CORPID, people[i % len(people)]) for i in range(PROCESSES * THREADS)]
+    results = herd(sim_server, redis_url, kind="login", codes=codes)
+    assert [r["status"] for r in results] == [200] * len(results)
+    assert sim.calls("gettoken") == 1
+    assert sim.calls("channel/get_channel_token") == 1
+    assert sim.calls("channel/user/get_by_code") == len(codes)
+    linked = {r["body"]["unionid"]: r["body"]["userid"] for r in results}
+    assert linked == {p["unionid"]: p["userid"] for p in DEMO_PEOPLE}
+
+
+@pytest.mark.parametrize("pipeline", ["channel", "corp"])
+def test_revocation_during_traffic_costs_one_refresh(redis_app: Any, sim_server: Any, pipeline: str) -> None:
+    sim = sim_server.sim
+    # Short-lived links so the corp token is exercised on every login too.
+    get_runtime(redis_app).config["GATEWAY_USERID_CACHE_TTL"] = 1
+    client = redis_app.test_client()
+    assert client.get(f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}"
+                      f"&url={quote(PAGE, safe='')}").status_code == 200
+    statuses: list[int] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+    unionids = [p["unionid"] for p in DEMO_PEOPLE]
+
+    def traffic(n: int) -> None:
+        c = redis_app.test_client()
+        i = 0
+        while not stop.is_set() and i < 200:
+            unionid = unionids[(n + i) % len(unionids)]
+            if pipeline == "corp":
+                # Force a fresh lookup with the corp token on every request.
+                store = get_runtime(redis_app).store
+                for key in store.scan_iter(match="*:link:*"):
+                    store.delete(key)
+            resp = c.post("/channel/login", json={"corpid": DEMO_CORPID,
+                                                  "code": sim.mint_auth_code(DEMO_CORPID, unionid)})
+            with lock:
+                statuses.append(resp.status_code)
+            i += 1
+
+    workers = [threading.Thread(target=traffic, args=(n,)) for n in range(12)]
+    for w in workers:
+        w.start()
+    time.sleep(0.5)
+    before = sim.calls("gettoken" if pipeline == "corp" else "channel/get_channel_token")
+    sim.revoke_tokens(DEMO_CORPID, pipeline)
+    time.sleep(1.0)
+    stop.set()
+    for w in workers:
+        w.join(30)
+    after = sim.calls("gettoken" if pipeline == "corp" else "channel/get_channel_token")
+    assert len(statuses) > 50
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert after - before == 1
+
+
+def test_invalidation_by_a_late_process_keeps_the_newer_token(redis_app: Any, sim_server: Any) -> None:
+    rt = get_runtime(redis_app)
+    # Two workers' views of one corp, sharing only Redis.
+    a = rt.channel_client(rt.corp(DEMO_CORPID)).token
+    b = rt.channel_client(rt.corp(DEMO_CORPID)).token
+    old = a.get()
+    sim_server.sim.revoke_tokens(DEMO_CORPID, "channel")
+    assert b.invalidate(old) is True
+    fresh = b.get()
+    assert a.invalidate(old) is False
+    assert a.get().value == fresh.value != old.value
+
+
+def test_two_corps_and_two_pipelines_stay_apart(redis_app: Any, redis_url: str, sim_server: Any) -> None:
+    sim = sim_server.sim
+    sim.add_corp("dingsecond", corp_secret="second-corp-secret", channel_secret="second-channel-secret",
+                 agent_id="22")
+    sim.add_person("dingsecond", unionid=EMPLOYEE["unionid"], openid="oSecond", name="x", userid="second01",
+                   contact_type=0)
+    register_demo(redis_app, corpid="dingsecond", agent_id="22", corp_secret="second-corp-secret",
+                  channel_secret="second-channel-secret")
+    client = redis_app.test_client()
+    for corpid, userid in ((DEMO_CORPID, "manager0001"), ("dingsecond", "second01")):
+        resp = client.post("/channel/login", json={"corpid": corpid,
+                                                   "code": sim.mint_auth_code(corpid, EMPLOYEE["unionid"])})
+        assert resp.status_code == 200 and resp.json["userid"] == userid and resp.json["corpid"] == corpid
+    rt = get_runtime(redis_app)
+    values = []
+    for corpid in (DEMO_CORPID, "dingsecond"):
+        corp = rt.corp(corpid)
+        for cache in (rt.channel_client(corp).token, rt.corp_client(corp).token):
+            cred = cache.peek()
+            assert cred is not None and f"{{{corpid}}}" in cache.key
+            values.append(cred.value)
+    assert len(set(values)) == 4
+    # No token was ever refused: nothing was sent to the wrong corp or pipeline.
+    assert sim.calls("gettoken") == 2 and sim.calls("channel/get_channel_token") == 2
+
+
+def test_redis_outage_fails_cleanly_and_recovers(sim_server: Any) -> None:
+    from app import create_app
+
+    server = RedisServer(free_port())
+    server.start()
+    try:
+        app = create_app(make_config(sim_server, REDIS_URL=server.url))
+        register_demo(app)
+        client = app.test_client()
+        url = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote(PAGE, safe='')}"
+        assert client.get(url).status_code == 200
+        server.stop()
+        for _ in range(3):
+            started = time.monotonic()
+            resp = client.get(url)
+            assert resp.status_code == 503
+            assert resp.json["error"]["code"] == "upstream_unavailable" and resp.headers["Retry-After"]
+            assert time.monotonic() - started < 5
+        assert client.get("/healthz").status_code == 503
+        login = client.post("/channel/login", json={"corpid": DEMO_CORPID, "code": "x"})
+        assert login.status_code == 503
+        server.start()  # same port, empty (no persistence): the corp must be registered again
+        register_demo(app)
+        assert client.get("/healthz").status_code == 200
+        assert client.get(url).status_code == 200
+    finally:
+        server.stop()
