@@ -1,0 +1,147 @@
+"""The app factory: configuration, the error envelope on every error, health, store selection, sandbox mode."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from app import create_app
+from gateway.config import load_config
+from gateway.sealing import Sealer, SealError, fingerprint
+from tests.conftest import make_config
+
+
+def test_secret_key_is_required_outside_sandbox() -> None:
+    with pytest.raises(RuntimeError, match="GATEWAY_SECRET_KEY is required"):
+        load_config(env={})
+    assert load_config(env={"GATEWAY_SANDBOX": "1"})["GATEWAY_SECRET_KEY"]
+    with pytest.raises(RuntimeError, match="GATEWAY_HTTP_TIMEOUT"):
+        load_config(env={"GATEWAY_SECRET_KEY": "k", "GATEWAY_HTTP_TIMEOUT": "soon"})
+
+
+def test_config_from_environment() -> None:
+    config = load_config(env={"GATEWAY_SECRET_KEY": "k", "DINGTALK_API_BASE": "http://x/", "GATEWAY_TOKEN_MARGIN": "600",
+                              "GATEWAY_TRUST_PROXY": "true"})
+    assert config["DINGTALK_API_BASE"] == "http://x"
+    assert config["GATEWAY_TOKEN_MARGIN"] == 600 and config["GATEWAY_TRUST_PROXY"] is True
+    assert config["REDIS_URL"] is None and config["GATEWAY_ADMIN_TOKEN"] is None
+
+
+def test_healthz(client: Any) -> None:
+    resp = client.get("/healthz")
+    assert resp.status_code == 200 and resp.json["status"] == "ok" and resp.json["store"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/no/such/route", 404, "not_found"),
+        ("DELETE", "/channel/config", 405, "method_not_allowed"),
+        ("PUT", "/channel/login", 405, "method_not_allowed"),
+        ("POST", "/healthz", 405, "method_not_allowed"),
+    ],
+)
+def test_every_error_is_the_envelope(client: Any, method: str, path: str, status: int, code: str) -> None:
+    resp = client.open(path, method=method)
+    assert resp.status_code == status
+    err = resp.json["error"]
+    assert err["code"] == code and err["message"] and err["hint"] and err["request_id"]
+    assert resp.headers["X-Request-Id"] == err["request_id"]
+
+
+def test_unexpected_exception_is_a_clean_500(app: Any, caplog: pytest.LogCaptureFixture) -> None:
+    @app.get("/boom")
+    def boom() -> str:
+        raise KeyError("internal detail")
+
+    resp = app.test_client().get("/boom", headers={"X-Request-Id": "req-123"})
+    assert resp.status_code == 500
+    assert resp.json["error"]["code"] == "internal_error" and resp.json["error"]["request_id"] == "req-123"
+    assert "internal detail" not in resp.get_data(as_text=True) and "Traceback" not in resp.get_data(as_text=True)
+    assert any("req-123" == getattr(r, "request_id", None) for r in caplog.records)
+
+
+def test_bad_request_id_is_replaced(client: Any) -> None:
+    resp = client.get("/healthz", headers={"X-Request-Id": "bad id <script>"})
+    assert resp.headers["X-Request-Id"] != "bad id <script>" and len(resp.headers["X-Request-Id"]) == 32
+
+
+def test_in_process_store_warns(sim_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    create_app(make_config(sim_server))
+    assert any("REDIS_URL is not set" in r.getMessage() and "several workers" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.mark.redis
+def test_real_redis_is_used_when_configured(redis_app: Any, real_redis: Any) -> None:
+    assert redis_app.test_client().get("/healthz").status_code == 200
+    assert real_redis.exists("dtgw:v1:{dingdemo0001}:corp")
+
+
+def test_sandbox_mode_runs_everything_in_one_process() -> None:
+    app = create_app({"GATEWAY_SANDBOX": True, "REDIS_URL": None, "GATEWAY_SECRET_KEY": None,
+                      "DINGTALK_API_BASE": "https://oapi.dingtalk.com"})
+    client = app.test_client()
+    assert client.get("/healthz").json["sandbox"] is True
+    people = client.get("/sandbox/people").json
+    assert people["corpid"] == "dingdemo0001" and len(people["people"]) == 3
+    assert app.config["DINGTALK_API_BASE"].startswith("http://127.0.0.1:")  # never the real DingTalk
+    page = "http://127.0.0.1:5000/channel/login?corpid=dingdemo0001&agentid=1000001"
+    cfg = client.get("/channel/config", query_string={"corpid": "dingdemo0001", "agentid": "1000001",
+                                                       "url": page}).json
+    verdict = client.post("/sandbox/client/check_config", json={**cfg, "url": page}).json
+    assert verdict == {"ok": True}
+    unionid = people["people"][0]["unionid"]
+    code = client.post("/sandbox/client/auth_code", json={"corpid": "dingdemo0001", "unionid": unionid}).json["code"]
+    login = client.post("/channel/login", json={"corpid": "dingdemo0001", "code": code})
+    assert login.status_code == 200 and login.json["userid"] == "manager0001"
+
+
+def test_sandbox_routes_absent_outside_sandbox(client: Any) -> None:
+    assert client.get("/sandbox/people").status_code == 404
+
+
+def test_proxy_headers_trusted_only_when_configured(sim_server: Any) -> None:
+    from tests.conftest import register_demo
+
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "h5.example.com", "X-Forwarded-For": "198.51.100.7",
+               "Referer": "https://h5.example.com/p"}
+    trusted = create_app(make_config(sim_server, GATEWAY_TRUST_PROXY=True))
+    register_demo(trusted)
+    plain = create_app(make_config(sim_server))
+    register_demo(plain)
+    for app in (trusted, plain):
+        @app.get("/whoami")
+        def whoami() -> dict[str, str]:
+            from flask import request
+
+            return {"url": request.url, "remote": str(request.remote_addr)}
+
+    assert trusted.test_client().get("/whoami", headers=headers).json == {
+        "url": "https://h5.example.com/whoami", "remote": "198.51.100.7"}
+    assert plain.test_client().get("/whoami", headers=headers).json["url"] == "http://localhost/whoami"
+
+
+def test_sealing_binds_place_and_key() -> None:
+    sealer = Sealer("key-one")
+    sealed = sealer.seal("secret", "corp:a:corp_secret")
+    assert "secret" not in sealed and sealer.open(sealed, "corp:a:corp_secret") == "secret"
+    assert sealer.seal("secret", "x") != sealer.seal("secret", "x")  # fresh nonce each time
+    with pytest.raises(SealError):
+        sealer.open(sealed, "corp:b:corp_secret")
+    with pytest.raises(SealError):
+        Sealer("key-two").open(sealed, "corp:a:corp_secret")
+    for bad in ("", "v1.", "v1.!!!", "plain", sealed[:-4]):
+        with pytest.raises(SealError):
+            sealer.open(bad, "corp:a:corp_secret")
+    assert fingerprint("abc") == fingerprint("abc") != fingerprint("abd") and len(fingerprint("abc")) == 10
+
+
+def test_metrics_endpoint(client: Any) -> None:
+    client.get("/healthz")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "# TYPE dtgw_http_requests_total counter" in text
+    assert "dtgw_http_request_duration_seconds_bucket" in text
