@@ -41,10 +41,12 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     handlers.init_app(app)
 
     from channel.views import bp as channel_bp
+    from corp.callbacks import bp as callbacks_bp
     from corp.cli import bp as corp_bp
 
     app.register_blueprint(channel_bp)
     app.register_blueprint(corp_bp)
+    app.register_blueprint(callbacks_bp)
     if sandbox:
         from sandbox.bridge import bp as sandbox_bp
         from sandbox.bridge import register_demo_corp
