@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -69,11 +70,17 @@ def _origin_tuple(url: str) -> tuple[str, str, int] | None:
 
 
 class CorpRegistry:
-    """Reads and writes corps in the store."""
+    """Reads and writes corps in the store.
 
-    def __init__(self, store: redis.Redis, sealer: Sealer) -> None:
+    Every request needs its corp, so a registration read from the store is kept in this process for
+    `cache_ttl` seconds: a change made elsewhere (another host's `flask corp add/remove`) takes effect within that.
+    """
+
+    def __init__(self, store: redis.Redis, sealer: Sealer, *, cache_ttl: float = 2.0) -> None:
         self._store = store
         self._sealer = sealer
+        self._cache_ttl = cache_ttl
+        self._cache: dict[str, tuple[float, Corp]] = {}
 
     @staticmethod
     def key(corpid: str) -> str:
@@ -98,16 +105,27 @@ class CorpRegistry:
         pipe.hset(key, mapping=mapping)
         pipe.execute()
         self._store.sadd(INDEX, corp.corpid)
+        self._cache.pop(corp.corpid, None)
 
     def get(self, corpid: str) -> Corp:
         """The corp, secrets opened; UnknownCorp if not registered."""
+        cached = self._cache.get(corpid)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        corp = self._load(corpid)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[corpid] = (now + self._cache_ttl, corp)
+        return corp
+
+    def _load(self, corpid: str) -> Corp:
         key = self.key(corpid)
         raw = self._store.hgetall(key)
         if not raw:
             raise UnknownCorp(f"Corp {corpid!r} is not registered with this gateway")
         opened = {
-            name: (self._sealer.open(raw[name], f"{key}:{name}") if raw.get(name) else None)
-            for name in SECRET_FIELDS
+            name: (self._sealer.open(raw[name], f"{key}:{name}") if raw.get(name) else None) for name in SECRET_FIELDS
         }
         return Corp(
             corpid=raw["corpid"],
@@ -131,6 +149,7 @@ class CorpRegistry:
 
     def remove(self, corpid: str) -> bool:
         """Forget a corp and everything cached for it; False if it was not registered."""
+        self._cache.pop(corpid, None)
         existed = bool(self._store.exists(self.key(corpid)))
         keys = list(self._store.scan_iter(match=corp_key(_glob_escape(corpid), "*"), count=500))
         if keys:

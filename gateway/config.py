@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_SESSION_TTL": 7200,  # session token lifetime
     "GATEWAY_CALLBACK_WINDOW": 300,  # accepted callback timestamp skew
     "GATEWAY_TRACE_LIMIT": 200,  # trace entries kept per corp
+    "GATEWAY_CORP_CACHE_TTL": 2.0,  # a registration change made on another host is seen within this
     "GATEWAY_MAX_BODY": 16 * 1024,  # bytes
     "GATEWAY_BUSY_RETRIES": 3,  # errcode -1 retries
     "GATEWAY_SANDBOX_ORIGINS": "http://127.0.0.1:5000,http://localhost:5000",
@@ -46,9 +47,7 @@ def _coerce(default: Any, raw: str) -> Any:
     return raw or None
 
 
-def load_config(
-    env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
+def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Read every setting from the environment, then apply explicit overrides (tests)."""
     env = os.environ if env is None else env
     config = dict(DEFAULTS)

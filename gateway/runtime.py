@@ -57,7 +57,7 @@ def init_app(app: Flask) -> None:
             timeout=float(config["GATEWAY_HTTP_TIMEOUT"]),
             busy_retries=int(config["GATEWAY_BUSY_RETRIES"]),
         ),
-        registry=CorpRegistry(store, sealer),
+        registry=CorpRegistry(store, sealer, cache_ttl=float(config["GATEWAY_CORP_CACHE_TTL"])),
         settings=CacheSettings(
             margin=int(config["GATEWAY_TOKEN_MARGIN"]),
             jitter=int(config["GATEWAY_TOKEN_JITTER"]),

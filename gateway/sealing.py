@@ -30,8 +30,13 @@ def derive_key(secret_key: str, purpose: str) -> bytes:
 class Sealer:
     """Encrypts and decrypts short secrets with a purpose-bound key."""
 
+    # Opening is on the hot path (every config reads the sealed ticket); a sealed value never changes, so
+    # remember a few recent openings instead of re-running AES-GCM for each request.
+    _MEMO_SIZE = 512
+
     def __init__(self, secret_key: str) -> None:
         self._key = derive_key(secret_key, "seal-v1")
+        self._memo: dict[tuple[str, str], str] = {}
 
     def seal(self, plaintext: str, where: str) -> str:
         """Encrypt `plaintext`, bound to `where`."""
@@ -43,6 +48,17 @@ class Sealer:
 
     def open(self, sealed: str, where: str) -> str:
         """Decrypt a value sealed for `where`; raise SealError on any mismatch."""
+        memo_key = (sealed, where)
+        hit = self._memo.get(memo_key)
+        if hit is not None:
+            return hit
+        plaintext = self._open(sealed, where)
+        if len(self._memo) >= self._MEMO_SIZE:
+            self._memo.clear()
+        self._memo[memo_key] = plaintext
+        return plaintext
+
+    def _open(self, sealed: str, where: str) -> str:
         if not sealed.startswith(_PREFIX):
             raise SealError("not a sealed value")
         try:

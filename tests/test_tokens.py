@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from gateway.errors import LockTimeout, UpstreamError
+from gateway.errors import LockTimeout
 from gateway.runtime import get_runtime
 from oapi.tokens import CacheSettings, ChannelToken, CredentialCache
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
