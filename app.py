@@ -43,9 +43,11 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     from channel.views import bp as channel_bp
     from corp.callbacks import bp as callbacks_bp
     from corp.cli import bp as corp_bp
+    from support.views import bp as support_bp
 
     app.register_blueprint(channel_bp)
     app.register_blueprint(corp_bp)
+    app.register_blueprint(support_bp)
     app.register_blueprint(callbacks_bp)
     if sandbox:
         from sandbox.bridge import bp as sandbox_bp

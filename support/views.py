@@ -1,0 +1,258 @@
+"""The support console's blueprint: the page, login/logout, and the JSON API under /support/api/.
+
+Always registered; without GATEWAY_ADMIN_TOKEN the page shows a disabled notice (404) and the API answers 401
+with hint 'console disabled: set GATEWAY_ADMIN_TOKEN'.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect, render_template, request
+from flask.blueprints import BlueprintSetupState
+from werkzeug.wrappers import Response as BaseResponse
+
+from gateway.errors import InvalidRequest, Unauthorized
+from gateway.runtime import get_runtime
+from support import logbuffer, state
+from support.auth import COOKIE, COOKIE_PATH, CSRF_HEADER, Guard, Session, Settings
+
+log = logging.getLogger(__name__)
+bp = Blueprint("support", __name__, url_prefix="/support")
+EXTENSION = "dtgw.support"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+
+
+@bp.record_once
+def _setup(setup: BlueprintSetupState) -> None:
+    app = cast(Flask, setup.app)
+    settings = Settings.from_config(app.config)
+    app.extensions[EXTENSION] = Guard(get_runtime(app).store, settings)
+    if settings.enabled:
+        logbuffer.install()
+        if len(settings.admin_token or "") < 16:
+            log.warning("GATEWAY_ADMIN_TOKEN is short; use at least 16 random characters")
+
+
+def guard() -> Guard:
+    return current_app.extensions[EXTENSION]
+
+
+def client_ip() -> str:
+    # Behind nginx, ProxyFix (GATEWAY_TRUST_PROXY) has already put the real client address here.
+    return request.remote_addr or "unknown"
+
+
+def _same_origin_post() -> bool:
+    """False when a browser says the POST comes from another origin."""
+    origin = request.headers.get("Origin")
+    if not origin or origin == "null":
+        return origin is None
+    here = urlsplit(request.host_url)
+    there = urlsplit(origin)
+    return (there.scheme, there.netloc) == (here.scheme, here.netloc)
+
+
+def current_session() -> Session | None:
+    return guard().session_from_cookie(request.cookies.get(COOKIE))
+
+
+def require_admin() -> None:
+    """Admit a request with the bearer token, or with a session cookie (plus CSRF token on POST)."""
+    gd = guard()
+    gd.require_enabled()
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("Authorization must be `Bearer <admin token>`")
+        gd.check_token(token.strip(), client_ip())
+        g.support_auth = "bearer"
+        return
+    session = current_session()
+    if session is None:
+        raise Unauthorized(
+            "No admin token and no console session",
+            hint="Send `Authorization: Bearer <GATEWAY_ADMIN_TOKEN>`, or log in at /support.",
+        )
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        if not _same_origin_post() or not gd.csrf_ok(session, request.headers.get(CSRF_HEADER)):
+            raise Unauthorized(
+                "Missing or wrong CSRF token",
+                hint=f"Cookie-authenticated POSTs must send the page's {CSRF_HEADER} header; reload the console.",
+            )
+    g.support_auth = "cookie"
+
+
+@bp.after_request
+def _headers(response: Response) -> Response:
+    # Console answers hold operational detail: never cached, never framed, no referrer to other sites.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"  # no-referrer would make Chrome send Origin: null
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+    return response
+
+
+def _json_body() -> dict[str, Any]:
+    data = request.get_json(silent=True) if request.is_json else None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The body must be a JSON object", hint="Send Content-Type: application/json.")
+    return data
+
+
+# -- pages -----------------------------------------------------------------------------------------------------
+@bp.get("")
+@bp.get("/")
+def page() -> tuple[str, int]:
+    gd = guard()
+    if not gd.settings.enabled:
+        return render_template("support_disabled.html"), 404
+    session = current_session()
+    if session is None:
+        return render_template("support_login.html", error=None), 200
+    return render_template("support.html", csrf=session.csrf, corp=request.args.get("corp", "")), 200
+
+
+@bp.post("/login")
+def login() -> Any:
+    response: BaseResponse
+    gd = guard()
+    if not gd.settings.enabled:
+        return render_template("support_disabled.html"), 404
+    if not _same_origin_post():
+        return render_template("support_login.html", error="请求来源不符 (cross-origin login refused)"), 403
+    try:
+        gd.check_token(str(request.form.get("token", "")), client_ip())
+    except Unauthorized as e:
+        log.warning("support login refused from %s (%s)", client_ip(), e.status)
+        response = Response(
+            render_template("support_login.html", error=e.message, retry_after=e.retry_after), status=e.status
+        )
+        if e.retry_after:
+            response.headers["Retry-After"] = str(int(e.retry_after))
+        return response
+    cookie, _ = gd.open_session()
+    log.info("support login from %s", client_ip())
+    response = redirect("/support", code=303)
+    response.set_cookie(
+        COOKIE,
+        cookie,
+        max_age=gd.settings.session_ttl,
+        path=COOKIE_PATH,
+        secure=request.is_secure,
+        httponly=True,
+        samesite="Strict",
+    )
+    return response
+
+
+@bp.post("/logout")
+def logout() -> Any:
+    session = current_session()
+    if session is not None and _same_origin_post() and guard().csrf_ok(session, request.form.get("csrf")):
+        guard().close_session(session)
+    response = redirect("/support", code=303)
+    response.delete_cookie(COOKIE, path=COOKIE_PATH, secure=request.is_secure, httponly=True, samesite="Strict")
+    return response
+
+
+@bp.get("/logs/<request_id>")
+def log_page(request_id: str) -> Any:
+    if not guard().settings.enabled:
+        return render_template("support_disabled.html"), 404
+    if current_session() is None and not request.headers.get("Authorization"):
+        return render_template("support_login.html", error=None), 401
+    require_admin()
+    if not _REQUEST_ID_RE.match(request_id):
+        raise InvalidRequest("request_id: not a request id")
+    return render_template("support_logs.html", request_id=request_id, lines=logbuffer.lines_for(request_id))
+
+
+# -- JSON API --------------------------------------------------------------------------------------------------
+@bp.get("/api/corps")
+def api_corps() -> Response:
+    require_admin()
+    return jsonify({"corps": state.corps_overview(get_runtime())})
+
+
+@bp.get("/api/corps/<corpid>")
+def api_corp(corpid: str) -> Response:
+    require_admin()
+    return jsonify(state.corp_state(get_runtime(), corpid))
+
+
+@bp.post("/api/corps/<corpid>/refresh/<pipeline>")
+def api_refresh(corpid: str, pipeline: str) -> tuple[Response, int]:
+    require_admin()
+    if pipeline not in state.PIPELINES:
+        raise InvalidRequest(f"pipeline: must be one of {', '.join(state.PIPELINES)}")
+    result = state.refresh(get_runtime(), corpid, pipeline)
+    log.info("support refresh corp=%s pipeline=%s refreshed=%s", corpid, pipeline, result["refreshed"])
+    if result["refreshed"]:
+        return jsonify(result), 200
+    response = jsonify(result)
+    response.headers["Retry-After"] = str(max(1, int(result["state"]["cooldown_left"])))
+    return response, 429
+
+
+@bp.get("/api/corps/<corpid>/trace")
+def api_trace(corpid: str) -> Response:
+    require_admin()
+    outcome = request.args.get("outcome") or None
+    try:
+        count = int(request.args.get("count", "50"))
+    except ValueError:
+        raise InvalidRequest("count: must be a number") from None
+    return jsonify(state.recent_trace(get_runtime(), corpid, outcome=outcome, count=count))
+
+
+@bp.post("/api/corps/<corpid>/signature-check")
+def api_signature_check(corpid: str) -> Response:
+    require_admin()
+    body = _json_body()
+    fields = {}
+    for name in ("url", "nonceStr", "timeStamp", "signature"):
+        value = body.get(name)
+        if not isinstance(value, str | int) or not str(value).strip():
+            raise InvalidRequest(f"{name}: required (a string)")
+        fields[name] = str(value)
+    return jsonify(
+        state.check_signature(
+            get_runtime(),
+            corpid,
+            url=fields["url"],
+            nonce=fields["nonceStr"],
+            timestamp=fields["timeStamp"],
+            signature=fields["signature"],
+        )
+    )
+
+
+@bp.post("/api/corps/<corpid>/self-test")
+def api_self_test(corpid: str) -> Response:
+    require_admin()
+    log.info("support self-test corp=%s", corpid)
+    return jsonify(state.self_test(get_runtime(), corpid))
+
+
+@bp.get("/api/logs/<request_id>")
+def api_logs(request_id: str) -> Response:
+    require_admin()
+    if not _REQUEST_ID_RE.match(request_id):
+        raise InvalidRequest("request_id: not a request id")
+    return jsonify(
+        {
+            "request_id": request_id,
+            "lines": logbuffer.lines_for(request_id),
+            "grep": f"grep -F '[{request_id}]'",
+            "note": "Lines of this worker process only; the full history is in the gateway's log files.",
+        }
+    )

@@ -1,0 +1,545 @@
+"""The support console (issue 9): access control, pipelines, refresh cooldowns, trace, signature checker,
+self-test, and that no page or API answer ever shows a secret, token, ticket or auth code."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from channel.signing import normalize_url, sign
+from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
+from sandbox.server import SimulatorServer
+from sandbox.state import DEFAULT_BLOCKED_IP
+from support.auth import COOKIE
+from tests.conftest import EMPLOYEE, ORIGIN, UNLINKED, make_config, register_demo
+
+ADMIN_TOKEN = "support-admin-token-0123456789abcdef"
+BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+API = "/support/api"
+
+
+def build_app(sim_server: SimulatorServer, **overrides: Any) -> Any:
+    from app import create_app
+
+    config = {"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN, "GATEWAY_SUPPORT_SELFTEST_COOLDOWN": 0, **overrides}
+    application = create_app(make_config(sim_server, **config))
+    register_demo(application)
+    return application
+
+
+@pytest.fixture
+def sapp(sim_server: SimulatorServer) -> Any:
+    return build_app(sim_server)
+
+
+@pytest.fixture
+def sclient(sapp: Any) -> Any:
+    return sapp.test_client()
+
+
+def runtime(app: Any) -> Any:
+    from gateway.runtime import get_runtime
+
+    return get_runtime(app)
+
+
+def channel_client(app: Any) -> Any:
+    rt = runtime(app)
+    return rt.channel_client(rt.corp(DEMO_CORPID))
+
+
+def corp_client(app: Any) -> Any:
+    rt = runtime(app)
+    return rt.corp_client(rt.corp(DEMO_CORPID))
+
+
+def follower_login(client: Any, sim: Any, unionid: str) -> Any:
+    code = sim.mint_auth_code(DEMO_CORPID, unionid)
+    return client.post("/channel/login", json={"corpid": DEMO_CORPID, "code": code})
+
+
+def log_in(client: Any) -> str:
+    """Log in through the form; return the page's CSRF token."""
+    response = client.post("/support/login", data={"token": ADMIN_TOKEN})
+    assert response.status_code == 303
+    page = client.get("/support")
+    assert page.status_code == 200
+    match = re.search(r'name="csrf-token" content="([^"]+)"', page.get_data(as_text=True))
+    assert match
+    return match.group(1)
+
+
+def signature_check(client: Any, **fields: str) -> dict[str, Any]:
+    response = client.post(f"{API}/corps/{DEMO_CORPID}/signature-check", headers=BEARER, json=fields)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+# -- access ----------------------------------------------------------------------------------------------------
+def test_disabled_without_admin_token(client: Any) -> None:
+    page = client.get("/support")
+    assert page.status_code == 404
+    assert "GATEWAY_ADMIN_TOKEN" in page.get_data(as_text=True)
+    assert 'id="login-form"' not in page.get_data(as_text=True)
+    for response in (client.get(f"{API}/corps"), client.get(f"{API}/corps", headers=BEARER)):
+        assert response.status_code == 401
+        assert response.get_json()["error"]["code"] == "unauthorized"
+        assert response.get_json()["error"]["hint"] == "console disabled: set GATEWAY_ADMIN_TOKEN"
+    assert client.post("/support/login", data={"token": "anything"}).status_code == 404
+
+
+def test_without_token_api_401_page_login_form(sclient: Any) -> None:
+    page = sclient.get("/support")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert 'id="login-form"' in html and 'type="password"' in html
+    assert "corp-list" not in html
+    for path in ("/corps", f"/corps/{DEMO_CORPID}", f"/corps/{DEMO_CORPID}/trace"):
+        response = sclient.get(API + path)
+        assert response.status_code == 401
+        body = response.get_json()["error"]
+        assert body["code"] == "unauthorized" and body["request_id"]
+    for path in (f"/corps/{DEMO_CORPID}/self-test", f"/corps/{DEMO_CORPID}/refresh/channel_ticket"):
+        assert sclient.post(API + path).status_code == 401
+    assert sclient.get(f"{API}/corps", headers={"Authorization": ADMIN_TOKEN}).status_code == 401  # no scheme
+    assert sclient.get(f"{API}/corps", headers=BEARER).status_code == 200
+    assert sclient.get("/support/logs/abc").status_code == 401
+
+
+def test_wrong_token_refused_then_slowed_down(sapp: Any) -> None:
+    client = sapp.test_client()
+    wrong = {"Authorization": "Bearer not-the-token"}
+    statuses = [client.get(f"{API}/corps", headers=wrong).status_code for _ in range(4)]
+    assert statuses == [401, 401, 401, 401]
+    # The fifth wrong token trips the lock; from then on even the right token waits.
+    fifth = client.get(f"{API}/corps", headers=wrong)
+    assert fifth.status_code == 429 and int(fifth.headers["Retry-After"]) > 0
+    locked = client.get(f"{API}/corps", headers=BEARER)
+    assert locked.status_code == 429
+    assert int(locked.headers["Retry-After"]) > 0
+    assert locked.get_json()["error"]["code"] == "unauthorized"
+    login = client.post("/support/login", data={"token": ADMIN_TOKEN})
+    assert login.status_code == 429 and COOKIE not in login.headers.get("Set-Cookie", "")
+    # The counter is per client IP, kept in the store with a TTL.
+    store = runtime(sapp).store
+    assert int(store.get("dtgw:v1:support:fail:127.0.0.1")) >= 5
+    assert 0 < store.ttl("dtgw:v1:support:fail:127.0.0.1") <= 300
+    other = sapp.test_client()
+    other.environ_base["REMOTE_ADDR"] = "10.0.0.9"
+    assert other.get(f"{API}/corps", headers=BEARER).status_code == 200
+    # When the window passes, the right token works again.
+    store.delete("dtgw:v1:support:fail:127.0.0.1")
+    assert client.get(f"{API}/corps", headers=BEARER).status_code == 200
+
+
+def test_login_form_wrong_token_counts_too(sclient: Any) -> None:
+    for _ in range(4):
+        response = sclient.post("/support/login", data={"token": "guess"})
+        assert response.status_code == 401
+        assert 'id="login-error"' in response.get_data(as_text=True)
+        assert "Set-Cookie" not in response.headers
+    assert sclient.post("/support/login", data={"token": "guess"}).status_code == 429
+
+
+def test_login_cookie_is_secure_httponly_strict_and_not_the_token(sclient: Any) -> None:
+    response = sclient.post("/support/login", data={"token": ADMIN_TOKEN})
+    assert response.status_code == 303 and response.headers["Location"].endswith("/support")
+    cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith(COOKIE + "=")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/support" in cookie
+    assert "Secure" not in cookie  # plain http here; see the https case below
+    assert ADMIN_TOKEN not in cookie
+    assert "Max-Age=" in cookie
+    page = sclient.get("/support")
+    assert 'id="corp-list"' in page.get_data(as_text=True)
+    assert page.headers["Cache-Control"] == "no-store"
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+
+    secure = sclient.post("/support/login", data={"token": ADMIN_TOKEN}, base_url="https://localhost")
+    assert "Secure" in secure.headers["Set-Cookie"]
+
+
+def test_cookie_api_needs_csrf_on_post_and_logout_revokes(sapp: Any) -> None:
+    client = sapp.test_client()
+    csrf = log_in(client)
+    assert client.get(f"{API}/corps").status_code == 200
+    path = f"{API}/corps/{DEMO_CORPID}/self-test"
+    refused = client.post(path)
+    assert refused.status_code == 401 and "CSRF" in refused.get_json()["error"]["message"]
+    assert client.post(path, headers={"X-CSRF-Token": "wrong"}).status_code == 401
+    cross = client.post(path, headers={"X-CSRF-Token": csrf, "Origin": "https://evil.example"})
+    assert cross.status_code == 401
+    assert client.post(path, headers={"X-CSRF-Token": csrf}).status_code == 200
+
+    stolen = client.get_cookie(COOKIE, path="/support").value
+    client.post("/support/logout", data={"csrf": csrf})
+    assert client.get_cookie(COOKIE, path="/support") is None
+    # A copy of the cookie taken before logout no longer works: the session is gone from the store.
+    copy = sapp.test_client()
+    copy.set_cookie(COOKIE, stolen, path="/support")
+    assert copy.get(f"{API}/corps").status_code == 401
+    assert 'id="login-form"' in copy.get("/support").get_data(as_text=True)
+
+
+def test_tampered_and_expired_cookies_are_refused(sim_server: SimulatorServer) -> None:
+    app = build_app(sim_server, GATEWAY_SUPPORT_SESSION_TTL=1)
+    client = app.test_client()
+    log_in(client)
+    value = client.get_cookie(COOKIE, path="/support").value
+    forged = app.test_client()
+    forged.set_cookie(COOKIE, value[:-2] + ("AA" if not value.endswith("AA") else "BB"), path="/support")
+    assert forged.get(f"{API}/corps").status_code == 401
+    time.sleep(2.2)
+    assert client.get(f"{API}/corps").status_code == 401
+
+
+def test_rotating_admin_token_ends_sessions(sim_server: SimulatorServer) -> None:
+    first = build_app(sim_server)
+    client = first.test_client()
+    log_in(client)
+    value = client.get_cookie(COOKIE, path="/support").value
+    rotated = build_app(sim_server, GATEWAY_ADMIN_TOKEN="another-admin-token-abcdef012345")
+    other = rotated.test_client()
+    other.set_cookie(COOKIE, value, path="/support")
+    assert other.get(f"{API}/corps").status_code == 401
+
+
+# -- pipelines -------------------------------------------------------------------------------------------------
+def test_pipeline_state(sapp: Any, sclient: Any, sim: Any) -> None:
+    state = sclient.get(f"{API}/corps/{DEMO_CORPID}", headers=BEARER).get_json()
+    assert state["corp"]["corpid"] == DEMO_CORPID
+    assert [p["pipeline"] for p in state["pipelines"]] == ["channel_token", "corp_token", "channel_ticket"]
+    assert not any(p["cached"] for p in state["pipelines"])
+
+    assert follower_login(sclient, sim, EMPLOYEE["unionid"]).status_code == 200
+    assert (
+        sclient.get(f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={ORIGIN}/app").status_code == 200
+    )
+    state = sclient.get(f"{API}/corps/{DEMO_CORPID}", headers=BEARER).get_json()
+    by_name = {p["pipeline"]: p for p in state["pipelines"]}
+    expected = {
+        "channel_token": channel_client(sapp).token.peek(),
+        "corp_token": corp_client(sapp).token.peek(),
+        "channel_ticket": channel_client(sapp).ticket.peek(),
+    }
+    for name, cred in expected.items():
+        view = by_name[name]
+        assert view["cached"] is True
+        assert view["fingerprint"] == cred.fingerprint
+        assert abs(view["fetched_at"] - cred.fetched_at) < 0.01
+        assert 7000 < view["expires_in"] <= 7200
+        assert view["failure"] is None and view["backoff"] == {}
+
+    # A remembered configuration error (60020) and a backoff window show on the pipeline they hold up.
+    sim.set_ip_blocked(DEMO_CORPID)
+    runtime(sapp).store.delete(corp_client(sapp).token.key)
+    assert follower_login(sclient, sim, EMPLOYEE["unionid"]).status_code == 200  # link cached: no corp token needed
+    sclient.post(f"{API}/corps/{DEMO_CORPID}/refresh/corp_token", headers=BEARER)
+    runtime(sapp).upstream.backoff.trip(DEMO_CORPID, "channel/get_channel_jsapi_ticket")
+    state = sclient.get(f"{API}/corps/{DEMO_CORPID}", headers=BEARER).get_json()
+    by_name = {p["pipeline"]: p for p in state["pipelines"]}
+    failure = by_name["corp_token"]["failure"]
+    assert by_name["corp_token"]["cached"] is False
+    assert failure["errcode"] == 60020 and "whitelist" in failure["hint"]
+    assert DEFAULT_BLOCKED_IP in failure["errmsg"]
+    assert by_name["channel_ticket"]["backoff"] == {"channel/get_channel_jsapi_ticket": 1}
+    assert by_name["channel_token"]["backoff"] == {}
+    assert state["backoff"] == {"channel/get_channel_jsapi_ticket": 1}
+
+
+def test_refresh_respects_cooldown(sapp: Any, sclient: Any, sim: Any) -> None:
+    sclient.get(f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={ORIGIN}/app")
+    before = channel_client(sapp).ticket.peek()
+    calls = sim.calls("channel/get_channel_jsapi_ticket")
+    first = sclient.post(f"{API}/corps/{DEMO_CORPID}/refresh/channel_ticket", headers=BEARER)
+    assert first.status_code == 200
+    body = first.get_json()
+    assert body["refreshed"] is True
+    assert body["state"]["fingerprint"] == channel_client(sapp).ticket.peek().fingerprint
+    assert body["state"]["generation"] > before.generation
+    assert sim.calls("channel/get_channel_jsapi_ticket") == calls + 1
+    second = sclient.post(f"{API}/corps/{DEMO_CORPID}/refresh/channel_ticket", headers=BEARER)
+    assert second.status_code == 429
+    assert second.get_json()["refreshed"] is False and "Refused" in second.get_json()["message"]
+    assert 0 < int(second.headers["Retry-After"]) <= 60
+    assert second.get_json()["state"]["cooldown_left"] > 0
+    assert sim.calls("channel/get_channel_jsapi_ticket") == calls + 1
+    # The page-reported 52013 path shares the same cooldown: it does not refresh again either.
+    report = sclient.post(
+        "/channel/config/error",
+        json={"corpid": DEMO_CORPID, "agentid": DEMO_AGENT_ID, "url": f"{ORIGIN}/app", "errorCode": 52013},
+    )
+    assert report.get_json()["ticket_refreshed"] is False
+    # Tokens refresh under their own cooldown.
+    assert sclient.post(f"{API}/corps/{DEMO_CORPID}/refresh/corp_token", headers=BEARER).status_code == 200
+    assert sclient.post(f"{API}/corps/{DEMO_CORPID}/refresh/corp_token", headers=BEARER).status_code == 429
+    assert sclient.post(f"{API}/corps/{DEMO_CORPID}/refresh/channel_token", headers=BEARER).status_code == 200
+    assert sclient.post(f"{API}/corps/{DEMO_CORPID}/refresh/bogus", headers=BEARER).status_code == 400
+    assert sclient.post(f"{API}/corps/nosuchcorp/refresh/corp_token", headers=BEARER).status_code == 404
+
+
+# -- trace -----------------------------------------------------------------------------------------------------
+def test_trace_with_hints_filter_and_request_ids(sapp: Any, sclient: Any, sim: Any) -> None:
+    linked = follower_login(sclient, sim, EMPLOYEE["unionid"])
+    unlinked = follower_login(sclient, sim, UNLINKED["unionid"])
+    code = sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"])
+    sclient.post("/channel/login", json={"corpid": DEMO_CORPID, "code": code})
+    reused = sclient.post("/channel/login", json={"corpid": DEMO_CORPID, "code": code})
+    assert reused.status_code == 401
+    sclient.post(
+        "/channel/config/error",
+        json={"corpid": DEMO_CORPID, "agentid": DEMO_AGENT_ID, "url": f"{ORIGIN}/app?code=abc#x", "errorCode": 52013},
+    )
+    everything = sclient.get(f"{API}/corps/{DEMO_CORPID}/trace", headers=BEARER).get_json()
+    assert [e["outcome"] for e in everything["entries"]] == [
+        "config_error",
+        "code_invalid",
+        "linked",
+        "not_linked",
+        "linked",
+    ]
+    assert {"linked", "not_linked", "code_invalid", "config_error"} <= set(everything["outcomes"])
+
+    only = sclient.get(f"{API}/corps/{DEMO_CORPID}/trace?outcome=not_linked", headers=BEARER).get_json()
+    assert len(only["entries"]) == 1
+    entry = only["entries"][0]
+    assert entry["errcodes"][0]["errcode"] == 60121
+    assert "No user with this unionid" in entry["errcodes"][0]["hint"]
+    assert entry["request_id"] == unlinked.headers["X-Request-Id"]
+    assert entry["step"] == "done" and entry["kind"] == "login"
+
+    bad = sclient.get(f"{API}/corps/{DEMO_CORPID}/trace?outcome=code_invalid", headers=BEARER).get_json()
+    assert bad["entries"][0]["errcodes"][0]["errcode"] == 40078
+    assert bad["entries"][0]["request_id"] == reused.headers["X-Request-Id"]
+    config_error = everything["entries"][0]
+    assert config_error["errcodes"][0]["errcode"] == 52013 and "signature check failed" in config_error["hint"]
+    assert "code=abc" not in config_error["url"] and "[fp " in config_error["url"]
+
+    # The request id leads to that request's log lines (the linked login fetched both tokens).
+    rid = linked.headers["X-Request-Id"]
+    logs = sclient.get(f"{API}/logs/{rid}", headers=BEARER).get_json()
+    assert logs["lines"] and all(f"[{rid}]" in line for line in logs["lines"])
+    assert any("pipeline=corp:token" in line for line in logs["lines"])
+    log_in(sclient)
+    page = sclient.get(f"/support/logs/{rid}")
+    assert page.status_code == 200 and "pipeline=channel:token" in page.get_data(as_text=True)
+    assert sclient.get(f"{API}/logs/bad%20id", headers=BEARER).status_code == 400
+    assert sclient.get(f"{API}/corps/nosuchcorp/trace", headers=BEARER).status_code == 404
+
+
+# -- signature checker -----------------------------------------------------------------------------------------
+NONCE, STAMP = "nonceABC123", "1700000000000"
+
+
+@pytest.fixture
+def ticket(sapp: Any, sclient: Any) -> Iterator[str]:
+    sclient.get(f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={ORIGIN}/app")
+    cred = channel_client(sapp).ticket.peek()
+    assert cred is not None
+    yield cred.value
+
+
+def test_signature_matches_current_ticket(sclient: Any, ticket: str, sim: Any) -> None:
+    config = sclient.get(
+        f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={ORIGIN}/app%3Fa%3D1"
+    ).get_json()
+    calls = sim.calls()
+    result = signature_check(
+        sclient,
+        url=f"{ORIGIN}/app?a=1",
+        nonceStr=config["nonceStr"],
+        timeStamp=config["timeStamp"],
+        signature=config["signature"].upper(),
+    )
+    assert result["match"] is True and result["verdict"] == "match"
+    assert result["ticket"]["fingerprint"] == hashlib.sha256(ticket.encode()).hexdigest()[:10]
+    assert sim.calls() == calls  # the checker reads the cached ticket; it never fetches
+
+
+@pytest.mark.parametrize(
+    ("given", "signed", "algorithm", "verdict", "part", "says"),
+    [
+        # The page's URL has a fragment: correct signature (fragment dropped), but it is pointed out.
+        (f"{ORIGIN}/app#/route?x=1", f"{ORIGIN}/app", "sha1", "match", "fragment", "fragment"),
+        # The page signed its URL with the query still percent-encoded.
+        (
+            f"{ORIGIN}/app?u=http%3A%2F%2Fa.com%2Fb",
+            f"{ORIGIN}/app?u=http%3A%2F%2Fa.com%2Fb",
+            "sha1",
+            "url",
+            "url",
+            "still percent-encoded",
+        ),
+        # DingTalk reports an explicit :443 the signer left out.
+        (f"{ORIGIN}:443/app", f"{ORIGIN}/app", "sha1", "url", "url", "signed without the explicit :443"),
+        # ... or the reverse.
+        (f"{ORIGIN}/app", f"{ORIGIN}:443/app", "sha1", "url", "url", "explicit :443 the page URL does not have"),
+        # Signed including the fragment.
+        (f"{ORIGIN}/app#top", f"{ORIGIN}/app#top", "sha1", "url", "url", "includes the #fragment"),
+        # sha256 signer, sha1 corp.
+        (
+            f"{ORIGIN}/app",
+            f"{ORIGIN}/app",
+            "sha256",
+            "algorithm",
+            "algorithm",
+            "matches with sha256 but the corp uses sha1",
+        ),
+    ],
+)
+def test_signature_checker_names_the_differing_part(
+    sclient: Any, ticket: str, given: str, signed: str, algorithm: str, verdict: str, part: str, says: str
+) -> None:
+    signature = sign(ticket, NONCE, STAMP, signed, algorithm)
+    result = signature_check(sclient, url=given, nonceStr=NONCE, timeStamp=STAMP, signature=signature)
+    assert result["verdict"] == verdict, result
+    assert result["normalized_url"] == normalize_url(given)
+    parts = [f for f in result["findings"] if f["part"] == part]
+    assert parts, result["findings"]
+    text = (result.get("message") or "") + " ".join(f["detail"] for f in parts)
+    assert says in text
+    if verdict == "url":
+        differing = next(f for f in parts if f["status"] == "differs")
+        assert differing["normalized"] == normalize_url(given) and differing["given"] == given
+        assert differing["signed"] != differing["normalized"]
+
+
+def test_signature_checker_stale_ticket_and_no_ticket(sapp: Any, sclient: Any, ticket: str, sim: Any) -> None:
+    old = sign("an-older-ticket", NONCE, STAMP, f"{ORIGIN}/app")
+    result = signature_check(sclient, url=f"{ORIGIN}/app", nonceStr=NONCE, timeStamp=STAMP, signature=old)
+    assert result["verdict"] == "ticket" and result["match"] is False
+    assert "ticket stale" in result["message"]
+    assert any(f["part"] == "ticket" and f["status"] == "differs" for f in result["findings"])
+    sha256_shaped = signature_check(sclient, url=f"{ORIGIN}/app", nonceStr=NONCE, timeStamp=STAMP, signature="ab" * 32)
+    assert any(f["part"] == "algorithm" and "sha256" in f["detail"] for f in sha256_shaped["findings"])
+
+    runtime(sapp).store.delete(channel_client(sapp).ticket.key)
+    calls = sim.calls()
+    none = signature_check(sclient, url=f"{ORIGIN}/app", nonceStr=NONCE, timeStamp=STAMP, signature=old)
+    assert none["verdict"] == "no_ticket" and none["ticket"] is None
+    assert sim.calls() == calls and channel_client(sapp).ticket.peek() is None
+    missing = sclient.post(f"{API}/corps/{DEMO_CORPID}/signature-check", headers=BEARER, json={"url": "x"})
+    assert missing.status_code == 400 and missing.get_json()["error"]["code"] == "invalid_request"
+
+
+# -- self-test -------------------------------------------------------------------------------------------------
+def test_self_test_ok(sclient: Any) -> None:
+    result = sclient.post(f"{API}/corps/{DEMO_CORPID}/self-test", headers=BEARER).get_json()
+    assert result["ok"] is True
+    assert [(r["pipeline"], r["ok"]) for r in result["results"]] == [("corp", True), ("channel", True)]
+    assert all(len(r["fingerprint"]) == 10 for r in result["results"])
+
+
+@pytest.mark.parametrize(
+    ("fields", "pipeline", "errcode", "diagnosis"),
+    [
+        ({"corp_secret": "wrong"}, "corp", 40001, "corp secret was refused"),
+        ({"corp_secret": DEMO_CHANNEL_SECRET, "channel_secret": DEMO_CORP_SECRET}, "corp", 40001, "swapped"),
+        ({"channel_secret": "wrong"}, "channel", 40089, "Wrong corpid or secret"),
+    ],
+)
+def test_self_test_names_the_mistake(
+    sapp: Any, sclient: Any, fields: dict[str, str], pipeline: str, errcode: int, diagnosis: str
+) -> None:
+    register_demo(sapp, **fields)
+    result = sclient.post(f"{API}/corps/{DEMO_CORPID}/self-test", headers=BEARER).get_json()
+    assert result["ok"] is False
+    failed = next(r for r in result["results"] if r["pipeline"] == pipeline)
+    assert failed["ok"] is False and failed["errcode"] == errcode
+    assert diagnosis in failed["diagnosis"]
+
+
+def test_self_test_ip_whitelist_and_cooldown(sim_server: SimulatorServer, sim: Any) -> None:
+    app = build_app(sim_server, GATEWAY_SUPPORT_SELFTEST_COOLDOWN=30)
+    client = app.test_client()
+    sim.set_ip_blocked(DEMO_CORPID)
+    result = client.post(f"{API}/corps/{DEMO_CORPID}/self-test", headers=BEARER).get_json()
+    assert all(r["errcode"] == 60020 and DEFAULT_BLOCKED_IP in r["diagnosis"] for r in result["results"])
+    again = client.post(f"{API}/corps/{DEMO_CORPID}/self-test", headers=BEARER)
+    assert again.status_code == 503 and int(again.headers["Retry-After"]) > 0
+
+
+# -- nothing in full -------------------------------------------------------------------------------------------
+def test_no_page_or_api_answer_shows_a_secret(sapp: Any, sim: Any) -> None:
+    client = sapp.test_client()
+    bearer = sapp.test_client()
+    secrets_seen: set[str] = {DEMO_CORP_SECRET, DEMO_CHANNEL_SECRET, ADMIN_TOKEN}
+    answers: list[tuple[str, str]] = []
+
+    def remember_credentials() -> None:
+        for cred in (
+            channel_client(sapp).token.peek(),
+            corp_client(sapp).token.peek(),
+            channel_client(sapp).ticket.peek(),
+        ):
+            if cred is not None:
+                secrets_seen.add(cred.value)
+
+    def keep(label: str, response: Any) -> Any:
+        headers = "\n".join(f"{k}: {v}" for k, v in response.headers.items() if k != "Set-Cookie")
+        answers.append((label, headers + "\n" + response.get_data(as_text=True)))
+        return response
+
+    # Activity: logins of all kinds (codes remembered), a config error, ticket fetches.
+    for unionid in (EMPLOYEE["unionid"], UNLINKED["unionid"]):
+        code = sim.mint_auth_code(DEMO_CORPID, unionid)
+        secrets_seen.add(code)
+        login = client.post("/channel/login", json={"corpid": DEMO_CORPID, "code": code})
+        secrets_seen.add(login.get_json()["token"])
+        client.post("/channel/login", json={"corpid": DEMO_CORPID, "code": code})  # reused: code_invalid
+    config = client.get(f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={ORIGIN}/app").get_json()
+    client.post(
+        "/channel/config/error",
+        json={"corpid": DEMO_CORPID, "agentid": DEMO_AGENT_ID, "url": f"{ORIGIN}/app", "errorCode": 52013},
+    )
+    remember_credentials()
+
+    keep("login page", client.get("/support"))
+    keep("login refused", client.post("/support/login", data={"token": "wrong"}))
+    keep("login", client.post("/support/login", data={"token": ADMIN_TOKEN}))
+    secrets_seen.add(client.get_cookie(COOKIE, path="/support").value)
+    page = keep("console", client.get("/support"))
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.get_data(as_text=True)).group(1)  # type: ignore[union-attr]
+    post = {"X-CSRF-Token": csrf}
+
+    def both(method: str, path: str, **kw: Any) -> None:
+        keep(f"cookie {method} {path}", getattr(client, method)(path, headers=post, **kw))
+        keep(f"bearer {method} {path}", getattr(bearer, method)(path, headers=BEARER, **kw))
+
+    both("get", f"{API}/corps")
+    both("get", f"{API}/corps/{DEMO_CORPID}")
+    trace = client.get(f"{API}/corps/{DEMO_CORPID}/trace").get_json()
+    for outcome in ["", *trace["outcomes"]]:
+        both("get", f"{API}/corps/{DEMO_CORPID}/trace?outcome={outcome}")
+    for entry in trace["entries"]:
+        both("get", f"{API}/logs/{entry['request_id']}")
+        keep("log page", client.get(f"/support/logs/{entry['request_id']}"))
+    for pipeline in ("channel_ticket", "channel_token", "corp_token"):
+        both("post", f"{API}/corps/{DEMO_CORPID}/refresh/{pipeline}")  # the second of each pair is refused
+        remember_credentials()
+    check = {"url": f"{ORIGIN}/app", "nonceStr": config["nonceStr"], "timeStamp": config["timeStamp"]}
+    both("post", f"{API}/corps/{DEMO_CORPID}/signature-check", json={**check, "signature": config["signature"]})
+    both("post", f"{API}/corps/{DEMO_CORPID}/signature-check", json={**check, "signature": "0" * 40})
+    both("post", f"{API}/corps/{DEMO_CORPID}/self-test")
+    register_demo(sapp, corp_secret="wrong-secret-for-the-scan")
+    secrets_seen.add("wrong-secret-for-the-scan")
+    both("post", f"{API}/corps/{DEMO_CORPID}/self-test")
+    sim.set_ip_blocked(DEMO_CORPID)
+    runtime(sapp).store.delete(corp_client(sapp).token.key)
+    runtime(sapp).store.delete(corp_client(sapp).token.key + ":forced")
+    both("post", f"{API}/corps/{DEMO_CORPID}/refresh/corp_token")
+    both("get", f"{API}/corps/{DEMO_CORPID}")
+    keep("logout", client.post("/support/logout", data={"csrf": csrf}))
+    keep("logged out", client.get("/support"))
+    remember_credentials()
+
+    assert len(answers) > 40
+    assert all(len(s) >= 8 for s in secrets_seen)
+    for label, text in answers:
+        for secret in secrets_seen:
+            assert secret not in text, f"{label} shows a secret in full"
