@@ -160,3 +160,24 @@ def test_no_plaintext_secret_in_real_redis(redis_app: Any, real_redis: Any) -> N
     for secret in ("CorpSecretValue123", "ChannelSecretValue456", "CallbackTokenValue789", AES_KEY,
                    DEMO_CORP_SECRET, DEMO_CHANNEL_SECRET, ticket.value):
         assert secret not in dump
+
+
+def test_registration_changes_reach_other_processes_within_the_cache_ttl(app: Any) -> None:
+    import time
+    from dataclasses import replace as dc_replace
+
+    from corp.registry import CorpRegistry
+
+    rt = get_runtime(app)
+    here = CorpRegistry(rt.store, rt.sealer, cache_ttl=0.3)
+    elsewhere = CorpRegistry(rt.store, rt.sealer, cache_ttl=0.3)  # another worker or host
+    assert here.get(DEMO_CORPID).agent_id == DEMO_AGENT_ID
+    elsewhere.add(dc_replace(elsewhere.get(DEMO_CORPID), agent_id="777"))
+    assert elsewhere.get(DEMO_CORPID).agent_id == "777"  # the writer sees its change at once
+    assert here.get(DEMO_CORPID).agent_id == DEMO_AGENT_ID  # others within the TTL
+    time.sleep(0.35)
+    assert here.get(DEMO_CORPID).agent_id == "777"
+    elsewhere.remove(DEMO_CORPID)
+    time.sleep(0.35)
+    with pytest.raises(Exception, match="not registered"):
+        here.get(DEMO_CORPID)
