@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 import click
-from flask import Blueprint
+from flask import Blueprint, current_app
 from marshmallow import ValidationError
 
 from corp.check import check_corp
@@ -25,6 +25,12 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def require_shared_store() -> None:
+    """Refuse to write to the in-process store: the registration would vanish when the command exits."""
+    if not current_app.config.get("REDIS_URL") and not current_app.config.get("TESTING"):
+        fail("REDIS_URL is not set: a corp registered now would vanish with this process; set REDIS_URL")
+
+
 @bp.cli.command("add")
 @click.argument("corpid")
 @click.option("--corp-secret", help="The app's corpSecret (for the corp token).")
@@ -40,9 +46,7 @@ def fail(message: str) -> None:
 )
 @click.option("--callback-token", help="The callback token (push receiver).")
 @click.option("--aes-key", help="The callback EncodingAESKey (43 characters).")
-@click.option(
-    "--callback-key", help="Receiver key of pushes: corpId (default), appKey, suiteKey or customKey."
-)
+@click.option("--callback-key", help="Receiver key of pushes: corpId (default), appKey, suiteKey or customKey.")
 @click.option("--landing-url", help="Where the page sends a signed-in follower (token in the #fragment).")
 def add(
     corpid: str,
@@ -57,6 +61,7 @@ def add(
     landing_url: str | None,
 ) -> None:
     """Register a corp (or replace its registration). Secrets are stored sealed."""
+    require_shared_store()
     raw = {
         "corpid": corpid,
         "corp_secret": corp_secret,
@@ -113,8 +118,7 @@ def list_corps(as_json: bool) -> None:
     for c in corps:
         callback = "callback on" if c["callback"] else "no callback"
         click.echo(
-            f"{c['corpid']}  agent={c['agent_id']}  hash={c['sign_hash']}  {callback}  "
-            f"origins={','.join(c['origins'])}"
+            f"{c['corpid']}  agent={c['agent_id']}  hash={c['sign_hash']}  {callback}  origins={','.join(c['origins'])}"
         )  # type: ignore[arg-type]
 
 

@@ -181,3 +181,13 @@ def test_registration_changes_reach_other_processes_within_the_cache_ttl(app: An
     time.sleep(0.35)
     with pytest.raises(Exception, match="not registered"):
         here.get(DEMO_CORPID)
+
+
+def test_add_refuses_the_in_process_store(sim_server: Any) -> None:
+    from app import create_app
+    from tests.conftest import make_config
+
+    app = create_app(make_config(sim_server, TESTING=False))
+    result = app.test_cli_runner().invoke(args=GOOD)
+    assert result.exit_code != 0 and "REDIS_URL is not set" in result.output
+    assert not get_runtime(app).registry.corpids()
