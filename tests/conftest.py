@@ -39,14 +39,20 @@ def free_port() -> int:
 class RedisServer:
     """A throwaway redis-server on loopback, restartable (for the outage test)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, data_dir: str | None = None) -> None:
         self.port = port
+        self.data_dir = data_dir  # set: append-only file there, so data survives a restart like production
         self.url = f"redis://127.0.0.1:{port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always", "--dir", self.data_dir]
+            if self.data_dir
+            else ["--appendonly", "no"]
+        )
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
