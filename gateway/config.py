@@ -32,6 +32,10 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_BUSY_RETRIES": 3,  # errcode -1 retries
     "GATEWAY_SANDBOX_ORIGINS": "http://127.0.0.1:5000,http://localhost:5000",
     "GATEWAY_TRUST_PROXY": False,  # behind nginx: trust exactly one proxy's X-Forwarded-*
+    "GATEWAY_SUPPORT_SESSION_TTL": 8 * 3600,  # support console login lifetime
+    "GATEWAY_SUPPORT_MAX_FAILURES": 5,  # wrong admin tokens per client IP before a lockout
+    "GATEWAY_SUPPORT_FAIL_WINDOW": 300,  # ... within this many seconds (also the lockout's length)
+    "GATEWAY_SUPPORT_SELFTEST_COOLDOWN": 5,  # credential self-tests per corp at most this often
 }
 
 _BOOL = {"1", "true", "yes", "on"}
