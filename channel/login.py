@@ -9,6 +9,7 @@ from channel.session import issue_token
 from gateway import trace
 from gateway.errors import GatewayError
 from gateway.runtime import Runtime
+from oapi.hints import hint_for
 
 
 def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, Any]:
@@ -45,6 +46,7 @@ def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, 
         step=step,
         outcome="linked" if link.linked else "not_linked",
         errcodes=[] if link.linked else [60121],
+        hint=None if link.linked else hint_for(60121),
         userid=link.userid,
         unionid=follower.unionid,
         contact_type=link.contact_type,
