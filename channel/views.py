@@ -115,12 +115,32 @@ def config_error() -> tuple[Response, int]:
 
 
 @bp.get("/login")
-def page() -> str:
-    """The H5 page that runs the follower flow inside DingTalk (and in a plain browser in sandbox mode)."""
+def page() -> tuple[str, int]:
+    """The H5 page that runs the follower flow inside DingTalk (and in a plain browser in sandbox mode).
+
+    A link that cannot work (parameters missing, corp unknown, wrong agent) gets a friendly page, not JSON.
+    """
     rt = get_runtime()
-    return render_template(
+    corpid = request.args.get("corpid", "")
+    agentid = request.args.get("agentid", "")
+    problem, status, landing_url = None, 200, None
+    if not corpid or not agentid:
+        problem, status = "missing", 400
+    else:
+        try:
+            corp = rt.corp(corpid)
+        except UnknownCorp:
+            problem, status = "unknown_corp", 404
+        else:
+            landing_url = corp.landing_url
+            if agentid != corp.agent_id:
+                problem, status = "agent_mismatch", 400
+    html = render_template(
         "channel_login.html",
-        corpid=request.args.get("corpid", ""),
-        agentid=request.args.get("agentid", ""),
+        corpid=corpid,
+        agentid=agentid,
         sandbox=bool(rt.config.get("GATEWAY_SANDBOX")),
+        problem=problem,
+        landing_url=landing_url,
     )
+    return html, status

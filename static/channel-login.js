@@ -1,0 +1,357 @@
+/*
+ * The follower sign-in page (templates/channel_login.html).
+ *
+ * Flow: GET /channel/config for this page's URL -> dd.config({type: 1}) -> dd.ready ->
+ * dd.channel.permission.requestAuthCode -> POST /channel/login -> success view, or the corp's landing URL
+ * with the session token in the fragment. dd.error is reported to /channel/config/error before the page
+ * explains it. `dd` is the vendored DingTalk JSAPI, or static/sandbox-dd.js in sandbox mode: this file
+ * does not know which.
+ *
+ * The auth code and the session token are never written to the page, to storage or to the log.
+ */
+(function () {
+  "use strict";
+
+  var READY_TIMEOUT_MS = 20000;
+  var JSAPI_LIST = ["channel.permission.requestAuthCode"];
+
+  // dd.config errors (dingtalk-oapi.md §4): a title and the likely cause, for the person holding the phone.
+  var CONFIG_ERRORS = {
+    52010: ["企业 ID 不正确", "页面签名使用的企业 ID（corpId）与钉钉中的企业不一致。请联系企业管理员检查网关登记的企业 ID。"],
+    52011: ["签名凭证读取失败", "签名所用的 jsapi_ticket 不属于该企业，或已经过期。"],
+    52012: ["签名生成失败", "钉钉未能根据页面参数生成签名，请稍后重试。"],
+    52013: ["签名校验失败", "页面地址与签名地址不一致、签名凭证（ticket）已过期，或签名算法与企业设置不符。"],
+    52014: ["页面地址不正确", "签名中的页面地址（url）无效。请从服务窗菜单重新打开此页面。"],
+    52015: ["随机串不正确", "签名参数 nonceStr 无效，请重试。"],
+    52016: ["签名参数不正确", "签名参数不完整或格式不正确，请重试。"],
+    52017: ["接口列表不正确", "页面申请的钉钉接口列表（jsApiList）无效。"],
+    52018: ["时间戳不正确", "签名时间戳（timeStamp）无效或已过期，请重试。"],
+    52019: ["应用 ID 不正确", "服务窗签名凭证须由企业 ID 与服务窗密钥（channelSecret）生成，且 type 必须为 1。请联系企业管理员检查网关中的应用 ID 与服务窗密钥。"]
+  };
+  var TICKET_ERRORS = { 52011: true, 52013: true };
+
+  // The gateway's error codes (gateway contract), in the words of this page.
+  var GATEWAY_ERRORS = {
+    invalid_request: ["链接参数不正确", "登录链接中的参数不完整或格式不正确，请从服务窗菜单重新打开。"],
+    unknown_corp: ["该企业尚未接入", "该企业还没有在登录网关登记，请联系企业管理员。"],
+    agent_mismatch: ["应用 ID 不匹配", "链接中的应用 ID 与企业登记的服务窗应用不一致，请联系企业管理员。"],
+    url_not_allowed: ["页面地址未登记", "当前页面地址不在企业登记的可信域名中，请联系企业管理员在网关中登记该域名。"],
+    code_invalid: ["授权码无效", "钉钉授权码已失效或已被使用，重新获取后仍未成功。请重试。"],
+    upstream_error: ["钉钉拒绝了请求", "网关调用钉钉接口被拒绝（密钥、IP 白名单或接口权限配置有误），请联系企业管理员。"],
+    upstream_unavailable: ["钉钉暂时不可用", "钉钉服务暂时无法访问或繁忙，请稍后重试。"]
+  };
+
+  var app = document.getElementById("app");
+  var statusLine = document.getElementById("status");
+  if (!app || !statusLine) {
+    return; // the server rendered a problem page: nothing to run
+  }
+  var corpid = app.getAttribute("data-corpid") || "";
+  var agentid = app.getAttribute("data-agentid") || "";
+  var landingUrl = app.getAttribute("data-landing-url") || "";
+
+  function $(id) {
+    return document.getElementById(id);
+  }
+
+  function pageUrl() {
+    return location.href.split("#")[0];
+  }
+
+  // ---- views ------------------------------------------------------------------------------------
+
+  var VIEWS = ["view-busy", "view-success", "view-error", "view-outside"];
+
+  function show(state, viewId, status, focusId) {
+    app.setAttribute("data-state", state);
+    VIEWS.forEach(function (id) {
+      var el = $(id);
+      if (el) {
+        el.hidden = id !== viewId;
+      }
+    });
+    statusLine.textContent = status;
+    if (focusId) {
+      $(focusId).focus();
+    }
+  }
+
+  function busy(state, status) {
+    show(state, "view-busy", status);
+  }
+
+  function showOutside() {
+    show("outside", "view-outside", "请在钉钉中打开此页面", "outside-title");
+  }
+
+  function showSignedIn(result) {
+    $("success-linked").hidden = !result.linked;
+    $("success-unlinked").hidden = !!result.linked;
+    if (result.linked) {
+      $("success-userid").textContent = String(result.userid);
+      $("success-kind").textContent = result.contact_type === 1 ? "外部联系人" : "员工";
+      $("success-title").textContent = "登录成功";
+      show("signed-in", "view-success", "登录成功：" + result.userid, "success-title");
+    } else {
+      $("success-title").textContent = "已验证钉钉身份";
+      show("not-linked", "view-success", "已验证钉钉身份，未关联员工记录", "success-title");
+    }
+  }
+
+  /** Show a failure; `tech` is what an administrator needs (codes, request id), never a secret. */
+  function showError(kind, title, cause, tech, followup) {
+    $("error-title").textContent = title;
+    $("error-cause").textContent = cause;
+    $("error-followup").textContent = followup || "";
+    $("error-followup").hidden = !followup;
+    $("error-tech").textContent = tech.filter(Boolean).join(" · ");
+    app.setAttribute("data-error", kind);
+    show("error", "view-error", title, "error-title");
+  }
+
+  function showGatewayError(err) {
+    var known = GATEWAY_ERRORS[err.code] || ["登录失败", "网关返回了错误，请稍后重试。"];
+    showError(err.code || "gateway", known[0], known[1], [
+      err.code && "错误码 " + err.code,
+      err.errcode && "钉钉 errcode " + err.errcode,
+      err.requestId && "请求 ID " + err.requestId
+    ]);
+  }
+
+  function showNetworkError() {
+    showError("network", "网络连接失败", "无法连接登录网关，请检查网络后重试。", ["network"]);
+  }
+
+  // ---- the gateway ------------------------------------------------------------------------------
+
+  function GatewayError(status, body) {
+    var e = (body && body.error) || {};
+    this.status = status;
+    this.code = e.code || "http_" + status;
+    this.errcode = e.dingtalk && e.dingtalk.errcode;
+    this.requestId = e.request_id;
+  }
+
+  function NetworkError() {}
+
+  function call(method, path, body) {
+    var init = { method: method, credentials: "same-origin", headers: { Accept: "application/json" } };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    return fetch(path, init).then(
+      function (resp) {
+        return resp.json().then(
+          function (data) {
+            if (!resp.ok) {
+              throw new GatewayError(resp.status, data);
+            }
+            return data;
+          },
+          function () {
+            throw new GatewayError(resp.status, null);
+          }
+        );
+      },
+      function () {
+        throw new NetworkError();
+      }
+    );
+  }
+
+  function fetchConfig() {
+    var query = "corpid=" + encodeURIComponent(corpid) + "&agentid=" + encodeURIComponent(agentid) +
+      "&url=" + encodeURIComponent(pageUrl());
+    return call("GET", "/channel/config?" + query);
+  }
+
+  function reportConfigError(code, message) {
+    return call("POST", "/channel/config/error", {
+      corpid: corpid,
+      agentid: agentid,
+      url: pageUrl(),
+      errorCode: code,
+      errorMessage: message.slice(0, 1000)
+    }).catch(function () {
+      return null; // the explanation matters more than the report
+    });
+  }
+
+  // ---- DingTalk ---------------------------------------------------------------------------------
+
+  function inDingTalk() {
+    var env = window.dd && window.dd.env;
+    if (env && env.platform && env.platform !== "notInDingTalk") {
+      return true;
+    }
+    return /DingTalk/i.test(navigator.userAgent || "");
+  }
+
+  /** dd.error and requestAuthCode failures come as {errorCode, errorMessage} (or message, or a string). */
+  function describe(err) {
+    var code = err && (err.errorCode !== undefined ? err.errorCode : err.code);
+    var message = err && (err.errorMessage || err.message);
+    if (typeof err === "string") {
+      message = err;
+    }
+    var number = parseInt(code, 10);
+    return { code: isNaN(number) ? 0 : number, message: message ? String(message) : "" };
+  }
+
+  function requestCode(corpId) {
+    return new Promise(function (resolve, reject) {
+      var pending = window.dd.channel.permission.requestAuthCode({
+        corpId: corpId,
+        onSuccess: function (info) {
+          resolve(info && info.code);
+        },
+        onFail: reject
+      });
+      // The vendored JSAPI also returns a promise; settle from whichever answers first.
+      if (pending && typeof pending.then === "function") {
+        pending.then(function (info) {
+          resolve(info && info.code);
+        }, reject);
+      }
+    });
+  }
+
+  function configure(config) {
+    return new Promise(function (resolve, reject) {
+      var timer = setTimeout(function () {
+        reject({ errorCode: -1, errorMessage: "dd.ready timeout", timeout: true });
+      }, READY_TIMEOUT_MS);
+      // dd.config first: the JSAPI treats a dd.ready registered before any dd.config as "no config
+      // needed" and fires it without waiting for the signature check.
+      window.dd.config({
+        agentId: config.agentId,
+        corpId: config.corpId,
+        timeStamp: config.timeStamp,
+        nonceStr: config.nonceStr,
+        signature: config.signature,
+        type: 1,
+        jsApiList: JSAPI_LIST
+      });
+      window.dd.error(function (err) {
+        clearTimeout(timer);
+        reject(err || {});
+      });
+      window.dd.ready(function () {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  function onConfigError(err) {
+    if (err && err.timeout) {
+      showError("ready_timeout", "钉钉未响应", "钉钉客户端没有完成页面鉴权，请确认钉钉已更新到最新版本后重试。",
+        ["dd.ready timeout"]);
+      return;
+    }
+    var e = describe(err);
+    busy("reporting", "页面鉴权失败，正在记录…");
+    reportConfigError(e.code, e.message || "dd.error").then(function (report) {
+      var known = CONFIG_ERRORS[e.code] || ["页面鉴权失败", "钉钉拒绝了此页面的签名，请稍后重试；如果问题持续，请联系企业管理员。"];
+      var followup = "";
+      if (TICKET_ERRORS[e.code]) {
+        followup = report && report.ticket_refreshed
+          ? "网关已更新签名凭证，点击“重试”通常即可恢复。"
+          : "请先点击“重试”；如果问题持续，请联系企业管理员核对服务窗菜单中的页面地址。";
+      }
+      showError("config", known[0] + "（" + e.code + "）", known[1], [
+        "dd.error " + e.code,
+        e.message,
+        report ? "已报告网关" : "未能报告网关"
+      ], followup);
+    });
+  }
+
+  function onAuthCodeError(err) {
+    var e = describe(err);
+    showError("auth_code", "无法获取钉钉授权",
+      "钉钉没有返回授权码。请确认你已关注该企业的服务窗，然后重试。",
+      ["requestAuthCode " + e.code, e.message]);
+  }
+
+  function land(result) {
+    var target;
+    try {
+      target = new URL(landingUrl, location.href);
+    } catch (e) {
+      target = null;
+    }
+    if (!target || (target.protocol !== "https:" && target.protocol !== "http:")) {
+      showSignedIn(result);
+      return;
+    }
+    busy("redirecting", "登录成功，正在进入企业应用…");
+    target.hash = "token=" + encodeURIComponent(result.token);
+    location.replace(target.href);
+  }
+
+  /** Exchange a code; a code the gateway calls invalid is replaced by a fresh one, once. */
+  function signIn(attempt) {
+    busy("authorizing", attempt === 0 ? "正在请求钉钉授权…" : "授权码已失效，正在重新获取…");
+    return requestCode(corpid).then(
+      function (code) {
+        busy("signing-in", "正在登录…");
+        return call("POST", "/channel/login", { corpid: corpid, code: String(code || "") }).then(
+          function (result) {
+            if (landingUrl) {
+              land(result);
+            } else {
+              showSignedIn(result);
+            }
+          },
+          function (err) {
+            if (err instanceof GatewayError && err.code === "code_invalid" && attempt === 0) {
+              return signIn(1);
+            }
+            if (err instanceof GatewayError) {
+              showGatewayError(err);
+            } else {
+              showNetworkError();
+            }
+            return undefined;
+          }
+        );
+      },
+      onAuthCodeError
+    );
+  }
+
+  function start() {
+    if (!window.dd || !window.dd.channel) {
+      showError("jsapi_missing", "钉钉组件加载失败", "页面未能加载钉钉 JSAPI，请检查网络后重试。", ["dd undefined"]);
+      return;
+    }
+    if (!inDingTalk()) {
+      showOutside();
+      return;
+    }
+    busy("configuring", "正在验证页面…");
+    fetchConfig().then(
+      function (config) {
+        return configure(config).then(function () {
+          return signIn(0);
+        }, onConfigError);
+      },
+      function (err) {
+        if (err instanceof GatewayError) {
+          showGatewayError(err);
+        } else {
+          showNetworkError();
+        }
+      }
+    );
+  }
+
+  $("retry").addEventListener("click", function () {
+    // dd.config may be called once per page: a retry is a fresh page load.
+    location.reload();
+  });
+
+  start();
+})();

@@ -1,0 +1,449 @@
+"""The follower sign-in page end to end in Debian's headless chromium (Playwright), against a live gateway.
+
+The gateway runs in sandbox mode on a real loopback port, so the page's own code runs: /channel/config,
+the simulated container's dd.config check and requestAuthCode, /channel/login. Outside sandbox mode the
+page gets the vendored official JSAPI: in a plain browser it must say "open in DingTalk", and behind a
+stand-in for DingTalk's Android bridge it must run the same flow. Each state is saved as a screenshot in
+artifacts/screenshots/. Skipped without chromium or Playwright, except under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from channel.session import verify_token
+from corp.registry import Corp
+from gateway import trace
+from gateway.runtime import get_runtime
+from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID, DEMO_PEOPLE
+from sandbox.server import SimulatorServer
+from sandbox.state import Simulator
+
+pytestmark = pytest.mark.browser
+
+CI = os.environ.get("CI", "").lower() == "true"
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 360, "height": 740}
+SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+SECRET_KEY = "browser-test-secret-key-0123456789"
+TIMEOUT_MS = 15_000
+
+EMPLOYEE = next(p for p in DEMO_PEOPLE if p["contact_type"] == 0)
+UNLINKED = next(p for p in DEMO_PEOPLE if p["userid"] is None)
+
+
+def _unavailable(reason: str) -> None:
+    if CI:
+        pytest.fail(f"CI=true but {reason}: install Debian's chromium and the playwright package")
+    pytest.skip(reason)
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Skip the access log."""
+
+
+class _LateApp:
+    """A WSGI app filled in after the port is bound, so the app's config can name its own origin."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        return self.app(environ, start_response)
+
+
+@dataclass
+class LiveGateway:
+    app: Any
+    origin: str
+    server: BaseWSGIServer
+    thread: threading.Thread
+    simulator: SimulatorServer | None = None
+
+    def page_url(self, **extra: str) -> str:
+        query = f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}"
+        query += "".join(f"&{k}={v}" for k, v in extra.items())
+        return f"{self.origin}/channel/login?{query}"
+
+    def trace(self) -> list[dict[str, Any]]:
+        return trace.recent(get_runtime(self.app).store, DEMO_CORPID)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+        simulator = self.app.extensions.get("dtgw.simulator")
+        if simulator is not None:
+            simulator.stop()
+
+
+def start_gateway(make_config: Callable[[str], dict[str, Any]]) -> LiveGateway:
+    """Serve create_app(make_config(origin)) on a free loopback port, in a thread."""
+    from app import create_app
+
+    late = _LateApp()
+    server = make_server("127.0.0.1", 0, late, threaded=True, request_handler=_Quiet)
+    origin = f"http://127.0.0.1:{server.server_port}"
+    late.app = create_app(make_config(origin))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    return LiveGateway(late.app, origin, server, thread)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        _unavailable(f"no chromium at {CHROMIUM}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed")
+    with sync_playwright() as p:
+        executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[LiveGateway]:
+    """The gateway in sandbox mode, its demo corp registered for exactly this server's origin."""
+    live = start_gateway(
+        lambda origin: {
+            "GATEWAY_SANDBOX": True,
+            "GATEWAY_SANDBOX_ORIGINS": origin,
+            "GATEWAY_SECRET_KEY": SECRET_KEY,
+            "REDIS_URL": None,
+        }
+    )
+    yield live
+    live.stop()
+
+
+@dataclass
+class Visit:
+    """One browser tab at 360x740 and everything it asked for."""
+
+    page: Any
+    requests: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+
+    def state(self, expected: str) -> None:
+        self.page.wait_for_selector(f'#app[data-state="{expected}"]', timeout=TIMEOUT_MS)
+
+    def shot(self, name: str) -> None:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+    def pick(self, person: dict[str, Any]) -> None:
+        """Answer the simulated container's follower picker."""
+        self.page.wait_for_selector("#sandbox-panel:not([hidden])", timeout=TIMEOUT_MS)
+        self.page.get_by_label(f"{person['name']}（{person['label']}）", exact=False).check()
+        self.page.get_by_role("button", name="以此身份授权").click()
+
+    def logins(self) -> list[str]:
+        """The POST /channel/login requests the page made."""
+        return [u for u in self.requests if u.startswith("POST ") and urlsplit(u[5:]).path == "/channel/login"]
+
+
+@contextmanager
+def visit(browser: Any, origin: str, *, page_errors: int = 0, **context_options: Any) -> Iterator[Visit]:
+    """Open a tab; afterwards, assert it requested nothing from any host but the gateway's.
+
+    `page_errors`: how many uncaught errors to accept (the official JSAPI leaves one behind when dd.config
+    fails: its dd.ready is `config$.then(callback)` with no rejection handler).
+    """
+    context = browser.new_context(viewport=VIEWPORT, locale="zh-CN", service_workers="block", **context_options)
+    page = context.new_page()
+    v = Visit(page)
+    page.on("request", lambda r: v.requests.append(r.url if r.method == "GET" else f"{r.method} {r.url}"))
+    page.on("pageerror", lambda e: v.page_errors.append(str(e)))
+    try:
+        yield v
+    finally:
+        context.close()
+    gateway_host = urlsplit(origin).netloc
+    foreign = []
+    for entry in v.requests:
+        url = entry.rpartition(" ")[2]
+        parts = urlsplit(url)
+        if parts.scheme == "data":
+            continue
+        if parts.scheme not in ("http", "https") or parts.netloc != gateway_host:
+            foreign.append(url)
+    assert foreign == [], f"the page requested other hosts: {foreign}"
+    assert len(v.page_errors) == page_errors, f"uncaught errors on the page: {v.page_errors}"
+
+
+def login_exchange(v: Visit, action: Callable[[], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run action; return the JSON request and response of the POST /channel/login it causes."""
+    with v.page.expect_response(
+        lambda r: urlsplit(r.url).path == "/channel/login" and r.request.method == "POST", timeout=TIMEOUT_MS
+    ) as info:
+        action()
+    return info.value.request.post_data_json, info.value.json()
+
+
+@pytest.mark.parametrize("person", DEMO_PEOPLE, ids=lambda p: p["unionid"])
+def test_follower_signs_in(browser: Any, gateway: LiveGateway, person: dict[str, Any]) -> None:
+    with visit(browser, gateway.origin) as v:
+        v.page.goto(gateway.page_url())
+        v.page.wait_for_selector("#sandbox-panel:not([hidden])", timeout=TIMEOUT_MS)
+        if person is EMPLOYEE:
+            v.shot("01-sandbox-picker")
+        sent, body = login_exchange(v, lambda: v.pick(person))
+        if person["userid"]:
+            v.state("signed-in")
+            assert v.page.inner_text("#success-userid") == person["userid"]
+            assert ("员工" if person["contact_type"] == 0 else "外部联系人") in v.page.inner_text("#success-kind")
+            assert v.page.is_hidden("#success-unlinked")
+            v.shot("02-signed-in-employee" if person is EMPLOYEE else "03-signed-in-external")
+        else:
+            v.state("not-linked")
+            assert "未关联员工记录" in v.page.inner_text("#success-unlinked")
+            assert v.page.is_hidden("#success-linked")
+            v.shot("04-not-linked")
+        assert body["linked"] is bool(person["userid"])
+        # Neither the auth code nor the session token reaches the page (or its storage).
+        html = v.page.content()
+        assert sent["code"] not in html and body["token"] not in html
+        assert body["openid"] not in html
+        assert v.page.evaluate("() => document.cookie") == ""
+        assert v.page.evaluate("() => window.localStorage.length + window.sessionStorage.length") == 0
+        assert v.page.locator("#status").get_attribute("aria-live") == "polite"
+        # Nothing is wider than the 360-px screen.
+        assert v.page.evaluate("() => document.documentElement.scrollWidth") <= VIEWPORT["width"]
+    entry = gateway.trace()[0]
+    assert entry["kind"] == "login"
+    assert entry["outcome"] == ("linked" if person["userid"] else "not_linked")
+
+
+def test_signature_failure_is_reported_and_explained(browser: Any, gateway: LiveGateway) -> None:
+    with visit(browser, gateway.origin) as v:
+        v.page.goto(gateway.page_url(sandbox_break="signature"))
+        v.state("error")
+        assert v.page.get_attribute("#app", "data-error") == "config"
+        title = v.page.inner_text("#error-title")
+        assert "52013" in title and "签名校验失败" in title
+        assert "页面地址与签名地址不一致" in v.page.inner_text("#error-cause")
+        assert v.page.get_by_role("button", name="重试").is_visible()
+        assert v.page.is_hidden("#sandbox-panel")
+        assert v.logins() == []
+        v.shot("05-config-error-52013")
+
+        entries = [e for e in gateway.trace() if e["kind"] == "config_error"]
+        assert entries, "the page did not report dd.error to /channel/config/error"
+        assert entries[0]["errcodes"] == [52013]
+        assert entries[0]["url"] == gateway.page_url()  # reported without the fault flag or a fragment
+
+        # Retry is a fresh load (the simulated container's fault is one-shot): the flow now succeeds.
+        v.page.get_by_role("button", name="重试").click()
+        v.pick(EMPLOYEE)
+        v.state("signed-in")
+        assert v.page.inner_text("#success-userid") == EMPLOYEE["userid"]
+
+
+def test_a_rejected_code_is_replaced_once_automatically(browser: Any, gateway: LiveGateway) -> None:
+    with visit(browser, gateway.origin) as v:
+        v.page.goto(gateway.page_url(sandbox_break="code"))
+        v.pick(EMPLOYEE)
+        v.state("signed-in")
+        assert v.page.inner_text("#success-userid") == EMPLOYEE["userid"]
+        assert len(v.logins()) == 2
+        v.shot("06-signed-in-after-fresh-code")
+    first, second = gateway.trace()[1], gateway.trace()[0]
+    assert first["kind"] == "login" and first["outcome"] == "code_invalid"
+    assert second["outcome"] == "linked"
+
+
+def test_a_second_rejected_code_stops_with_a_retry_button(browser: Any, gateway: LiveGateway) -> None:
+    with visit(browser, gateway.origin) as v:
+        v.page.goto(gateway.page_url(sandbox_break="codes"))
+        v.pick(EMPLOYEE)
+        v.state("error")
+        assert v.page.get_attribute("#app", "data-error") == "code_invalid"
+        assert "授权码无效" in v.page.inner_text("#error-title")
+        assert len(v.logins()) == 2
+        assert v.page.get_by_role("button", name="重试").is_visible()
+        v.shot("07-code-error")
+
+
+def test_landing_url_gets_the_token_in_the_fragment(browser: Any, gateway: LiveGateway) -> None:
+    registry = get_runtime(gateway.app).registry
+    demo = registry.get(DEMO_CORPID)
+    landing = f"{gateway.origin}/healthz?from=page"
+    registry.add(
+        Corp(
+            corpid=DEMO_CORPID,
+            agent_id=DEMO_AGENT_ID,
+            origins=demo.origins,
+            corp_secret=DEMO_CORP_SECRET,
+            channel_secret=DEMO_CHANNEL_SECRET,
+            landing_url=landing,
+        )
+    )
+    try:
+        with visit(browser, gateway.origin) as v:
+            v.page.goto(gateway.page_url())
+            v.pick(EMPLOYEE)
+            v.page.wait_for_url(f"{landing}#token=*", timeout=TIMEOUT_MS)
+            token = urlsplit(v.page.url).fragment.removeprefix("token=")
+    finally:
+        registry.add(demo)
+    claims = verify_token(get_runtime(gateway.app).session_key, token)
+    assert claims["sub"] == EMPLOYEE["userid"] and claims["corpid"] == DEMO_CORPID
+
+
+@pytest.fixture(scope="module")
+def plain_gateway() -> Iterator[LiveGateway]:
+    """The gateway outside sandbox mode (the page gets the vendored JSAPI), on a simulator upstream."""
+    sim = SimulatorServer(Simulator.demo(rate_limit=None)).start()
+    live = start_gateway(
+        lambda origin: {
+            "GATEWAY_SANDBOX": False,
+            "DINGTALK_API_BASE": sim.base_url,
+            "GATEWAY_SECRET_KEY": SECRET_KEY,
+            "REDIS_URL": None,
+        }
+    )
+    get_runtime(live.app).registry.add(
+        Corp(
+            corpid=DEMO_CORPID,
+            agent_id=DEMO_AGENT_ID,
+            origins=(live.origin,),
+            corp_secret=DEMO_CORP_SECRET,
+            channel_secret=DEMO_CHANNEL_SECRET,
+        )
+    )
+    live.simulator = sim
+    yield live
+    live.stop()
+    sim.stop()
+
+
+def test_outside_dingtalk_says_to_open_it_in_dingtalk(browser: Any, plain_gateway: LiveGateway) -> None:
+    """Not sandbox mode, a plain browser: the vendored JSAPI says "not in DingTalk", the page says so."""
+    live = plain_gateway
+    with visit(browser, live.origin) as v:
+        v.page.goto(live.page_url())
+        v.state("outside")
+        assert "请在钉钉中打开" in v.page.inner_text("#outside-title")
+        assert v.page.evaluate("() => window.dd.env.platform") == "notInDingTalk"
+        assert any(u.endswith("/static/vendor/dingtalk.open.js") for u in v.requests)
+        assert not any("/channel/config" in u for u in v.requests)
+        assert not any("sandbox" in u for u in v.requests)
+        v.shot("08-outside-dingtalk")
+
+    with visit(browser, live.origin) as v:
+        v.page.goto(f"{live.origin}/channel/login?corpid=nosuchcorp&agentid=1")
+        assert v.page.get_attribute("#app", "data-state") == "problem"
+        assert "该企业尚未接入" in v.page.inner_text("#problem-title")
+        v.shot("09-unknown-corp")
+
+
+# A stand-in for DingTalk's Android container: the native bridge the official JSAPI talks to
+# (window.nuva -> WebViewJavascriptBridgeAndroid(success, fail, service, action, params)), answered from
+# Python through an exposed function, so no request leaves the page.
+ANDROID_UA = (
+    "Mozilla/5.0 (Linux; Android 13; Pixel 7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Mobile "
+    "Safari/537.36 AliApp(DingTalk/7.6.0) com.alibaba.android.rimet/0 Channel/1 language/zh-Hans-CN DingTalk(7.6.0)"
+)
+FAKE_ANDROID_BRIDGE = """
+window.nuva = { isReady: true, require: function () {
+  return function (ok, fail, service, action, params) {
+    var plain = {};
+    Object.keys(params || {}).forEach(function (k) {
+      if (typeof params[k] !== "function") { plain[k] = params[k]; }
+    });
+    window.__nativeBridge(service + "." + action, plain, location.href).then(function (answer) {
+      if (answer.ok) { ok(answer.result); } else { fail(answer.error); }
+    });
+  };
+} };
+"""
+
+
+def android_native(sim: SimulatorServer, *, person: dict[str, Any], break_signature: bool = False) -> Any:
+    """Answer the JSAPI's native calls as the DingTalk client would, from the simulator's client side."""
+    calls: list[str] = []
+
+    def handle(method: str, params: dict[str, Any], href: str) -> dict[str, Any]:
+        calls.append(method)
+        if method == "runtime.permission.requestJsApis":  # what dd.config becomes on Android
+            body = {k: params.get(k) for k in ("corpId", "agentId", "timeStamp", "nonceStr", "signature", "type")}
+            if break_signature:
+                body["signature"] = "0" * 40
+            answer = requests.post(f"{sim.base_url}/_client/check_config", json={**body, "url": href}, timeout=5)
+            result = answer.json()
+            if result.get("ok"):
+                return {"ok": True, "result": {}}
+            return {
+                "ok": False,
+                "error": {"errorCode": str(result["errorCode"]), "errorMessage": result["errorMessage"]},
+            }
+        if method == "channel.permission.requestAuthCode":
+            answer = requests.post(
+                f"{sim.base_url}/_client/auth_code",
+                json={"corpid": params.get("corpId"), "unionid": person["unionid"]},
+                timeout=5,
+            )
+            return {"ok": True, "result": {"code": answer.json()["code"]}}
+        return {"ok": False, "error": {"errorCode": "3", "errorMessage": f"unexpected {method}"}}
+
+    handle.calls = calls  # type: ignore[attr-defined]
+    return handle
+
+
+@contextmanager
+def android_visit(browser: Any, origin: str, native: Any, *, page_errors: int = 0) -> Iterator[Visit]:
+    with visit(browser, origin, page_errors=page_errors, user_agent=ANDROID_UA) as v:
+        v.page.expose_function("__nativeBridge", native)
+        v.page.add_init_script(FAKE_ANDROID_BRIDGE)
+        yield v
+
+
+def test_official_jsapi_signs_in_through_an_android_container(browser: Any, plain_gateway: LiveGateway) -> None:
+    """The vendored dingtalk-jsapi (not the sandbox's dd) drives the same flow on its Android code path."""
+    native = android_native(plain_gateway.simulator, person=EMPLOYEE)
+    with android_visit(browser, plain_gateway.origin, native) as v:
+        v.page.goto(plain_gateway.page_url())
+        v.state("signed-in")
+        assert v.page.evaluate("() => window.dd.env.platform") == "android"
+        assert v.page.inner_text("#success-userid") == EMPLOYEE["userid"]
+        v.shot("10-official-jsapi-android-signed-in")
+    # dd.config was checked before the auth code was asked for.
+    assert native.calls == ["runtime.permission.requestJsApis", "channel.permission.requestAuthCode"]
+
+
+def test_official_jsapi_reports_a_signature_failure(browser: Any, plain_gateway: LiveGateway) -> None:
+    native = android_native(plain_gateway.simulator, person=EMPLOYEE, break_signature=True)
+    with android_visit(browser, plain_gateway.origin, native, page_errors=1) as v:
+        v.page.goto(plain_gateway.page_url())
+        v.state("error")
+        assert "52013" in v.page.inner_text("#error-title")
+    assert native.calls == ["runtime.permission.requestJsApis"]  # no auth code after a failed dd.config
+    entry = plain_gateway.trace()[0]
+    assert entry["kind"] == "config_error" and entry["errcodes"] == [52013]
