@@ -90,15 +90,20 @@ def test_revocation_during_traffic_costs_one_refresh(redis_app: Any, sim_server:
     workers = [threading.Thread(target=traffic, args=(n,)) for n in range(12)]
     for w in workers:
         w.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 20
+    while len(statuses) < 24 and time.monotonic() < deadline:
+        time.sleep(0.02)
     before = sim.calls("gettoken" if pipeline == "corp" else "channel/get_channel_token")
+    at_revocation = len(statuses)
     sim.revoke_tokens(DEMO_CORPID, pipeline)
-    time.sleep(1.0)
+    # Count-bounded rather than time-bounded: enough requests after the revocation, however slow the machine.
+    while len(statuses) < at_revocation + 48 and time.monotonic() < deadline:
+        time.sleep(0.02)
     stop.set()
     for w in workers:
         w.join(30)
     after = sim.calls("gettoken" if pipeline == "corp" else "channel/get_channel_token")
-    assert len(statuses) > 50
+    assert len(statuses) >= at_revocation + 48
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     assert after - before == 1
 
