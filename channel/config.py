@@ -66,7 +66,10 @@ def report_config_error(
     """Record a dd.error from a page; for ticket errors, refresh the ticket at most once per cooldown."""
     corp = rt.corp(corpid)
     refreshed = False
-    if error_code in TICKET_ERRORS:
+    # Only a report that could come from one of this corp's own pages may spend the refresh; the endpoint is
+    # public, so the cooldown is what bounds a flood of made-up reports.
+    plausible = agentid == corp.agent_id and bool(url) and corp.allows(url or "")
+    if error_code in TICKET_ERRORS and plausible:
         fresh = rt.channel_client(corp).ticket.force_refresh(int(rt.config["GATEWAY_TICKET_COOLDOWN"]))
         refreshed = fresh is not None
     trace.record(

@@ -48,8 +48,13 @@ def test_every_served_config_passes_the_client_check(client: Any, sim: Any, page
     assert cfg["type"] == 1 and cfg["corpId"] == DEMO_CORPID and cfg["agentId"] == DEMO_AGENT_ID
     assert "#" not in cfg["url"]
     verdict = sim.check_config(
-        corpId=cfg["corpId"], agentId=cfg["agentId"], timeStamp=cfg["timeStamp"], nonceStr=cfg["nonceStr"],
-        signature=cfg["signature"], type=cfg["type"], url=page,
+        corpId=cfg["corpId"],
+        agentId=cfg["agentId"],
+        timeStamp=cfg["timeStamp"],
+        nonceStr=cfg["nonceStr"],
+        signature=cfg["signature"],
+        type=cfg["type"],
+        url=page,
     )
     assert verdict == {"ok": True}
 
@@ -65,13 +70,24 @@ def test_sha256_corp(app: Any, client: Any, sim: Any) -> None:
     from tests.conftest import register_demo
 
     register_demo(app, corpid="dingsha256", sign_hash="sha256")
-    sim.add_corp("dingsha256", corp_secret=DEMO_CORP_SECRET, channel_secret=DEMO_CHANNEL_SECRET,
-                 agent_id=DEMO_AGENT_ID, sign_hash="sha256")
+    sim.add_corp(
+        "dingsha256",
+        corp_secret=DEMO_CORP_SECRET,
+        channel_secret=DEMO_CHANNEL_SECRET,
+        agent_id=DEMO_AGENT_ID,
+        sign_hash="sha256",
+    )
     cfg = client.get(f"/channel/config?corpid=dingsha256&agentid={DEMO_AGENT_ID}&url={quote(ORIGIN + '/x')}").json
     assert len(cfg["signature"]) == 64
-    assert sim.check_config(corpId="dingsha256", agentId=DEMO_AGENT_ID, timeStamp=cfg["timeStamp"],
-                            nonceStr=cfg["nonceStr"], signature=cfg["signature"], type=1,
-                            url=ORIGIN + "/x") == {"ok": True}
+    assert sim.check_config(
+        corpId="dingsha256",
+        agentId=DEMO_AGENT_ID,
+        timeStamp=cfg["timeStamp"],
+        nonceStr=cfg["nonceStr"],
+        signature=cfg["signature"],
+        type=1,
+        url=ORIGIN + "/x",
+    ) == {"ok": True}
 
 
 @pytest.mark.parametrize(
@@ -79,17 +95,28 @@ def test_sha256_corp(app: Any, client: Any, sim: Any) -> None:
     [
         (f"corpid=nope&agentid=1&url={quote(ORIGIN)}", 404, "unknown_corp"),
         (f"corpid={DEMO_CORPID}&agentid=999&url={quote(ORIGIN)}", 400, "agent_mismatch"),
-        (f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote('https://evil.example.com/')}", 403,
-         "url_not_allowed"),
-        (f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote('http://h5.example.com/')}", 403,
-         "url_not_allowed"),
-        (f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote('https://h5.example.com:8443/')}", 403,
-         "url_not_allowed"),
-        (f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote('https://h5.example.com.evil.io/')}", 403,
-         "url_not_allowed"),
+        (
+            f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote('https://evil.example.com/')}",
+            403,
+            "url_not_allowed",
+        ),
+        (f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote('http://h5.example.com/')}", 403, "url_not_allowed"),
+        (
+            f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote('https://h5.example.com:8443/')}",
+            403,
+            "url_not_allowed",
+        ),
+        (
+            f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote('https://h5.example.com.evil.io/')}",
+            403,
+            "url_not_allowed",
+        ),
         (f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url=javascript%3Aalert(1)", 400, "invalid_request"),
-        (f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url=https%3A%2F%2Fh5.example.com%3A99999%2F", 400,
-         "invalid_request"),
+        (
+            f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url=https%3A%2F%2Fh5.example.com%3A99999%2F",
+            400,
+            "invalid_request",
+        ),
         (f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}", 400, "invalid_request"),
         (f"agentid={DEMO_AGENT_ID}&url={quote(ORIGIN)}", 400, "invalid_request"),
         (f"corpid={DEMO_CORPID}&agentid=abc&url={quote(ORIGIN)}", 400, "invalid_request"),
@@ -264,9 +291,16 @@ def test_login_trace_never_holds_the_code(app: Any, client: Any, sim: Any) -> No
 
 
 def report(client: Any, code: int) -> Any:
-    return client.post("/channel/config/error", json={
-        "corpid": DEMO_CORPID, "agentid": DEMO_AGENT_ID, "url": ORIGIN + "/#/x", "errorCode": code,
-        "errorMessage": "signature check failed"})
+    return client.post(
+        "/channel/config/error",
+        json={
+            "corpid": DEMO_CORPID,
+            "agentid": DEMO_AGENT_ID,
+            "url": ORIGIN + "/#/x",
+            "errorCode": code,
+            "errorMessage": "signature check failed",
+        },
+    )
 
 
 def test_ticket_errors_force_one_refresh_per_cooldown(app: Any, client: Any, sim: Any) -> None:
@@ -282,14 +316,32 @@ def test_ticket_errors_force_one_refresh_per_cooldown(app: Any, client: Any, sim
     new = client.get(f"{CFG}&url={quote(ORIGIN + '/')}").json
     check = {"corpId": DEMO_CORPID, "agentId": DEMO_AGENT_ID, "type": 1, "url": ORIGIN + "/"}
     # The simulator invalidates old tickets on refetch: the old page config fails, the new one passes.
-    assert sim.check_config(**check, timeStamp=old["timeStamp"], nonceStr=old["nonceStr"],
-                            signature=old["signature"])["errorCode"] == 52013
-    assert sim.check_config(**check, timeStamp=new["timeStamp"], nonceStr=new["nonceStr"],
-                            signature=new["signature"]) == {"ok": True}
+    assert (
+        sim.check_config(**check, timeStamp=old["timeStamp"], nonceStr=old["nonceStr"], signature=old["signature"])[
+            "errorCode"
+        ]
+        == 52013
+    )
+    assert sim.check_config(
+        **check, timeStamp=new["timeStamp"], nonceStr=new["nonceStr"], signature=new["signature"]
+    ) == {"ok": True}
     entries = trace.recent(get_runtime(app).store, DEMO_CORPID)
     assert [e["errcodes"] for e in entries] == [[52019], [52013], [52011], [52013], [52013]]
     assert entries[0]["hint"].startswith("dd.config: bad agentId")
     assert entries[-1]["url"] == ORIGIN + "/"
+
+
+@pytest.mark.parametrize(
+    "override",
+    [{"agentid": "999"}, {"url": "https://evil.example.com/"}, {"url": None}],
+    ids=["agent", "origin", "no-url"],
+)
+def test_implausible_reports_are_recorded_but_refresh_nothing(client: Any, sim: Any, override: dict) -> None:
+    assert client.get(f"{CFG}&url={quote(ORIGIN + '/')}").status_code == 200
+    body = {"corpid": DEMO_CORPID, "agentid": DEMO_AGENT_ID, "url": ORIGIN + "/", "errorCode": 52013, **override}
+    resp = client.post("/channel/config/error", json=body)
+    assert resp.status_code == 202 and resp.json["ticket_refreshed"] is False
+    assert sim.calls("channel/get_channel_jsapi_ticket") == 1
 
 
 @pytest.mark.parametrize("body", [{"corpid": DEMO_CORPID}, {"corpid": DEMO_CORPID, "errorCode": "abc"}, {}])
