@@ -134,34 +134,70 @@ def main() -> None:
                 from corp.registry import Corp
                 from gateway.runtime import get_runtime
 
-                app = create_app({"DINGTALK_API_BASE": sim_server.base_url, "REDIS_URL": redis_server.url,
-                                  "GATEWAY_SECRET_KEY": "bench-secret-key"})
-                get_runtime(app).registry.add(Corp(corpid=DEMO_CORPID, agent_id=DEMO_AGENT_ID,
-                                                   origins=("https://h5.example.com",),
-                                                   corp_secret=DEMO_CORP_SECRET, channel_secret=DEMO_CHANNEL_SECRET))
-                results = run_herd(base_url=sim_server.base_url, redis_url=redis_server.url,
-                                   secret_key="bench-secret-key", corpid=DEMO_CORPID, agentid=DEMO_AGENT_ID,
-                                   processes=args.processes, threads=args.threads)
+                app = create_app(
+                    {
+                        "DINGTALK_API_BASE": sim_server.base_url,
+                        "REDIS_URL": redis_server.url,
+                        "GATEWAY_SECRET_KEY": "bench-secret-key",
+                    }
+                )
+                get_runtime(app).registry.add(
+                    Corp(
+                        corpid=DEMO_CORPID,
+                        agent_id=DEMO_AGENT_ID,
+                        origins=("https://h5.example.com",),
+                        corp_secret=DEMO_CORP_SECRET,
+                        channel_secret=DEMO_CHANNEL_SECRET,
+                    )
+                )
+                results = run_herd(
+                    base_url=sim_server.base_url,
+                    redis_url=redis_server.url,
+                    secret_key="bench-secret-key",
+                    corpid=DEMO_CORPID,
+                    agentid=DEMO_AGENT_ID,
+                    processes=args.processes,
+                    threads=args.threads,
+                )
                 t0 = min(r["start"] for r in results)
                 valid = sum(
-                    sim.check_config(corpId=r["body"]["corpId"], agentId=r["body"]["agentId"],
-                                     timeStamp=r["body"]["timeStamp"], nonceStr=r["body"]["nonceStr"],
-                                     signature=r["body"]["signature"], type=1, url=PAGE).get("ok", False)
-                    for r in results if r["status"] == 200
+                    sim.check_config(
+                        corpId=r["body"]["corpId"],
+                        agentId=r["body"]["agentId"],
+                        timeStamp=r["body"]["timeStamp"],
+                        nonceStr=r["body"]["nonceStr"],
+                        signature=r["body"]["signature"],
+                        type=1,
+                        url=PAGE,
+                    ).get("ok", False)
+                    for r in results
+                    if r["status"] == 200
                 )
-                rows.append({
-                    "requests": len(results),
-                    "ok": sum(r["status"] == 200 for r in results),
-                    "valid_signatures": valid,
-                    "channel_token_fetches": sim.calls("channel/get_channel_token"),
-                    "ticket_fetches": sim.calls("channel/get_channel_jsapi_ticket"),
-                    "first_ms": round((min(r["end"] for r in results) - t0) * 1000, 1),
-                    "last_ms": round((max(r["end"] for r in results) - t0) * 1000, 1),
-                })
+                rows.append(
+                    {
+                        "requests": len(results),
+                        "ok": sum(r["status"] == 200 for r in results),
+                        "valid_signatures": valid,
+                        "channel_token_fetches": sim.calls("channel/get_channel_token"),
+                        "ticket_fetches": sim.calls("channel/get_channel_jsapi_ticket"),
+                        "first_ms": round((min(r["end"] for r in results) - t0) * 1000, 1),
+                        "last_ms": round((max(r["end"] for r in results) - t0) * 1000, 1),
+                    }
+                )
     finally:
         redis_server.stop()
-    print(json.dumps({"processes": args.processes, "threads": args.threads, "ticket_mode": args.ticket_mode,
-                      "latency_s": args.latency, "rounds": rows}, indent=2))
+    print(
+        json.dumps(
+            {
+                "processes": args.processes,
+                "threads": args.threads,
+                "ticket_mode": args.ticket_mode,
+                "latency_s": args.latency,
+                "rounds": rows,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

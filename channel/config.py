@@ -23,9 +23,7 @@ def check_page_url(url: str) -> None:
     except ValueError as e:
         raise InvalidRequest(f"url: not a valid URL ({e})") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest(
-            "url: must be an absolute http(s) URL", hint="Pass url=location.href from the page."
-        )
+        raise InvalidRequest("url: must be an absolute http(s) URL", hint="Pass url=location.href from the page.")
 
 
 def signed_config(rt: Runtime, corpid: str, agentid: str, url: str) -> dict[str, Any]:

@@ -41,9 +41,7 @@ class LinkCache:
     def put(self, unionid: str, link: UserLink) -> None:
         ttl = self._ttl if link.linked else min(self._ttl, UNLINKED_TTL_CAP)
         pipe = self._store.pipeline(transaction=True)
-        pipe.set(
-            self._key(unionid), json.dumps({"userid": link.userid, "contact_type": link.contact_type}), ex=ttl
-        )
+        pipe.set(self._key(unionid), json.dumps({"userid": link.userid, "contact_type": link.contact_type}), ex=ttl)
         if link.userid:
             pipe.sadd(self._user_key(link.userid), unionid)
             pipe.expire(self._user_key(link.userid), ttl)

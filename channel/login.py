@@ -37,9 +37,7 @@ def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, 
             ttl=ttl,
         )
     except GatewayError as e:
-        entry.update(
-            step=step, outcome=e.code, errcodes=[e.errcode] if e.errcode is not None else [], hint=e.hint
-        )
+        entry.update(step=step, outcome=e.code, errcodes=[e.errcode] if e.errcode is not None else [], hint=e.hint)
         trace.record(rt.store, corpid, entry, limit=int(rt.config["GATEWAY_TRACE_LIMIT"]))
         raise
     entry.update(

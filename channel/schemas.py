@@ -12,9 +12,7 @@ class ConfigQuery(Schema):
         unknown = RAISE
 
     corpid = fields.String(required=True, validate=CORPID)
-    agentid = fields.String(
-        required=True, validate=validate.Regexp(r"^[0-9]{1,20}$", error="must be a number")
-    )
+    agentid = fields.String(required=True, validate=validate.Regexp(r"^[0-9]{1,20}$", error="must be a number"))
     url = fields.String(load_default=None, validate=validate.Length(min=1, max=4096))
 
 

@@ -49,6 +49,4 @@ def issue_token(
 
 def verify_token(key: bytes, token: str) -> dict[str, Any]:
     """Decode and check a session token (raises jwt.InvalidTokenError)."""
-    return jwt.decode(
-        token, key, algorithms=[ALGORITHM], issuer=ISSUER, options={"require": ["exp", "iat", "sub"]}
-    )
+    return jwt.decode(token, key, algorithms=[ALGORITHM], issuer=ISSUER, options={"require": ["exp", "iat", "sub"]})

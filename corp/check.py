@@ -29,9 +29,7 @@ class CheckResult:
         return asdict(self)
 
 
-def _fetch(
-    upstream: Upstream, api: str, params: dict[str, str], corpid: str
-) -> tuple[str | None, GatewayError | None]:
+def _fetch(upstream: Upstream, api: str, params: dict[str, str], corpid: str) -> tuple[str | None, GatewayError | None]:
     try:
         body = upstream.call(api, params, corpid=corpid, token_fetch=True)
     except GatewayError as e:
@@ -54,9 +52,7 @@ def _diagnose(error: GatewayError, *, pipeline: str, swapped_works: bool, same_s
     if errcode in (40001, 40089) and same_secret:
         return "The same secret was registered as corp secret and channel secret; they are different secrets."
     if errcode == 40089:
-        return (
-            "Wrong corpid or secret: check CORPID and the " + pipeline + " secret in the developer console."
-        )
+        return "Wrong corpid or secret: check CORPID and the " + pipeline + " secret in the developer console."
     if errcode == 40001:
         return "The " + pipeline + " secret was refused: copy it again from the developer console."
     if errcode is None:
@@ -88,9 +84,7 @@ def check_corp(upstream: Upstream, corp: Corp) -> list[CheckResult]:
                 pipeline,
                 False,
                 error.errcode,
-                _diagnose(
-                    error, pipeline=pipeline, swapped_works=swapped_works, same_secret=other_secret == secret
-                ),
+                _diagnose(error, pipeline=pipeline, swapped_works=swapped_works, same_secret=other_secret == secret),
             )
         )
     return results

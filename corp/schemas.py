@@ -44,15 +44,11 @@ class CorpRegistrationSchema(Schema):
     )
     origins = fields.List(fields.String(), required=True, validate=validate.Length(min=1))
     sign_hash = fields.String(load_default="sha1", validate=validate.OneOf(["sha1", "sha256"]))
-    callback_token = fields.String(
-        load_default=None, allow_none=True, validate=validate.Length(min=1, max=256)
-    )
+    callback_token = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=256))
     aes_key = fields.String(
         load_default=None,
         allow_none=True,
-        validate=validate.Regexp(
-            AES_KEY_RE, error="aes key (EncodingAESKey) must be exactly 43 letters/digits"
-        ),
+        validate=validate.Regexp(AES_KEY_RE, error="aes key (EncodingAESKey) must be exactly 43 letters/digits"),
     )
     callback_key = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
     landing_url = fields.String(load_default=None, allow_none=True)

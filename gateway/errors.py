@@ -102,9 +102,7 @@ class AgentMismatch(GatewayError):
 class UrlNotAllowed(GatewayError):
     status = 403
     code = "url_not_allowed"
-    default_hint = (
-        "Only pages under the corp's registered origins are signed; add the origin with `flask corp add`."
-    )
+    default_hint = "Only pages under the corp's registered origins are signed; add the origin with `flask corp add`."
 
 
 class Unauthorized(GatewayError):
@@ -122,9 +120,7 @@ class SignatureInvalid(GatewayError):
 class DecryptFailed(GatewayError):
     status = 400
     code = "decrypt_failed"
-    default_hint = (
-        "Check the EncodingAESKey and receiver key (corpId, appKey or suiteKey) registered for this corp."
-    )
+    default_hint = "Check the EncodingAESKey and receiver key (corpId, appKey or suiteKey) registered for this corp."
 
 
 class UpstreamError(GatewayError):
@@ -153,9 +149,7 @@ class UpstreamUnavailable(GatewayError):
 
 
 class RateLimited(UpstreamUnavailable):
-    default_hint = (
-        "DingTalk rate-limited this corp and API; the gateway backs off for everyone until it clears."
-    )
+    default_hint = "DingTalk rate-limited this corp and API; the gateway backs off for everyone until it clears."
 
 
 class LockTimeout(UpstreamUnavailable):
@@ -164,6 +158,4 @@ class LockTimeout(UpstreamUnavailable):
 
 class StoreUnavailable(UpstreamUnavailable):
     code = "upstream_unavailable"
-    default_hint = (
-        "The gateway's store (Redis) is unreachable; requests recover by themselves when it is back."
-    )
+    default_hint = "The gateway's store (Redis) is unreachable; requests recover by themselves when it is back."

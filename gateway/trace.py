@@ -27,9 +27,7 @@ def record(store: redis.Redis, corpid: str, entry: dict[str, Any], *, limit: int
     pipe.execute()
 
 
-def recent(
-    store: redis.Redis, corpid: str, *, count: int = 50, outcome: str | None = None
-) -> list[dict[str, Any]]:
+def recent(store: redis.Redis, corpid: str, *, count: int = 50, outcome: str | None = None) -> list[dict[str, Any]]:
     """The newest entries first, optionally only those with one outcome."""
     entries = [json.loads(raw) for raw in store.lrange(trace_key(corpid), 0, -1)]
     if outcome:

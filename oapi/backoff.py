@@ -24,9 +24,7 @@ class Backoff:
         for key in (global_key("backoff", "ip-block"), corp_key(corpid, "backoff", api)):
             pttl = self._store.pttl(key)
             if pttl and pttl > 0:
-                raise RateLimited(
-                    f"Backing off {api} for corp {corpid}", retry_after=max(1, math.ceil(pttl / 1000))
-                )
+                raise RateLimited(f"Backing off {api} for corp {corpid}", retry_after=max(1, math.ceil(pttl / 1000)))
 
     def trip(self, corpid: str, api: str) -> int:
         """Open (or lengthen, exponentially from 1 s) the backoff window for corp and API; return seconds."""

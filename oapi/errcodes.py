@@ -31,9 +31,7 @@ def _int(value: Any) -> int:
         return 0 if value is None else -99999
 
 
-def classify(
-    api: str, body: dict[str, Any], *, token_fetch: bool
-) -> UpstreamError | UpstreamUnavailable | None:
+def classify(api: str, body: dict[str, Any], *, token_fetch: bool) -> UpstreamError | UpstreamUnavailable | None:
     """The error this answer means, or None for success."""
     raw = _int(body.get("errcode"))
     if raw == 0:

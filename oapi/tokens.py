@@ -220,9 +220,7 @@ class CredentialCache(Generic[C]):
             if e.errcode in CONFIGURATION:
                 self.store.set(
                     self.key + ":fail",
-                    json.dumps(
-                        {"errcode": e.errcode, "errmsg": e.errmsg, "message": e.message, "hint": e.hint}
-                    ),
+                    json.dumps({"errcode": e.errcode, "errmsg": e.errmsg, "message": e.message, "hint": e.hint}),
                     ex=self._settings.fail_ttl,
                 )
             log.warning("fetch corp=%s pipeline=%s failed errcode=%s", self.corpid, self.pipeline, e.errcode)

@@ -19,9 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sandbox", description="Run the DingTalk simulator.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5101, help="port to bind, 0 for any (default 5101)")
-    parser.add_argument(
-        "--rate-limit", type=int, default=20, help="calls/s per corp and API, 0 for none (default 20)"
-    )
+    parser.add_argument("--rate-limit", type=int, default=20, help="calls/s per corp and API, 0 for none (default 20)")
     args = parser.parse_args(argv)
     sim = Simulator.demo(rate_limit=args.rate_limit or None)
     server = make_server(args.host, args.port, create_simulator_app(sim), threaded=True)

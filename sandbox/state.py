@@ -592,16 +592,12 @@ def _config_error(code: int, message: str) -> dict[str, Any]:
     return {"ok": False, "errorCode": code, "errorMessage": message}
 
 
-def _signed_by(
-    tickets: list[_Ticket], given: str, nonce: str, timestamp: str, urls: list[str], hash_name: str
-) -> bool:
+def _signed_by(tickets: list[_Ticket], given: str, nonce: str, timestamp: str, urls: list[str], hash_name: str) -> bool:
     """Tell whether given is the signature of one of tickets for one of urls."""
     given_bytes = given.encode("utf-8", "surrogatepass")
     for ticket in tickets:
         for url in urls:
-            expected = sign(
-                ticket=ticket.value, nonce=nonce, timestamp=timestamp, url=url, hash_name=hash_name
-            )
+            expected = sign(ticket=ticket.value, nonce=nonce, timestamp=timestamp, url=url, hash_name=hash_name)
             if hmac.compare_digest(given_bytes, expected.encode()):
                 return True
     return False

@@ -22,8 +22,14 @@ def test_secret_key_is_required_outside_sandbox() -> None:
 
 
 def test_config_from_environment() -> None:
-    config = load_config(env={"GATEWAY_SECRET_KEY": "k", "DINGTALK_API_BASE": "http://x/", "GATEWAY_TOKEN_MARGIN": "600",
-                              "GATEWAY_TRUST_PROXY": "true"})
+    config = load_config(
+        env={
+            "GATEWAY_SECRET_KEY": "k",
+            "DINGTALK_API_BASE": "http://x/",
+            "GATEWAY_TOKEN_MARGIN": "600",
+            "GATEWAY_TRUST_PROXY": "true",
+        }
+    )
     assert config["DINGTALK_API_BASE"] == "http://x"
     assert config["GATEWAY_TOKEN_MARGIN"] == 600 and config["GATEWAY_TRUST_PROXY"] is True
     assert config["REDIS_URL"] is None and config["GATEWAY_ADMIN_TOKEN"] is None
@@ -71,8 +77,7 @@ def test_bad_request_id_is_replaced(client: Any) -> None:
 def test_in_process_store_warns(sim_server: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     create_app(make_config(sim_server))
-    assert any("REDIS_URL is not set" in r.getMessage() and "several workers" in r.getMessage()
-               for r in caplog.records)
+    assert any("REDIS_URL is not set" in r.getMessage() and "several workers" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.redis
@@ -82,16 +87,21 @@ def test_real_redis_is_used_when_configured(redis_app: Any, real_redis: Any) -> 
 
 
 def test_sandbox_mode_runs_everything_in_one_process() -> None:
-    app = create_app({"GATEWAY_SANDBOX": True, "REDIS_URL": None, "GATEWAY_SECRET_KEY": None,
-                      "DINGTALK_API_BASE": "https://oapi.dingtalk.com"})
+    app = create_app(
+        {
+            "GATEWAY_SANDBOX": True,
+            "REDIS_URL": None,
+            "GATEWAY_SECRET_KEY": None,
+            "DINGTALK_API_BASE": "https://oapi.dingtalk.com",
+        }
+    )
     client = app.test_client()
     assert client.get("/healthz").json["sandbox"] is True
     people = client.get("/sandbox/people").json
     assert people["corpid"] == "dingdemo0001" and len(people["people"]) == 3
     assert app.config["DINGTALK_API_BASE"].startswith("http://127.0.0.1:")  # never the real DingTalk
     page = "http://127.0.0.1:5000/channel/login?corpid=dingdemo0001&agentid=1000001"
-    cfg = client.get("/channel/config", query_string={"corpid": "dingdemo0001", "agentid": "1000001",
-                                                       "url": page}).json
+    cfg = client.get("/channel/config", query_string={"corpid": "dingdemo0001", "agentid": "1000001", "url": page}).json
     verdict = client.post("/sandbox/client/check_config", json={**cfg, "url": page}).json
     assert verdict == {"ok": True}
     unionid = people["people"][0]["unionid"]
@@ -107,13 +117,18 @@ def test_sandbox_routes_absent_outside_sandbox(client: Any) -> None:
 def test_proxy_headers_trusted_only_when_configured(sim_server: Any) -> None:
     from tests.conftest import register_demo
 
-    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "h5.example.com", "X-Forwarded-For": "198.51.100.7",
-               "Referer": "https://h5.example.com/p"}
+    headers = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "h5.example.com",
+        "X-Forwarded-For": "198.51.100.7",
+        "Referer": "https://h5.example.com/p",
+    }
     trusted = create_app(make_config(sim_server, GATEWAY_TRUST_PROXY=True))
     register_demo(trusted)
     plain = create_app(make_config(sim_server))
     register_demo(plain)
     for app in (trusted, plain):
+
         @app.get("/whoami")
         def whoami() -> dict[str, str]:
             from flask import request
@@ -121,7 +136,9 @@ def test_proxy_headers_trusted_only_when_configured(sim_server: Any) -> None:
             return {"url": request.url, "remote": str(request.remote_addr)}
 
     assert trusted.test_client().get("/whoami", headers=headers).json == {
-        "url": "https://h5.example.com/whoami", "remote": "198.51.100.7"}
+        "url": "https://h5.example.com/whoami",
+        "remote": "198.51.100.7",
+    }
     assert plain.test_client().get("/whoami", headers=headers).json["url"] == "http://localhost/whoami"
 
 

@@ -154,9 +154,7 @@ def test_bad_aes_key(aes_key: str) -> None:
         pytest.param(PUSH_SIGNATURE, None, NONCE, PUSH_ENCRYPT, id="missing-timestamp"),
     ],
 )
-def test_signature_mismatch(
-    crypto: CallbackCrypto, signature: str, timestamp: str, nonce: str, encrypt: str
-) -> None:
+def test_signature_mismatch(crypto: CallbackCrypto, signature: str, timestamp: str, nonce: str, encrypt: str) -> None:
     with pytest.raises(SignatureMismatch) as info:
         crypto.verify(signature, timestamp, nonce, encrypt)
     assert (info.value.errcode, info.value.kind) == (900005, "signature_invalid")
@@ -182,9 +180,7 @@ MALFORMED = [
     pytest.param(raw_encrypt(b"\xff" * 32), DecryptError, id="pad-byte-255"),
     pytest.param(raw_encrypt(b"\x20" * 16), DecryptError, id="pad-longer-than-plaintext"),
     pytest.param(raw_encrypt(b"a" * 29 + b"\x01\x03\x03"), DecryptError, id="pad-inconsistent"),
-    pytest.param(
-        raw_encrypt(frame(b"")[:-5] + b"\x00" + frame(b"")[-4:]), DecryptError, id="pad-inconsistent-long"
-    ),
+    pytest.param(raw_encrypt(frame(b"")[:-5] + b"\x00" + frame(b"")[-4:]), DecryptError, id="pad-inconsistent-long"),
     pytest.param(raw_encrypt(b"a" * 19 + b"\x0d" * 13), DecryptError, id="plaintext-19-bytes"),
     pytest.param(raw_encrypt(b"a" * 16), DecryptError, id="16-byte-ciphertext"),
     pytest.param(raw_encrypt(frame(b"{}", length=2**31)), LengthMismatch, id="length-2**31"),
@@ -210,9 +206,7 @@ ERRCODES = {
 
 @pytest.mark.parametrize(("encrypt", "error"), MALFORMED)
 @pytest.mark.parametrize("method", ["decrypt", "decrypt_json"])
-def test_malformed_encrypt(
-    crypto: CallbackCrypto, method: str, encrypt: str, error: type[CallbackCryptoError]
-) -> None:
+def test_malformed_encrypt(crypto: CallbackCrypto, method: str, encrypt: str, error: type[CallbackCryptoError]) -> None:
     with pytest.raises(error) as info:
         getattr(crypto, method)(encrypt)
     assert type(info.value) is error

@@ -23,8 +23,16 @@ PROCESSES, THREADS = 4, 32
 
 
 def herd(sim_server: Any, redis_url: str, **kw: Any) -> list[dict[str, Any]]:
-    return run_herd(base_url=sim_server.base_url, redis_url=redis_url, secret_key=TEST_SECRET_KEY,
-                    corpid=DEMO_CORPID, agentid=DEMO_AGENT_ID, processes=PROCESSES, threads=THREADS, **kw)
+    return run_herd(
+        base_url=sim_server.base_url,
+        redis_url=redis_url,
+        secret_key=TEST_SECRET_KEY,
+        corpid=DEMO_CORPID,
+        agentid=DEMO_AGENT_ID,
+        processes=PROCESSES,
+        threads=THREADS,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("mode", ["invalidate", "renew"])
@@ -39,8 +47,15 @@ def test_cold_herd_fetches_each_credential_once(redis_app: Any, redis_url: str, 
     assert sim.calls("channel/get_channel_jsapi_ticket") == 1
     for r in results:
         cfg = r["body"]
-        verdict = sim.check_config(corpId=cfg["corpId"], agentId=cfg["agentId"], timeStamp=cfg["timeStamp"],
-                                   nonceStr=cfg["nonceStr"], signature=cfg["signature"], type=1, url=PAGE)
+        verdict = sim.check_config(
+            corpId=cfg["corpId"],
+            agentId=cfg["agentId"],
+            timeStamp=cfg["timeStamp"],
+            nonceStr=cfg["nonceStr"],
+            signature=cfg["signature"],
+            type=1,
+            url=PAGE,
+        )
         assert verdict == {"ok": True}
 
 
@@ -64,8 +79,12 @@ def test_revocation_during_traffic_costs_one_refresh(redis_app: Any, sim_server:
     # Short-lived links so the corp token is exercised on every login too.
     get_runtime(redis_app).config["GATEWAY_USERID_CACHE_TTL"] = 1
     client = redis_app.test_client()
-    assert client.get(f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}"
-                      f"&url={quote(PAGE, safe='')}").status_code == 200
+    assert (
+        client.get(
+            f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote(PAGE, safe='')}"
+        ).status_code
+        == 200
+    )
     statuses: list[int] = []
     stop = threading.Event()
     lock = threading.Lock()
@@ -81,8 +100,9 @@ def test_revocation_during_traffic_costs_one_refresh(redis_app: Any, sim_server:
                 store = get_runtime(redis_app).store
                 for key in store.scan_iter(match="*:link:*"):
                     store.delete(key)
-            resp = c.post("/channel/login", json={"corpid": DEMO_CORPID,
-                                                  "code": sim.mint_auth_code(DEMO_CORPID, unionid)})
+            resp = c.post(
+                "/channel/login", json={"corpid": DEMO_CORPID, "code": sim.mint_auth_code(DEMO_CORPID, unionid)}
+            )
             with lock:
                 statuses.append(resp.status_code)
             i += 1
@@ -123,16 +143,22 @@ def test_invalidation_by_a_late_process_keeps_the_newer_token(redis_app: Any, si
 
 def test_two_corps_and_two_pipelines_stay_apart(redis_app: Any, redis_url: str, sim_server: Any) -> None:
     sim = sim_server.sim
-    sim.add_corp("dingsecond", corp_secret="second-corp-secret", channel_secret="second-channel-secret",
-                 agent_id="22")
-    sim.add_person("dingsecond", unionid=EMPLOYEE["unionid"], openid="oSecond", name="x", userid="second01",
-                   contact_type=0)
-    register_demo(redis_app, corpid="dingsecond", agent_id="22", corp_secret="second-corp-secret",
-                  channel_secret="second-channel-secret")
+    sim.add_corp("dingsecond", corp_secret="second-corp-secret", channel_secret="second-channel-secret", agent_id="22")
+    sim.add_person(
+        "dingsecond", unionid=EMPLOYEE["unionid"], openid="oSecond", name="x", userid="second01", contact_type=0
+    )
+    register_demo(
+        redis_app,
+        corpid="dingsecond",
+        agent_id="22",
+        corp_secret="second-corp-secret",
+        channel_secret="second-channel-secret",
+    )
     client = redis_app.test_client()
     for corpid, userid in ((DEMO_CORPID, "manager0001"), ("dingsecond", "second01")):
-        resp = client.post("/channel/login", json={"corpid": corpid,
-                                                   "code": sim.mint_auth_code(corpid, EMPLOYEE["unionid"])})
+        resp = client.post(
+            "/channel/login", json={"corpid": corpid, "code": sim.mint_auth_code(corpid, EMPLOYEE["unionid"])}
+        )
         assert resp.status_code == 200 and resp.json["userid"] == userid and resp.json["corpid"] == corpid
     rt = get_runtime(redis_app)
     values = []

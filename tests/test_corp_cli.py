@@ -12,14 +12,23 @@ from tests.conftest import store_dump
 
 AES_KEY = "4g5j64qlyl3zvetqxz5jiocdr586fn2zvjpa8zls3ij"
 GOOD = [
-    "corp", "add", "dingnew01",
-    "--corp-secret", "CorpSecretValue123",
-    "--channel-secret", "ChannelSecretValue456",
-    "--agent-id", "42",
-    "--origin", "https://h5.example.com",
-    "--origin", "http://localhost:8080",
-    "--callback-token", "CallbackTokenValue789",
-    "--aes-key", AES_KEY,
+    "corp",
+    "add",
+    "dingnew01",
+    "--corp-secret",
+    "CorpSecretValue123",
+    "--channel-secret",
+    "ChannelSecretValue456",
+    "--agent-id",
+    "42",
+    "--origin",
+    "https://h5.example.com",
+    "--origin",
+    "http://localhost:8080",
+    "--callback-token",
+    "CallbackTokenValue789",
+    "--aes-key",
+    AES_KEY,
 ]
 
 
@@ -39,7 +48,10 @@ def test_add_list_remove(app: Any, runner: Any) -> None:
         assert secret not in listed.output and secret not in as_json.output
         assert secret not in dump  # sealed at rest
     corp = get_runtime(app).registry.get("dingnew01")
-    assert corp.corp_secret == "CorpSecretValue123" and corp.origins == ("https://h5.example.com", "http://localhost:8080")
+    assert corp.corp_secret == "CorpSecretValue123" and corp.origins == (
+        "https://h5.example.com",
+        "http://localhost:8080",
+    )
     assert "CorpSecretValue123" not in repr(corp)
     assert runner.invoke(args=["corp", "remove", "dingnew01"]).exit_code == 0
     assert "dingnew01" not in runner.invoke(args=["corp", "list"]).output
@@ -100,11 +112,30 @@ def test_check_ok(runner: Any) -> None:
     assert result.output.count("ok ") == 2
 
 
-def register(runner: Any, corpid: str = DEMO_CORPID, corp_secret: str = DEMO_CORP_SECRET,
-             channel_secret: str = DEMO_CHANNEL_SECRET) -> None:
-    assert runner.invoke(args=["corp", "add", corpid, "--corp-secret", corp_secret, "--channel-secret",
-                               channel_secret, "--agent-id", DEMO_AGENT_ID, "--origin", "https://a.example"]
-                         ).exit_code == 0
+def register(
+    runner: Any,
+    corpid: str = DEMO_CORPID,
+    corp_secret: str = DEMO_CORP_SECRET,
+    channel_secret: str = DEMO_CHANNEL_SECRET,
+) -> None:
+    assert (
+        runner.invoke(
+            args=[
+                "corp",
+                "add",
+                corpid,
+                "--corp-secret",
+                corp_secret,
+                "--channel-secret",
+                channel_secret,
+                "--agent-id",
+                DEMO_AGENT_ID,
+                "--origin",
+                "https://a.example",
+            ]
+        ).exit_code
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -150,15 +181,26 @@ def test_no_plaintext_secret_in_real_redis(redis_app: Any, real_redis: Any) -> N
     client = redis_app.test_client()
     from urllib.parse import quote
 
-    assert client.get(f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}"
-                      f"&url={quote('https://h5.example.com/')}").status_code == 200
+    assert (
+        client.get(
+            f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote('https://h5.example.com/')}"
+        ).status_code
+        == 200
+    )
     dump = store_dump(real_redis)
     assert "dingnew01" in dump
     rt = get_runtime(redis_app)
     ticket = rt.channel_client(rt.corp(DEMO_CORPID)).ticket.peek()
     assert ticket is not None
-    for secret in ("CorpSecretValue123", "ChannelSecretValue456", "CallbackTokenValue789", AES_KEY,
-                   DEMO_CORP_SECRET, DEMO_CHANNEL_SECRET, ticket.value):
+    for secret in (
+        "CorpSecretValue123",
+        "ChannelSecretValue456",
+        "CallbackTokenValue789",
+        AES_KEY,
+        DEMO_CORP_SECRET,
+        DEMO_CHANNEL_SECRET,
+        ticket.value,
+    ):
         assert secret not in dump
 
 

@@ -33,7 +33,10 @@ def test_sha256_is_the_same_plain_text_hashed_differently() -> None:
 @pytest.mark.parametrize(
     ("page", "signed"),
     [
-        ("https://abc.com?url=http%3A%2F%2Fabc.com%2Fsomewhere&a=1", "https://abc.com?url=http://abc.com/somewhere&a=1"),
+        (
+            "https://abc.com?url=http%3A%2F%2Fabc.com%2Fsomewhere&a=1",
+            "https://abc.com?url=http://abc.com/somewhere&a=1",
+        ),
         ("http://example.com/path%20x/page?q=a+b&c=%E4%B8%AD#frag", "http://example.com/path%20x/page?q=a b&c=中"),
         ("HTTP://Example.COM:80/a?x=1", "http://Example.COM:80/a?x=1"),
         ("https://user:pw@example.com:8443/p?x=1#/route?y=2", "https://user:pw@example.com:8443/p?x=1"),

@@ -150,9 +150,7 @@ def test_gettoken_returns_the_same_token_and_renews_it(client: FlaskClient, sim:
     sim.advance(7000)
     assert corp_token(client) == first["access_token"]
     sim.advance(7000)  # 14,000 s after issue, but renewed at 7,000 s
-    body = call(
-        client, "user/getUseridByUnionid", access_token=first["access_token"], unionid=EMPLOYEE["unionid"]
-    )
+    body = call(client, "user/getUseridByUnionid", access_token=first["access_token"], unionid=EMPLOYEE["unionid"])
     assert body["errcode"] == 0
 
 
@@ -168,9 +166,7 @@ def test_channel_token_has_no_expires_in_and_renews(client: FlaskClient, sim: Si
     sim.advance(7000)
     assert channel_token(client) == first["access_token"]
     sim.advance(7000)
-    assert (
-        call(client, "channel/get_channel_jsapi_ticket", access_token=first["access_token"])["errcode"] == 0
-    )
+    assert call(client, "channel/get_channel_jsapi_ticket", access_token=first["access_token"])["errcode"] == 0
 
 
 @pytest.mark.parametrize("pipeline", ["channel", "corp"])
@@ -262,9 +258,7 @@ def test_ip_whitelist_blocks_token_endpoints_until_cleared(client: FlaskClient, 
         assert body == {"errcode": 60020, "errmsg": "访问ip不在白名单之中,request ip=203.0.113.7"}
     assert call(client, "gettoken", corpid="dingother", corpsecret="cs")["errcode"] == 0
     sim.set_ip_blocked(DEMO_CORPID, "198.51.100.9")
-    assert (
-        "198.51.100.9" in call(client, "gettoken", corpid=DEMO_CORPID, corpsecret=DEMO_CORP_SECRET)["errmsg"]
-    )
+    assert "198.51.100.9" in call(client, "gettoken", corpid=DEMO_CORPID, corpsecret=DEMO_CORP_SECRET)["errmsg"]
     sim.set_ip_blocked(DEMO_CORPID, None)
     assert corp_token(client)
 
@@ -341,25 +335,17 @@ def test_follower_codes_are_single_use(client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize(("age", "errcode"), [(299, 0), (300, 40078)])
-def test_follower_codes_expire_after_300_seconds(
-    client: FlaskClient, sim: Simulator, age: int, errcode: int
-) -> None:
+def test_follower_codes_expire_after_300_seconds(client: FlaskClient, sim: Simulator, age: int, errcode: int) -> None:
     code = follower_code(client, EMPLOYEE["unionid"])
     sim.advance(age)
-    assert (
-        call(client, "channel/user/get_by_code", access_token=channel_token(client), code=code)["errcode"]
-        == errcode
-    )
+    assert call(client, "channel/user/get_by_code", access_token=channel_token(client), code=code)["errcode"] == errcode
 
 
 def test_follower_code_of_another_corp_is_unknown(client: FlaskClient, sim: Simulator) -> None:
     sim.add_corp("dingother", corp_secret="cs", channel_secret="chs", agent_id="7")
     sim.add_person("dingother", unionid="u2", openid="o2", name="n")
     code = follower_code(client, "u2", corpid="dingother")
-    assert (
-        call(client, "channel/user/get_by_code", access_token=channel_token(client), code=code)["errcode"]
-        == 40078
-    )
+    assert call(client, "channel/user/get_by_code", access_token=channel_token(client), code=code)["errcode"] == 40078
 
 
 def test_employee_code_login(client: FlaskClient, sim: Simulator) -> None:
@@ -395,10 +381,7 @@ def test_client_code_endpoints_reject_unknown_people(
 
 def test_more_than_20_calls_per_second_are_throttled(client: FlaskClient, sim: Simulator) -> None:
     token = corp_token(client)  # one gettoken call in this second
-    codes = [
-        call(client, "gettoken", corpid=DEMO_CORPID, corpsecret=DEMO_CORP_SECRET)["errcode"]
-        for _ in range(20)
-    ]
+    codes = [call(client, "gettoken", corpid=DEMO_CORPID, corpsecret=DEMO_CORP_SECRET)["errcode"] for _ in range(20)]
     assert codes == [0] * 19 + [90018]
     # Another API of the same corp has its own budget.
     assert call(client, "get_jsapi_ticket", access_token=token, type="jsapi")["errcode"] == 0
@@ -434,10 +417,7 @@ def test_injected_json_faults(
     for _ in range(inject.get("times", 1)):
         body = call(client, "user/getUseridByUnionid", access_token=token, unionid=EMPLOYEE["unionid"])
         assert body == expected
-    assert (
-        call(client, "user/getUseridByUnionid", access_token=token, unionid=EMPLOYEE["unionid"])["errcode"]
-        == 0
-    )
+    assert call(client, "user/getUseridByUnionid", access_token=token, unionid=EMPLOYEE["unionid"])["errcode"] == 0
     assert sim.calls("user/getUseridByUnionid", DEMO_CORPID) == inject.get("times", 1) + 1
 
 
@@ -571,9 +551,7 @@ def test_sha256_corp_accepts_only_sha256(client: FlaskClient, sim: Simulator) ->
 def test_ticket_of_another_corp_is_52011(client: FlaskClient, sim: Simulator) -> None:
     channel_ticket(client)
     sim.add_corp("dingother", corp_secret="cs", channel_secret="chs", agent_id="7")
-    token = call(client, "channel/get_channel_token", corpid="dingother", channel_secret="chs")[
-        "access_token"
-    ]
+    token = call(client, "channel/get_channel_token", corpid="dingother", channel_secret="chs")["access_token"]
     assert check(client, ticket=channel_ticket(client, token))["errorCode"] == 52011
 
 
@@ -592,9 +570,7 @@ def test_ticket_of_another_corp_is_52011(client: FlaskClient, sim: Simulator) ->
         ("https://user:pw@example.com:8443/p?x=1#/route?y=2", "https://user:pw@example.com:8443/p?x=1"),
     ],
 )
-def test_both_the_raw_and_the_query_decoded_url_are_accepted(
-    client: FlaskClient, href: str, normalised: str
-) -> None:
+def test_both_the_raw_and_the_query_decoded_url_are_accepted(client: FlaskClient, href: str, normalised: str) -> None:
     ticket = channel_ticket(client)
     raw = href.split("#", 1)[0]
     for signed_url in (raw, normalised):
@@ -620,9 +596,7 @@ def test_form_decode_agrees_with_the_standard_library(text: str) -> None:
 
 
 def test_post_endpoints_require_json(client: FlaskClient) -> None:
-    response = client.post(
-        "/_client/auth_code", data="corpid=x", content_type="application/x-www-form-urlencoded"
-    )
+    response = client.post("/_client/auth_code", data="corpid=x", content_type="application/x-www-form-urlencoded")
     assert response.status_code == 200 and response.get_json()["errcode"] == 43004
     response = client.post("/_sim/advance", data="{not json", content_type="application/json")
     assert response.get_json()["errcode"] == 40035
@@ -660,9 +634,9 @@ def test_control_and_client_endpoints_over_http(server: SimulatorServer, http: r
     assert http.get(f"{base}/gettoken", params=creds, timeout=5).text == "<html>blocked</html>"
     assert ctl("/_sim/inject", {"api": "bogus", "errcode": -1})["errcode"] == 40035
 
-    assert http.get(
-        f"{base}/_sim/calls", params={"api": "gettoken", "corpid": DEMO_CORPID}, timeout=5
-    ).json() == {"calls": 3}
+    assert http.get(f"{base}/_sim/calls", params={"api": "gettoken", "corpid": DEMO_CORPID}, timeout=5).json() == {
+        "calls": 3
+    }
     assert ctl("/_sim/reset_calls", {}) == ok
     assert http.get(f"{base}/_sim/calls", timeout=5).json() == {"calls": 0}
 
@@ -680,9 +654,7 @@ def test_control_and_client_endpoints_over_http(server: SimulatorServer, http: r
 
     assert ctl("/_sim/ticket_mode", {"corpid": DEMO_CORPID, "mode": "renew"}) == ok
     assert ctl("/_sim/ticket_mode", {"corpid": DEMO_CORPID, "mode": "sometimes"})["errcode"] == 40035
-    channel = get("channel/get_channel_token", corpid=DEMO_CORPID, channel_secret=DEMO_CHANNEL_SECRET)[
-        "access_token"
-    ]
+    channel = get("channel/get_channel_token", corpid=DEMO_CORPID, channel_secret=DEMO_CHANNEL_SECRET)["access_token"]
     ticket = get("channel/get_channel_jsapi_ticket", access_token=channel)["ticket"]
     assert get("channel/get_channel_jsapi_ticket", access_token=channel)["ticket"] == ticket
 
@@ -793,9 +765,7 @@ def test_upstream_never_fails_with_a_server_error(api: str, params: dict[str, st
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
-    ),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
     max_leaves=6,
 )
 

@@ -26,8 +26,9 @@ def clients(app: Any) -> tuple[Any, Any, Any]:
 
 
 def login(client: Any, sim: Any) -> Any:
-    return client.post("/channel/login", json={"corpid": DEMO_CORPID, "code": sim.mint_auth_code(DEMO_CORPID,
-                                                                                                 EMPLOYEE["unionid"])})
+    return client.post(
+        "/channel/login", json={"corpid": DEMO_CORPID, "code": sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"])}
+    )
 
 
 def test_keys_values_and_ttl(app: Any, client: Any, sim: Any) -> None:
@@ -35,8 +36,11 @@ def test_keys_values_and_ttl(app: Any, client: Any, sim: Any) -> None:
     assert login(client, sim).status_code == 200
     rt, channel, corp = clients(app)
     keys = {channel.token.key, channel.ticket.key, corp.token.key}
-    assert keys == {f"dtgw:v1:{{{DEMO_CORPID}}}:channel:token", f"dtgw:v1:{{{DEMO_CORPID}}}:channel:ticket",
-                    f"dtgw:v1:{{{DEMO_CORPID}}}:corp:token"}
+    assert keys == {
+        f"dtgw:v1:{{{DEMO_CORPID}}}:channel:token",
+        f"dtgw:v1:{{{DEMO_CORPID}}}:channel:ticket",
+        f"dtgw:v1:{{{DEMO_CORPID}}}:corp:token",
+    }
     all_keys = list(rt.store.scan_iter())
     for key in all_keys:
         assert key.startswith("dtgw:v1:")
@@ -78,10 +82,10 @@ def test_channel_and_corp_tokens_never_mix(app: Any, client: Any, sim: Any) -> N
 def test_two_corps_are_separate(app: Any, sim: Any) -> None:
     from tests.conftest import register_demo
 
-    sim.add_corp("dingother", corp_secret="other-corp-secret", channel_secret="other-channel-secret",
-                 agent_id="7")
-    register_demo(app, corpid="dingother", agent_id="7", corp_secret="other-corp-secret",
-                  channel_secret="other-channel-secret")
+    sim.add_corp("dingother", corp_secret="other-corp-secret", channel_secret="other-channel-secret", agent_id="7")
+    register_demo(
+        app, corpid="dingother", agent_id="7", corp_secret="other-corp-secret", channel_secret="other-channel-secret"
+    )
     client = app.test_client()
     a = client.get(CFG).json
     b = client.get(f"/channel/config?corpid=dingother&agentid=7&url={quote(ORIGIN + '/')}").json
@@ -90,10 +94,16 @@ def test_two_corps_are_separate(app: Any, sim: Any) -> None:
     tb = rt.channel_client(rt.corp("dingother")).ticket.peek()
     assert ta and tb and ta.value != tb.value
     check = {"agentId": DEMO_AGENT_ID, "type": 1, "url": ORIGIN + "/"}
-    assert sim.check_config(corpId=DEMO_CORPID, timeStamp=a["timeStamp"], nonceStr=a["nonceStr"],
-                            signature=a["signature"], **check) == {"ok": True}
-    assert sim.check_config(corpId="dingother", timeStamp=b["timeStamp"], nonceStr=b["nonceStr"],
-                            signature=b["signature"], **{**check, "agentId": "7"}) == {"ok": True}
+    assert sim.check_config(
+        corpId=DEMO_CORPID, timeStamp=a["timeStamp"], nonceStr=a["nonceStr"], signature=a["signature"], **check
+    ) == {"ok": True}
+    assert sim.check_config(
+        corpId="dingother",
+        timeStamp=b["timeStamp"],
+        nonceStr=b["nonceStr"],
+        signature=b["signature"],
+        **{**check, "agentId": "7"},
+    ) == {"ok": True}
     assert sim.calls("channel/get_channel_token", "dingother") == 1
     assert sim.calls("channel/get_channel_token", DEMO_CORPID) == 1
 
@@ -161,8 +171,15 @@ def test_late_writer_never_overwrites_a_newer_credential(app: Any) -> None:
         return value, 7200
 
     settings = CacheSettings(margin=300, jitter=0, lock_wait=3, lock_ttl=0.2)
-    slow = CredentialCache(rt.store, rt.sealer, corpid="dinglate", pipeline="channel:token", kind=ChannelToken,
-                           fetch=fetch, settings=settings)
+    slow = CredentialCache(
+        rt.store,
+        rt.sealer,
+        corpid="dinglate",
+        pipeline="channel:token",
+        kind=ChannelToken,
+        fetch=fetch,
+        settings=settings,
+    )
     result: dict[str, Any] = {}
     t = threading.Thread(target=lambda: result.setdefault("slow", slow.get()))
     t.start()
@@ -182,8 +199,15 @@ def test_lock_wait_is_bounded(app: Any) -> None:
     rt.config["GATEWAY_LOCK_WAIT"] = 0.5
     started = time.monotonic()
     with pytest.raises(LockTimeout):
-        CredentialCache(rt.store, rt.sealer, corpid=DEMO_CORPID, pipeline="channel:ticket", kind=ChannelToken,
-                        fetch=lambda: ("x", 7200), settings=CacheSettings(lock_wait=0.5)).get()
+        CredentialCache(
+            rt.store,
+            rt.sealer,
+            corpid=DEMO_CORPID,
+            pipeline="channel:ticket",
+            kind=ChannelToken,
+            fetch=lambda: ("x", 7200),
+            settings=CacheSettings(lock_wait=0.5),
+        ).get()
     assert time.monotonic() - started < 2
     resp = app.test_client().get(CFG)  # through HTTP, with the app's 3 s wait
     assert resp.status_code == 503 and resp.json["error"]["code"] == "upstream_unavailable"
