@@ -1,0 +1,29 @@
+"""gunicorn settings for the gateway behind nginx: `gunicorn -c gunicorn.conf.py 'app:create_app()'`.
+
+Command-line flags override these (`-w 4`, `-b 127.0.0.1:9000`); WEB_CONCURRENCY and GATEWAY_THREADS set the
+defaults. Keep `bind` on loopback: the app trusts X-Forwarded-* from exactly one proxy (GATEWAY_TRUST_PROXY=1),
+so only nginx may reach it.
+"""
+
+from __future__ import annotations
+
+import os
+
+bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Threads, because a login spends most of its time waiting on DingTalk (two HTTPS calls on a cold cache).
+worker_class = "gthread"
+threads = int(os.environ.get("GATEWAY_THREADS", "4"))
+# Above nginx's proxy_read_timeout (20 s) and the gateway's own upstream timeouts, so nginx answers first.
+timeout = 30
+graceful_timeout = 20
+# Below nginx's upstream keepalive idle time would be wasteful; nginx reuses these connections.
+keepalive = 30
+
+accesslog = os.environ.get("GATEWAY_ACCESS_LOG", "-")
+# `{…}e` are WSGI environ values after the app ran, i.e. what the gateway believed after ProxyFix: the client
+# address, scheme and host. The request id is nginx's, echoed by the gateway.
+access_log_format = (
+    '%({remote_addr}e)s "%(r)s" %(s)s %(b)s %(M)sms scheme=%({wsgi.url_scheme}e)s host=%({http_host}e)s '
+    'referer="%(f)s" rid=%({x-request-id}o)s'
+)

@@ -1,0 +1,256 @@
+"""The production front: the repo's nginx.conf in a real nginx, before gunicorn (2 workers) and a real Redis.
+
+The stack is the one `scripts/serve` starts (imported from it), in sandbox mode against one shared simulator
+process. Skipped without nginx, except under CI=true, where a missing nginx is a failure.
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib.util
+import json
+import os
+import re
+import runpy
+import shutil
+import ssl
+import time
+from collections.abc import Iterator
+from importlib.machinery import SourceFileLoader
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID
+from tests.conftest import CI, EMPLOYEE, free_port
+
+pytestmark = pytest.mark.nginx
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+
+
+def load_serve() -> ModuleType:
+    """scripts/serve as a module (it has no .py suffix: it is a command)."""
+    loader = SourceFileLoader("serve", str(ROOT / "scripts" / "serve"))
+    spec = importlib.util.spec_from_loader("serve", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+serve = load_serve()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def need_nginx() -> None:
+    missing = [name for name, path in (("nginx", NGINX), ("openssl", shutil.which("openssl"))) if not path]
+    if missing:
+        if CI:
+            pytest.fail(f"CI=true but {', '.join(missing)} missing: .ci/run must install Debian's nginx")
+        pytest.skip(f"needs {', '.join(missing)}")
+
+
+@pytest.fixture(scope="module")
+def stack(need_nginx: None, redis_url: str) -> Iterator[Any]:
+    """nginx (TLS on a free loopback port) -> gunicorn (2 workers, ProxyFix on) -> real Redis + simulator."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+    running = serve.Stack(workers=2, https_port=free_port(), redis_url=redis_url, nginx=NGINX)
+    running.start()
+    yield running
+    running.stop()
+    assert all(proc.poll() is not None for _, proc in running.procs) and not running.workdir.exists()
+
+
+@pytest.fixture
+def https(stack: Any) -> Iterator[requests.Session]:
+    """A session against the public https:// side, trusting the stack's throwaway self-signed certificate."""
+    session = requests.Session()
+    session.trust_env = False  # REQUESTS_CA_BUNDLE would otherwise win over `verify`
+    session.verify = str(stack.cert)
+    yield session
+    session.close()
+
+
+def connection(stack: Any, source_ip: str) -> http.client.HTTPSConnection:
+    """An HTTPS connection from a chosen loopback address, to act as a distinct client IP."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return http.client.HTTPSConnection(
+        "127.0.0.1", stack.https_port, timeout=10, context=context, source_address=(source_ip, 0)
+    )
+
+
+def post_json(conn: http.client.HTTPSConnection, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+    conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    return resp.status, json.loads(data) if data else {}
+
+
+def access_log_lines(stack: Any, needle: str) -> list[str]:
+    """gunicorn's access log lines containing needle (gunicorn writes them as each request ends)."""
+    deadline = time.monotonic() + 2
+    while True:
+        text = stack.access_log.read_text(encoding="utf-8") if stack.access_log.exists() else ""
+        lines = [line for line in text.splitlines() if needle in line]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def page_url(stack: Any) -> str:
+    return f"{stack.public_url}/channel/login?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&from=menu+x#/home"
+
+
+# ---- the file itself --------------------------------------------------------------------------------------------
+
+
+def rendered(server_name: str = "h5.example.com") -> Any:
+    """A Stack with nginx.conf substituted into its work dir (nothing started); stop() removes it."""
+    return serve.Stack(https_port=free_port(), server_name=server_name, redis_url="redis://unused", nginx=NGINX)
+
+
+def test_nginx_t_passes_on_the_substituted_config() -> None:
+    stack = rendered()
+    try:
+        stack.render()
+        result = stack.check_nginx()
+    finally:
+        stack.stop()
+    assert result.returncode == 0, result.stderr
+    assert "syntax is ok" in result.stderr and "test is successful" in result.stderr
+
+
+def test_every_placeholder_must_be_given() -> None:
+    with pytest.raises(ValueError, match="__TLS_KEY__"):
+        serve.render_nginx_conf({"TLS_CERT": "/c.pem"}, template="ssl_certificate __TLS_CERT__; key __TLS_KEY__;")
+
+
+def test_proxy_timeouts_are_below_gunicorns() -> None:
+    stack = rendered()
+    try:
+        text = stack.render().read_text()
+    finally:
+        stack.stop()
+    gunicorn_timeout = runpy.run_path(str(ROOT / "gunicorn.conf.py"))["timeout"]
+    timeouts = {name: int(value) for name, value in re.findall(r"(proxy_\w+_timeout)\s+(\d+)s;", text)}
+    assert set(timeouts) == {"proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout"}
+    assert max(timeouts.values()) < gunicorn_timeout
+
+
+# ---- end to end -------------------------------------------------------------------------------------------------
+
+
+def test_config_behind_nginx_signs_the_public_url(stack: Any, https: requests.Session) -> None:
+    page = page_url(stack)
+    resp = https.get(
+        f"{stack.public_url}/channel/config",
+        params={"corpid": DEMO_CORPID, "agentid": DEMO_AGENT_ID},
+        headers={"Referer": page, "X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "http"},
+    )
+    assert resp.status_code == 200, resp.text
+    config = resp.json()
+    # The browser's https:// URL, fragment dropped, query form-decoded (dingtalk-oapi.md §4).
+    assert config["url"] == page.split("#")[0].replace("+", " ")
+    assert config["url"].startswith(f"https://127.0.0.1:{stack.https_port}/")
+
+    check = https.post(f"{stack.api_base}/_client/check_config", json={**config, "url": page}, timeout=5)
+    assert check.json() == {"ok": True}
+
+    # What the app saw (gunicorn logs the WSGI environ after ProxyFix): nginx's hop, the public scheme and host,
+    # the Referer, nginx's request id; the client's forged X-Forwarded-* did not get through.
+    [line] = access_log_lines(stack, "/channel/config")
+    assert line.startswith("127.0.0.1 ")
+    assert "scheme=https" in line and f"host=127.0.0.1:{stack.https_port}" in line
+    assert f'referer="{page}"' in line
+    assert f"rid={resp.headers['X-Request-Id']}" in line
+    assert "203.0.113.9" not in line
+
+
+def test_follower_signs_in_through_nginx(stack: Any, https: requests.Session) -> None:
+    minted = https.post(
+        f"{stack.api_base}/_client/auth_code", json={"corpid": DEMO_CORPID, "unionid": EMPLOYEE["unionid"]}, timeout=5
+    )
+    code = minted.json()["code"]
+    resp = https.post(f"{stack.public_url}/channel/login", json={"corpid": DEMO_CORPID, "code": code})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["linked"] is True and body["userid"] == EMPLOYEE["userid"] and body["token"]
+    assert "gzip" not in resp.headers.get("Content-Encoding", "")  # JSON with a token is never compressed
+
+
+def test_static_asset_is_served_by_nginx_not_the_app(stack: Any, https: requests.Session) -> None:
+    resp = https.get(f"{stack.public_url}/static/robots.txt")
+    assert resp.status_code == 200
+    assert resp.text == (ROOT / "static" / "robots.txt").read_text()
+    assert resp.headers["X-Served-By"] == "nginx-static"
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert "X-Request-Id" not in resp.headers  # the app stamps one on everything it answers
+    https.get(f"{stack.public_url}/healthz")  # a request the app does see, so the log is known to be written
+    assert access_log_lines(stack, "/healthz")
+    assert access_log_lines(stack, "/static/") == []
+
+
+def test_page_gets_security_headers_and_gzip(stack: Any, https: requests.Session) -> None:
+    resp = https.get(page_url(stack), headers={"Accept-Encoding": "gzip"})
+    assert resp.status_code == 200 and resp.headers["Content-Type"].startswith("text/html")
+    assert resp.headers["Content-Encoding"] == "gzip"
+    csp = resp.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'self'" in csp
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert resp.headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
+    assert resp.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+def test_plain_http_redirects_to_https(stack: Any) -> None:
+    resp = requests.get(
+        f"{stack.http_url}/channel/login?corpid=x", allow_redirects=False, timeout=5, headers={"Host": "evil.example"}
+    )
+    assert resp.status_code == 301
+    assert resp.headers["Location"] == f"{stack.public_url}/channel/login?corpid=x"
+
+
+def test_oversized_body_is_refused_by_nginx(stack: Any) -> None:
+    conn = connection(stack, "127.0.0.4")
+    status, body = post_json(conn, "/channel/config/error", {"pad": "x" * 100_000})
+    conn.close()
+    assert status == 413 and body["error"]["code"] == "invalid_request"
+
+
+def test_metrics_only_for_the_host_itself(stack: Any) -> None:
+    conn = connection(stack, "127.0.0.5")
+    conn.request("GET", "/metrics")
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert resp.status == 403
+
+
+def test_flooding_login_from_one_address_gets_429(stack: Any, https: requests.Session) -> None:
+    conn = connection(stack, "127.0.0.2")
+    statuses = []
+    for _ in range(50):
+        status, body = post_json(conn, "/channel/login", {"corpid": DEMO_CORPID, "code": "bogus"})
+        statuses.append(status)
+        if status == 429:
+            assert body["error"]["code"] == "rate_limited"
+    conn.close()
+    assert statuses[0] == 401  # the app's code_invalid: the first requests get through
+    assert statuses.count(429) >= 25, statuses
+    # Per client address: another one still signs in.
+    code = https.post(
+        f"{stack.api_base}/_client/auth_code", json={"corpid": DEMO_CORPID, "unionid": EMPLOYEE["unionid"]}, timeout=5
+    ).json()["code"]
+    other = connection(stack, "127.0.0.3")
+    status, body = post_json(other, "/channel/login", {"corpid": DEMO_CORPID, "code": code})
+    other.close()
+    assert status == 200 and body["linked"] is True
