@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import string
 import time
 from urllib.parse import unquote_plus
 
 HASHES = {"sha1": hashlib.sha1, "sha256": hashlib.sha256}
-_NONCE_ALPHABET = string.ascii_letters + string.digits
 
 
 def normalize_url(url: str) -> str:
@@ -35,9 +33,9 @@ def sign(ticket: str, nonce: str, timestamp: str, url: str, algorithm: str = "sh
     return HASHES[algorithm](plain.encode("utf-8")).hexdigest()
 
 
-def new_nonce(length: int = 16) -> str:
-    """A fresh random nonce for every config (the old demos' constant nonce is a replay gift)."""
-    return "".join(secrets.choice(_NONCE_ALPHABET) for _ in range(length))
+def new_nonce() -> str:
+    """A fresh random nonce for every config (the old demos' constant nonce is a replay gift): 16 hex chars."""
+    return secrets.token_hex(8)
 
 
 def timestamp_ms() -> str:

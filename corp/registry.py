@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from urllib.parse import urlsplit
 
 import redis
@@ -39,7 +40,11 @@ class Corp:
 
     def allows(self, url: str) -> bool:
         """True when `url`'s scheme, host and port equal one registered origin's."""
-        return _origin_tuple(url) in {_origin_tuple(o) for o in self.origins}
+        return _origin_tuple(url) in self._origin_set
+
+    @cached_property
+    def _origin_set(self) -> frozenset[tuple[str, str, int] | None]:
+        return frozenset(_origin_tuple(o) for o in self.origins)
 
     def public(self) -> dict[str, object]:
         """What may be shown to anyone: no secrets."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -50,13 +51,24 @@ def init_app(app: Flask) -> None:
     def _start_timer() -> None:
         g.dtgw_started = time.perf_counter()
 
+    # Labelled children looked up once per label set: `.labels()` costs more than the increment itself.
+    counters: dict[tuple[str, str, int], Any] = {}
+    histograms: dict[str, Any] = {}
+
     @app.after_request
     def _count(response: Response) -> Response:
         endpoint = request.endpoint or "unmatched"
-        HTTP_REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        key = (endpoint, request.method, response.status_code)
+        counter = counters.get(key)
+        if counter is None:
+            counter = counters[key] = HTTP_REQUESTS.labels(endpoint, request.method, str(response.status_code))
+        counter.inc()
         started = g.get("dtgw_started")
         if started is not None:
-            HTTP_LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+            histogram = histograms.get(endpoint)
+            if histogram is None:
+                histogram = histograms[endpoint] = HTTP_LATENCY.labels(endpoint)
+            histogram.observe(time.perf_counter() - started)
         return response
 
     @app.get("/metrics")

@@ -20,7 +20,8 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from functools import cached_property
+from typing import Any, Generic, TypeVar
 
 import redis
 from redis.exceptions import LockError
@@ -115,8 +116,15 @@ class CredentialCache(Generic[C]):
         self._sealer = sealer
         self._fetch = fetch
         self._settings = settings
-        self._write = store.register_script(_WRITE_IF_NEWER)
-        self._delete = store.register_script(_DELETE_IF_SAME)
+
+    # Scripts are only needed when writing or invalidating, never on the hot read path: built on first use.
+    @cached_property
+    def _write(self) -> Any:
+        return self.store.register_script(_WRITE_IF_NEWER)
+
+    @cached_property
+    def _delete(self) -> Any:
+        return self.store.register_script(_DELETE_IF_SAME)
 
     # -- reading ---------------------------------------------------------------------------------------------
     def peek(self) -> C | None:
