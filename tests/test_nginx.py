@@ -254,3 +254,12 @@ def test_flooding_login_from_one_address_gets_429(stack: Any, https: requests.Se
     status, body = post_json(other, "/channel/login", {"corpid": DEMO_CORPID, "code": code})
     other.close()
     assert status == 200 and body["linked"] is True
+
+
+def test_flooding_config_error_reports_gets_429(stack: Any) -> None:
+    conn = connection(stack, "127.0.0.4")
+    report = {"corpid": DEMO_CORPID, "agentid": DEMO_AGENT_ID, "url": "https://x.example/", "errorCode": 52013}
+    statuses = [post_json(conn, "/channel/config/error", report)[0] for _ in range(20)]
+    conn.close()
+    assert statuses[0] == 202  # recorded by the app
+    assert statuses.count(429) >= 10, statuses
