@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,6 +178,51 @@ def client(app: Any) -> Any:
 @pytest.fixture
 def runner(app: Any) -> Any:
     return app.test_cli_runner()
+
+
+# -- browser (Debian's chromium driven by Playwright; no browser download ever) --------------------------------
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+# Without the background-networking flags Chromium keeps dialling Google's hosts, which this network refuses.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+
+
+def need_chromium() -> str:
+    """The chromium executable; skips (fails under CI=true) when there is none."""
+    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if not executable:
+        if CI:
+            pytest.fail(f"CI=true but no chromium at {CHROMIUM}: install Debian's chromium")
+        pytest.skip(f"needs Debian's chromium ({CHROMIUM})")
+    return executable
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the session; tests open their own contexts and pages."""
+    executable = need_chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if CI:
+            pytest.fail("CI=true but the playwright package is not installed")
+        pytest.skip("needs the playwright package")
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 def store_dump(client: redis.Redis) -> str:

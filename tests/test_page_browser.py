@@ -9,13 +9,10 @@ artifacts/screenshots/. Skipped without chromium or Playwright, except under CI=
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,34 +27,16 @@ from gateway.runtime import get_runtime
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID, DEMO_PEOPLE
 from sandbox.server import SimulatorServer
 from sandbox.state import Simulator
+from tests.conftest import SHOTS
 
 pytestmark = pytest.mark.browser
 
-CI = os.environ.get("CI", "").lower() == "true"
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VIEWPORT = {"width": 360, "height": 740}
-SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
 SECRET_KEY = "browser-test-secret-key-0123456789"
 TIMEOUT_MS = 15_000
 
 EMPLOYEE = next(p for p in DEMO_PEOPLE if p["contact_type"] == 0)
 UNLINKED = next(p for p in DEMO_PEOPLE if p["userid"] is None)
-
-
-def _unavailable(reason: str) -> None:
-    if CI:
-        pytest.fail(f"CI=true but {reason}: install Debian's chromium and the playwright package")
-    pytest.skip(reason)
 
 
 class _Quiet(WSGIRequestHandler):
@@ -111,21 +90,6 @@ def start_gateway(make_config: Callable[[str], dict[str, Any]]) -> LiveGateway:
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     return LiveGateway(late.app, origin, server, thread)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        _unavailable(f"no chromium at {CHROMIUM}")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("the playwright package is not installed")
-    with sync_playwright() as p:
-        executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
-        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,8 @@ Screenshots go to artifacts/screenshots/. Skipped without Debian's chromium, exc
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,31 +17,12 @@ from corp.registry import Corp
 from gateway.runtime import get_runtime
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
 from sandbox.server import SimulatorServer
-from tests.conftest import CI, ORIGIN, UNLINKED, make_config, register_demo
+from tests.conftest import ORIGIN, SHOTS, UNLINKED, make_config, need_chromium, register_demo
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ADMIN_TOKEN = "browser-admin-token-0123456789abcdef"
 BROKEN_CORPID = "dingbroken0002"
-SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
-
-
-def _need_chromium() -> None:
-    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-        if CI:
-            pytest.fail("CI=true but /usr/bin/chromium is missing")
-        pytest.skip("needs Debian's chromium at /usr/bin/chromium")
 
 
 @pytest.fixture
@@ -52,7 +30,7 @@ def live(sim_server: SimulatorServer) -> Iterator[tuple[str, Any]]:
     """The gateway on a real loopback port, with the demo corp and a corp registered with a wrong secret."""
     from app import create_app
 
-    _need_chromium()
+    need_chromium()
     sim_server.sim.add_corp(
         BROKEN_CORPID, corp_secret="the-right-corp-secret", channel_secret="the-right-channel-secret", agent_id="2002"
     )
@@ -76,19 +54,6 @@ def live(sim_server: SimulatorServer) -> Iterator[tuple[str, Any]]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    _need_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def test_console_in_a_browser(live: tuple[str, Any], browser: Any, sim_server: SimulatorServer) -> None:
