@@ -19,6 +19,21 @@ from tests.conftest import EMPLOYEE, ORIGIN
 CFG = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote(ORIGIN + '/')}"
 
 
+@pytest.fixture(params=["fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
+def app(request: pytest.FixtureRequest, sim_server: Any) -> Any:
+    """Every test here runs twice: on the in-process store and on a real redis-server."""
+    from app import create_app
+    from tests.conftest import make_config, register_demo
+
+    url = None
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        request.getfixturevalue("real_redis")  # flushed before and after
+    application = create_app(make_config(sim_server, REDIS_URL=url))
+    register_demo(application)
+    return application
+
+
 def clients(app: Any) -> tuple[Any, Any, Any]:
     rt = get_runtime(app)
     corp = rt.corp(DEMO_CORPID)
