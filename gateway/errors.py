@@ -9,6 +9,8 @@
     ├── AgentMismatch                 400 agent_mismatch
     ├── UrlNotAllowed                 403 url_not_allowed
     ├── Unauthorized                  401 unauthorized
+    ├── TooManyRequests               429 rate_limited        (a cooldown or lockout of the gateway's own; sets Retry-After)
+    ├── SecretsUnreadable             500 internal_error      (sealed under another GATEWAY_SECRET_KEY)
     ├── SignatureInvalid              403 signature_invalid
     ├── DecryptFailed                 400 decrypt_failed
     ├── UpstreamError                 502 upstream_error      (DingTalk said no; the caller cannot fix it)
@@ -109,6 +111,26 @@ class Unauthorized(GatewayError):
     status = 401
     code = "unauthorized"
     default_hint = "Send the admin token as `Authorization: Bearer …`."
+
+
+class TooManyRequests(GatewayError):
+    """The gateway's own cooldown or lockout (not DingTalk's): wait `Retry-After` seconds."""
+
+    status = 429
+    code = "rate_limited"
+    default_hint = "Too many attempts; wait the number of seconds in Retry-After."
+
+    def __init__(self, message: str, *, retry_after: int | None = None, **kw: Any) -> None:
+        super().__init__(message, retry_after=retry_after or 1, **kw)
+
+
+class SecretsUnreadable(GatewayError):
+    """A corp's sealed secrets do not open: GATEWAY_SECRET_KEY is not the key they were sealed with."""
+
+    default_hint = (
+        "GATEWAY_SECRET_KEY differs from the key this corp's secrets were sealed with: restore the old key, "
+        "or register the corp again with `flask corp add`."
+    )
 
 
 class SignatureInvalid(GatewayError):
