@@ -9,7 +9,7 @@
     ├── AgentMismatch                 400 agent_mismatch
     ├── UrlNotAllowed                 403 url_not_allowed
     ├── Unauthorized                  401 unauthorized
-    ├── TooManyRequests               429 rate_limited        (a cooldown or lockout of the gateway's own; sets Retry-After)
+    ├── TooManyRequests               429 rate_limited        (our own cooldown or lockout; Retry-After)
     ├── SecretsUnreadable             500 internal_error      (sealed under another GATEWAY_SECRET_KEY)
     ├── SignatureInvalid              403 signature_invalid
     ├── DecryptFailed                 400 decrypt_failed
