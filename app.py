@@ -11,6 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from gateway import handlers, logs, metrics, runtime, store
 from gateway.config import DEFAULTS, load_config
+from gateway.jsonio import StrictJSONProvider
 
 log = logging.getLogger("gateway")
 
@@ -20,9 +21,9 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     config = load_config(overrides=overrides)
     logs.configure_logging()
     app = Flask(__name__, static_folder="static", static_url_path="/static")
+    app.json = StrictJSONProvider(app)
     app.config.update(config)
     app.config["MAX_CONTENT_LENGTH"] = int(config["GATEWAY_MAX_BODY"])
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
     if config["GATEWAY_TRUST_PROXY"]:
         # Behind nginx: trust exactly one proxy for client IP, scheme and host (house style 14).
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]

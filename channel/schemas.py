@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
 CORPID = validate.Regexp(r"^[A-Za-z0-9_.\-]{1,64}$", error="must be 1-64 of A-Z a-z 0-9 _ . -")
 
 
 class ConfigQuery(Schema):
     class Meta:
-        unknown = RAISE
+        # A GET may carry cache-busters (`_=…`) and tracking parameters: ignore what we do not use.
+        unknown = EXCLUDE
 
     corpid = fields.String(required=True, validate=CORPID)
     agentid = fields.String(required=True, validate=validate.Regexp(r"^[0-9]{1,20}$", error="must be a number"))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from flask import Blueprint, Response, g, jsonify, render_template, request
 from marshmallow import Schema, ValidationError
 
 from channel.config import report_config_error, signed_config
 from channel.login import login
 from channel.schemas import ConfigErrorBody, ConfigQuery, LoginBody
-from gateway.errors import InvalidRequest, UnknownCorp
+from gateway.errors import GatewayError, InvalidRequest, UnknownCorp
 from gateway.runtime import get_runtime
 
 bp = Blueprint("channel", __name__, url_prefix="/channel")
@@ -56,7 +57,8 @@ def _allow_origin(response: Response, corpid: str | None) -> Response:
         return response
     try:
         corp = get_runtime().corp(corpid)
-    except (UnknownCorp, ValueError):
+    except (GatewayError, redis.exceptions.RedisError):
+        # Unknown corp, or the store is down: no CORS grant, and the response (often the error itself) stands.
         return response
     if corp.allows(origin):
         response.headers["Access-Control-Allow-Origin"] = origin
@@ -69,6 +71,13 @@ def cors(response: Response) -> Response:
     return _allow_origin(response, corpid)
 
 
+def _corp_allows(corpid: str, origin: str) -> bool:
+    try:
+        return get_runtime().corp(corpid).allows(origin)
+    except GatewayError:
+        return False
+
+
 @bp.route("/config", methods=["OPTIONS"])
 @bp.route("/login", methods=["OPTIONS"])
 @bp.route("/config/error", methods=["OPTIONS"])
@@ -77,7 +86,11 @@ def preflight() -> Response:
     response = Response(status=204)
     origin = request.headers.get("Origin")
     rt = get_runtime()
-    if origin and any(rt.corp(c).allows(origin) for c in rt.registry.corpids()):
+    corpid = request.args.get("corpid")
+    # A preflight carries no body, so the corp is known only from the query; otherwise any registered corp's
+    # origin may proceed to the real request, which is then checked against its own corp.
+    candidates = [corpid] if corpid else rt.registry.corpids()
+    if origin and any(_corp_allows(c, origin) for c in candidates):
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Methods"] = "GET, POST"
         response.headers["Access-Control-Allow-Headers"] = "Content-Type"

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 import redis
 
-from gateway.errors import UnknownCorp
-from gateway.sealing import Sealer
+from gateway.errors import SecretsUnreadable, UnknownCorp
+from gateway.sealing import Sealer, SealError
 from gateway.store import corp_key, global_key
 
 SECRET_FIELDS = ("corp_secret", "channel_secret", "callback_token", "aes_key")
@@ -129,9 +129,13 @@ class CorpRegistry:
         raw = self._store.hgetall(key)
         if not raw:
             raise UnknownCorp(f"Corp {corpid!r} is not registered with this gateway")
-        opened = {
-            name: (self._sealer.open(raw[name], f"{key}:{name}") if raw.get(name) else None) for name in SECRET_FIELDS
-        }
+        try:
+            opened = {
+                name: (self._sealer.open(raw[name], f"{key}:{name}") if raw.get(name) else None)
+                for name in SECRET_FIELDS
+            }
+        except SealError as e:
+            raise SecretsUnreadable(f"The secrets of corp {corpid!r} do not open with this GATEWAY_SECRET_KEY") from e
         return Corp(
             corpid=raw["corpid"],
             agent_id=raw["agent_id"],

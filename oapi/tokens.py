@@ -17,14 +17,17 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 import redis
 from redis.exceptions import LockError
+from redis.lock import Lock
 
 from gateway.errors import LockTimeout, TokenInvalid, UpstreamError
 from gateway.metrics import CREDENTIAL_FETCHES
@@ -187,7 +190,8 @@ class CredentialCache(Generic[C]):
         # A configuration error (wrong secret, IP whitelist) is remembered briefly: a hundred workers asking
         # again cannot fix it, and hammering gettoken gets the corp throttled.
         self._raise_remembered_failure()
-        lock = self.store.lock(self.key + ":lock", timeout=self._settings.lock_ttl, blocking=False)
+        # thread_local=False: the keep-alive thread renews the lock on the fetching thread's behalf.
+        lock = self.store.lock(self.key + ":lock", timeout=self._settings.lock_ttl, blocking=False, thread_local=False)
         deadline = time.monotonic() + self._settings.lock_wait
         while not lock.acquire(blocking=False):
             # Someone else is fetching: watch the cache rather than queueing on the lock, so every waiter
@@ -207,12 +211,14 @@ class CredentialCache(Generic[C]):
             if cached is not None and (newer_than is None or cached.generation > newer_than):
                 return cached
             self._raise_remembered_failure()
-            return self._fetch_and_store()
+            with keep_alive(lock, self._settings.lock_ttl):
+                return self._fetch_and_store()
         finally:
             try:
                 lock.release()
             except LockError:
-                # Our lock expired during a slow fetch; the write above was guarded by its generation.
+                # We were frozen past the lock's TTL (the keep-alive could not run); the write above was
+                # guarded by its generation.
                 pass
 
     def _fetch_and_store(self) -> C:
@@ -278,6 +284,33 @@ class CredentialCache(Generic[C]):
             return lifetime - margin
         # DingTalk handed out something short-lived: keep it for half its life rather than not at all.
         return max(1.0, lifetime / 2)
+
+
+@contextmanager
+def keep_alive(lock: Lock, ttl: float) -> Iterator[None]:
+    """Renew `lock` every ttl/3 while the block runs.
+
+    A fetch can outlast any fixed TTL (timeouts, urllib3 retries, -1 retries, a nested token fetch). If the lock
+    expired meanwhile, a second worker would fetch too, and where a fetch invalidates the previous ticket the
+    two fetches race over which ticket is alive. Renewing keeps the lock for exactly as long as its holder is
+    alive and working; a holder that dies or freezes stops renewing and the lock frees itself within `ttl`.
+    """
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(ttl / 3):
+            try:
+                lock.reacquire()
+            except (LockError, redis.exceptions.RedisError):
+                return  # lost (we were frozen past the TTL): the generation guard takes over
+
+    thread = threading.Thread(target=renew, name="dtgw-lock-keep-alive", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=1)
 
 
 T = TypeVar("T")

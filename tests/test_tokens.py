@@ -174,7 +174,48 @@ def test_late_invalidation_keeps_a_newer_token(app: Any, client: Any, sim: Any) 
     assert kept is not None and (kept.value, kept.generation) == (new.value, new.generation)
 
 
-def test_late_writer_never_overwrites_a_newer_credential(app: Any) -> None:
+def test_a_fetch_slower_than_the_lock_ttl_is_still_the_only_fetch(app: Any) -> None:
+    rt = get_runtime(app)
+    fetches: list[float] = []
+
+    def slow_fetch() -> tuple[str, int | None]:
+        fetches.append(time.monotonic())
+        time.sleep(1.0)  # timeouts and retries can make a real fetch outlast any fixed lock TTL
+        return f"ticket-{len(fetches)}", 7200
+
+    settings = CacheSettings(margin=300, jitter=0, lock_wait=3, lock_ttl=0.3)
+
+    def cache() -> CredentialCache[ChannelToken]:  # each worker builds its own view; only the store is shared
+        return CredentialCache(
+            rt.store,
+            rt.sealer,
+            corpid="dingslow",
+            pipeline="channel:ticket",
+            kind=ChannelToken,
+            fetch=slow_fetch,
+            settings=settings,
+        )
+
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(cache().get().value)) for _ in range(4)]
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    for t in threads:
+        t.join(10)
+    # The lock was renewed while its holder worked, so nobody else fetched (in invalidate mode a second fetch
+    # would have killed the first one's ticket).
+    assert len(fetches) == 1
+    assert results == ["ticket-1"] * 4
+
+
+def test_late_writer_never_overwrites_a_newer_credential(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from contextlib import nullcontext
+
+    import oapi.tokens
+
+    # A holder frozen past its lock's TTL (GC pause, SIGSTOP): its keep-alive cannot run either.
+    monkeypatch.setattr(oapi.tokens, "keep_alive", lambda lock, ttl: nullcontext())
     rt = get_runtime(app)
     gate = threading.Event()
     values = iter(["slow-old-token", "fast-new-token"])
