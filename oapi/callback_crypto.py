@@ -17,7 +17,9 @@ is told)::
     ├── DecryptError         900008  decrypt_failed     bad Base64 / size / block multiple / padding
     ├── LengthMismatch       900009  decrypt_failed     length field larger than the plaintext
     ├── ReceiverKeyMismatch  900010  decrypt_failed
-    └── BadPlaintext         900001  decrypt_failed     message not UTF-8, or not a JSON object
+    └── BadPlaintext         900001  decrypt_failed     message not UTF-8, not a JSON object, or (decrypt_json)
+                                                        holding a string that cannot be UTF-8 (a lone surrogate
+                                                        written as a ``\\ud800`` escape)
 """
 
 from __future__ import annotations
@@ -181,7 +183,12 @@ class CallbackCrypto:
             raise BadPlaintext("message is not UTF-8") from e
 
     def decrypt_json(self, encrypt: str) -> dict[str, Any]:
-        """Return the JSON object carried by ``encrypt``; anything but an object is BadPlaintext."""
+        """Return the JSON object carried by ``encrypt``; anything but an object is BadPlaintext.
+
+        So is an object holding a string (key or value, at any depth) that cannot be encoded as UTF-8: the
+        message bytes are valid UTF-8, but a ``\\ud800`` escape still parses to a lone surrogate, which
+        every consumer downstream (Redis, logs, JSON replies) would then fail on.
+        """
         text = self.decrypt(encrypt)
         try:
             value = json.loads(text, parse_constant=_reject_constant)
@@ -189,6 +196,12 @@ class CallbackCrypto:
             raise BadPlaintext("message is not JSON") from e
         if not isinstance(value, dict):
             raise BadPlaintext("message is not a JSON object")
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise BadPlaintext("message holds a string that cannot be UTF-8 (lone surrogate escape)") from e
+        except (ValueError, RecursionError) as e:  # defensive: dumps nests no deeper than loads did
+            raise BadPlaintext("message is not JSON") from e
         return value
 
     def reply(self, msg: str, *, timestamp: str | None = None, nonce: str | None = None) -> dict[str, str]:

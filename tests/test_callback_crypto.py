@@ -256,6 +256,40 @@ def test_decrypt_json_rejects_non_object(crypto: CallbackCrypto, msg: str) -> No
     assert (info.value.errcode, info.value.kind) == (900001, "decrypt_failed")
 
 
+# A backslash escape: the message bytes are plain ASCII (so valid UTF-8), but json.loads turns the escape
+# into a lone surrogate, a str that cannot be encoded as UTF-8 (and so never written to Redis).
+@pytest.mark.parametrize(
+    "msg",
+    [
+        pytest.param(r'{"EventType":"user_leave_org","UserId":["\ud800"]}', id="in-list-value"),
+        pytest.param(r'{"EventType":"\udc00"}', id="low-surrogate-value"),
+        pytest.param(r'{"EventType":"x","\ud800":1}', id="in-key"),
+        pytest.param(r'{"EventType":"x","a":{"b":[{"\udbff":null}]}}', id="nested-key"),
+        pytest.param(r'{"EventType":"x","a":[[["ok","\ud83d"]]]}', id="nested-value"),
+        pytest.param(r'{"EventType":"x","a":"\ude00\ud83d"}', id="reversed-pair"),
+        pytest.param(r'{"EventType":"x","a":"\\\ud800"}', id="after-escaped-backslash"),
+    ],
+)
+def test_decrypt_json_rejects_lone_surrogate_escape(crypto: CallbackCrypto, msg: str) -> None:
+    encrypt = crypto.encrypt(msg)
+    assert crypto.decrypt(encrypt) == msg  # the text itself is fine ...
+    with pytest.raises(BadPlaintext) as info:  # ... what it parses to is not
+        crypto.decrypt_json(encrypt)
+    assert (info.value.errcode, info.value.kind) == (900001, "decrypt_failed")
+
+
+@pytest.mark.parametrize(
+    ("msg", "value"),
+    [
+        pytest.param(r'{"a":"\ud83d\ude00"}', {"a": "\U0001f600"}, id="escaped-pair"),
+        pytest.param(r'{"a":"\\ud800"}', {"a": "\\ud800"}, id="escaped-backslash"),
+        pytest.param('{"a":"\u00e9\u4e2d"}', {"a": "\u00e9\u4e2d"}, id="non-ascii-utf8"),
+    ],
+)
+def test_decrypt_json_accepts_encodable_escapes(crypto: CallbackCrypto, msg: str, value: dict[str, str]) -> None:
+    assert crypto.decrypt_json(crypto.encrypt(msg)) == value
+
+
 def test_encrypt_rejects_lone_surrogate(crypto: CallbackCrypto) -> None:
     with pytest.raises(BadPlaintext):
         crypto.encrypt("\ud800")
@@ -295,12 +329,53 @@ def test_json_round_trip(value: dict[str, object]) -> None:
     assert crypto.decrypt_json(crypto.encrypt(json.dumps(value))) == value
 
 
+# Text that may hold lone surrogates (st.text never does): json.dumps escapes them (ensure_ascii), so the
+# message itself is ASCII and only the parsed object is not UTF-8. Mixed with plain text so that both
+# outcomes turn up often.
+_SURROGATE_TEXT = st.lists(
+    st.characters(codec=None, exclude_categories=()) | st.integers(0xD800, 0xDFFF).map(chr), max_size=8
+).map("".join)
+_ANY_TEXT = st.text(max_size=8) | st.text(max_size=8) | _SURROGATE_TEXT
+_ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | _ANY_TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_ANY_TEXT, children, max_size=4),
+    max_leaves=8,
+)
+
+
+def _encodable(value: object) -> bool:
+    if isinstance(value, str):
+        return not any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if isinstance(value, list):
+        return all(_encodable(v) for v in value)
+    if isinstance(value, dict):
+        return all(_encodable(k) and _encodable(v) for k, v in value.items())
+    return True
+
+
+@FUZZ
+@given(value=st.dictionaries(_ANY_TEXT, _ANY_JSON, max_size=3))
+def test_decrypt_json_returns_only_utf8_encodable_objects(value: dict[str, object]) -> None:
+    """Round trip when every string can be UTF-8; BadPlaintext (never anything else) when one cannot."""
+    crypto = CallbackCrypto(TOKEN, AES_KEY, RECEIVER_KEY)
+    encrypt = crypto.encrypt(json.dumps(value))
+    if _encodable(value):
+        decoded = crypto.decrypt_json(encrypt)
+        assert decoded == value
+        json.dumps(decoded, ensure_ascii=False).encode("utf-8")
+    else:
+        with pytest.raises(BadPlaintext):
+            crypto.decrypt_json(encrypt)
+
+
 def assert_only_crypto_errors(crypto: CallbackCrypto, encrypt: str) -> None:
     for method in (crypto.decrypt, crypto.decrypt_json):
         try:
-            method(encrypt)
+            result = method(encrypt)
         except CallbackCryptoError:
-            pass
+            continue
+        # Whatever is returned can be written anywhere as UTF-8.
+        json.dumps(result, ensure_ascii=False).encode("utf-8")
 
 
 @FUZZ

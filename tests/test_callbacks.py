@@ -253,6 +253,63 @@ def _wrong_token(sender: Sender) -> tuple[dict[str, str], Any]:
     return Sender("another-token", AES_KEY, DEMO_CORPID).request(_good(sender))
 
 
+# Plaintexts built by hand (random 16 ‖ length BE32 ‖ msg ‖ receiver key ‖ padding), then encrypted with the
+# sender's key as-is: each breaks one rule of oapi doc §5 while the push stays correctly signed.
+_EVENT = b'{"EventType":"user_add_org","UserId":["u1"]}'
+
+
+def _raw(sender: Sender, plain: bytes) -> str:
+    assert len(plain) % 16 == 0
+    return base64.b64encode(AES.new(sender.key, AES.MODE_CBC, iv=sender.key[:16]).encrypt(plain)).decode()
+
+
+def _content(sender: Sender, *, length: int | None = None, msg: bytes = _EVENT) -> bytes:
+    declared = len(msg) if length is None else length
+    return secrets.token_bytes(16) + declared.to_bytes(4, "big") + msg + sender.receiver_key
+
+
+def _pad(data: bytes) -> bytes:
+    n = 32 - len(data) % 32
+    return bytes([n]) * n
+
+
+def _pad_byte_zero(sender: Sender) -> str:
+    plain = _content(sender)
+    plain += _pad(plain)
+    return _raw(sender, plain[:-1] + b"\x00")
+
+
+def _pad_byte_33(sender: Sender) -> str:
+    plain = _content(sender)
+    return _raw(sender, plain + b"\x21" * (33 + -(len(plain) + 33) % 32))
+
+
+def _pad_inconsistent(sender: Sender) -> str:
+    plain = _content(sender)
+    pad = _pad(plain)
+    assert len(pad) >= 2, "pick a message that leaves room for a broken pad"
+    return _raw(sender, plain + bytes([pad[0] ^ 0xFF]) + pad[1:])
+
+
+def _length_beyond(extra: int) -> Any:
+    """The length field claims ``extra`` bytes more than message and receiver key together."""
+
+    def encrypt_of(sender: Sender) -> str:
+        plain = _content(sender, length=len(_EVENT) + len(sender.receiver_key) + extra)
+        return _raw(sender, plain + _pad(plain))
+
+    return encrypt_of
+
+
+def _length_huge(sender: Sender) -> str:
+    plain = _content(sender, length=2**32 - 1)
+    return _raw(sender, plain + _pad(plain))
+
+
+# Written with the escape, so the message is plain ASCII: only what json.loads makes of it is not UTF-8.
+LONE_SURROGATE = r'{"EventType":"user_leave_org","UserId":["\ud800"]}'
+
+
 MALFORMED: dict[str, tuple[Any, int, str]] = {
     "bad signature": (_bad_signature, 403, "signature_invalid"),
     "signed with another token": (_wrong_token, 403, "signature_invalid"),
@@ -266,7 +323,14 @@ MALFORMED: dict[str, tuple[Any, int, str]] = {
     "future timestamp (ms)": (_skewed(+301, "ms"), 403, "signature_invalid"),
     "bad base64": (_signed(lambda s: "not*base64!!"), 400, "decrypt_failed"),
     "not whole blocks": (_signed(lambda s: base64.b64encode(b"x" * 20).decode()), 400, "decrypt_failed"),
-    "wrong aes key": (
+    "pad byte 0": (_signed(_pad_byte_zero), 400, "decrypt_failed"),
+    "pad byte 33": (_signed(_pad_byte_33), 400, "decrypt_failed"),
+    "pad inconsistent": (_signed(_pad_inconsistent), 400, "decrypt_failed"),
+    "length field one beyond the plaintext": (_signed(_length_beyond(1)), 400, "decrypt_failed"),
+    "length field 2**32-1": (_signed(_length_huge), 400, "decrypt_failed"),
+    # The registry refuses an EncodingAESKey that cannot give a 32-byte key (BadAesKey, tested in
+    # test_callback_crypto), so the bad-key case that can reach the endpoint is a push under another key.
+    "encrypted under another EncodingAESKey": (
         _signed(lambda s: Sender(CALLBACK_TOKEN, OTHER_AES_KEY, DEMO_CORPID).encrypt('{"EventType":"x"}')),
         400,
         "decrypt_failed",
@@ -279,6 +343,7 @@ MALFORMED: dict[str, tuple[Any, int, str]] = {
     "message not JSON": (_signed(lambda s: s.encrypt("EventType=user_add_org")), 400, "decrypt_failed"),
     "message a JSON array": (_signed(lambda s: s.encrypt('["user_add_org"]')), 400, "decrypt_failed"),
     "message not UTF-8": (_signed(lambda s: s.encrypt(b"\xff\xfe{}")), 400, "decrypt_failed"),
+    "message with a lone surrogate escape": (_signed(lambda s: s.encrypt(LONE_SURROGATE)), 400, "decrypt_failed"),
     "missing body": (_body(None), 400, "invalid_request"),
     "body not JSON": (_body("encrypt=abc"), 400, "invalid_request"),
     "body a JSON array": (_body(["abc"]), 400, "invalid_request"),
@@ -305,6 +370,32 @@ def test_malformed_push_is_refused_and_not_recorded(
     assert "dingtalk" not in error  # 900xxx codes are ours, not the upstream's
     assert stream_len(cb_app) == 0
     assert not list(get_runtime(cb_app).store.scan_iter(match="*event-seen*"))
+
+
+def test_lone_surrogate_push_is_refused_and_not_retried_forever(
+    cb_app: Flask, cb_client: FlaskClient, sender: Sender, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A signed push that parses to a str no UTF-8 encoder takes: 400 (not 500), and nothing stored or dropped."""
+    sender.push(cb_client, {"EventType": "user_add_org", "UserId": ["u1"]})
+    before = entries(cb_app)
+    query, body = sender.request(sender.encrypt(LONE_SURROGATE))
+    response = cb_client.post(URL, query_string=query, json=body)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == "decrypt_failed"
+    assert "900001" in error["message"]
+    assert "900001" in caplog.text
+    assert entries(cb_app) == before
+    assert len(list(get_runtime(cb_app).store.scan_iter(match="*callback-seen*"))) == 1
+
+
+def test_deeply_nested_body_is_an_invalid_request(cb_app: Flask, cb_client: FlaskClient, sender: Sender) -> None:
+    """A depth bomb as the body: 400 invalid_request, not a RecursionError (500)."""
+    query, _ = sender.request(_good(sender))
+    response = cb_client.post(URL, query_string=query, data=b"[" * 5000 + b"]" * 5000, content_type="application/json")
+    assert response.status_code == 400, response.get_data(as_text=True)[:200]
+    assert response.get_json()["error"]["code"] == "invalid_request"
+    assert stream_len(cb_app) == 0
 
 
 def test_stale_timestamp_hint_names_the_clock(cb_client: FlaskClient, sender: Sender) -> None:
