@@ -15,6 +15,9 @@ from gateway.store import corp_key
 
 # An unlinked follower may be hired any day: recheck sooner than a linked one.
 UNLINKED_TTL_CAP = 600
+# After a leave/modify event, links for that userid are not cached for this long: a login already in flight
+# when the event arrived would otherwise write back the link the event just dropped, for a whole TTL.
+DROPPED_GRACE = 120
 
 
 class LinkCache:
@@ -38,7 +41,12 @@ class LinkCache:
         data = json.loads(raw)
         return UserLink(data.get("userid"), data.get("contact_type"))
 
+    def _dropped_key(self, userid: str) -> str:
+        return corp_key(self._corpid, "link-dropped", userid)
+
     def put(self, unionid: str, link: UserLink) -> None:
+        if link.userid and self._store.exists(self._dropped_key(link.userid)):
+            return
         ttl = self._ttl if link.linked else min(self._ttl, UNLINKED_TTL_CAP)
         pipe = self._store.pipeline(transaction=True)
         pipe.set(self._key(unionid), json.dumps({"userid": link.userid, "contact_type": link.contact_type}), ex=ttl)
@@ -56,4 +64,5 @@ class LinkCache:
             if keys:
                 dropped += int(self._store.delete(*keys))
             self._store.delete(self._user_key(userid))
+            self._store.set(self._dropped_key(userid), "1", ex=DROPPED_GRACE)
         return dropped

@@ -162,3 +162,24 @@ def test_metrics_endpoint(client: Any) -> None:
     text = client.get("/metrics").get_data(as_text=True)
     assert "# TYPE dtgw_http_requests_total counter" in text
     assert "dtgw_http_request_duration_seconds_bucket" in text
+
+
+def test_secrets_sealed_under_another_key_get_a_hint_not_a_500(sim_server: Any) -> None:
+    from tests.conftest import register_demo
+
+    old = create_app(make_config(sim_server))
+    register_demo(old)
+    from gateway.runtime import get_runtime
+
+    # The same store, read by a deployment whose GATEWAY_SECRET_KEY was changed.
+    new = create_app(make_config(sim_server, GATEWAY_SECRET_KEY="a-rotated-key-0123456789"))
+    new.extensions["dtgw.redis"] = get_runtime(old).store
+    from gateway import runtime
+
+    runtime.init_app(new)
+    resp = new.test_client().get(
+        "/channel/config?corpid=dingdemo0001&agentid=1000001&url=https%3A%2F%2Fh5.example.com%2F"
+    )
+    assert resp.status_code == 500
+    assert resp.json["error"]["code"] == "internal_error"
+    assert "GATEWAY_SECRET_KEY" in resp.json["error"]["hint"]

@@ -410,3 +410,16 @@ def test_no_secret_token_ticket_or_code_in_responses_or_logs(
     haystack = "\n".join(bodies) + "\n".join(r.getMessage() for r in caplog.records)
     for secret in secrets:
         assert secret not in haystack
+
+
+def test_a_login_in_flight_cannot_restore_a_link_a_leave_event_dropped(app: Any) -> None:
+    from channel.links import LinkCache
+    from corp.api import UserLink
+
+    links = LinkCache(get_runtime(app).store, DEMO_CORPID, 3600)
+    looked_up = UserLink("manager0001", 0)  # a login looked this up before the event arrived...
+    links.drop_users(["manager0001"])  # ...the user_leave_org event drops the links...
+    links.put(EMPLOYEE["unionid"], looked_up)  # ...and the login then tries to cache its answer
+    assert links.get(EMPLOYEE["unionid"]) is None
+    links.put(EXTERNAL["unionid"], UserLink("ext0001", 1))  # other users are cached as usual
+    assert links.get(EXTERNAL["unionid"]) == UserLink("ext0001", 1)

@@ -185,14 +185,17 @@ def test_redis_outage_fails_cleanly_and_recovers(sim_server: Any, tmp_path: Any)
         url = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote(PAGE, safe='')}"
         assert client.get(url).status_code == 200
         server.stop()
-        for _ in range(3):
+        for headers in ({}, {"Origin": "https://h5.example.com"}, {"Origin": "https://h5.example.com"}):
+            # Browsers send Origin: the CORS hook must not turn the outage into a 500.
             started = time.monotonic()
-            resp = client.get(url)
+            resp = client.get(url, headers=headers)
             assert resp.status_code == 503
             assert resp.json["error"]["code"] == "upstream_unavailable" and resp.headers["Retry-After"]
             assert time.monotonic() - started < 5
         assert client.get("/healthz").status_code == 503
-        login = client.post("/channel/login", json={"corpid": DEMO_CORPID, "code": "x"})
+        login = client.post(
+            "/channel/login", json={"corpid": DEMO_CORPID, "code": "x"}, headers={"Origin": "https://h5.example.com"}
+        )
         assert login.status_code == 503
         server.start()  # same port and data, as a restarted production Redis
         # No restart of the gateway, no manual step: the next requests simply work again.
