@@ -147,9 +147,10 @@
     if (status === 200) {
       out.className = "result ok";
       out.textContent = `${pipeline}: 已刷新 ${body.message}`;
-    } else if (status === 429 && body && body.message) {
+    } else if (status === 429 && body && body.error) {
+      // The contract's envelope, code rate_limited: our own cooldown, not a failure.
       out.className = "result refused";
-      out.textContent = `${pipeline}: 被拒绝（冷却中） ${body.message}`;
+      out.textContent = `${pipeline}: 被拒绝（冷却中） refused (cooldown) — ${body.error.message}. ${body.error.hint}`;
     } else {
       out.className = "result bad";
       out.textContent = `${pipeline}: 刷新失败 ${errorText(body)}`;
@@ -232,7 +233,7 @@
     const { status, body } = await api(`corps/${encodeURIComponent(id)}/self-test`, { method: "POST" });
     if (id !== corpid) return;
     out.replaceChildren();
-    if (status !== 200) { out.append(el("li", { class: "bad", text: errorText(body) })); return; }
+    if (status !== 200) { out.append(el("li", { class: status === 429 ? "refused" : "bad", text: errorText(body) })); return; }
     for (const r of body.results) {
       out.append(el("li", { class: "selftest " + (r.ok ? "ok" : "bad"), "data-pipeline": r.pipeline },
         el("strong", { text: `${r.pipeline} token: ${r.ok ? "OK" : "失败 failed"}` }),

@@ -5,7 +5,8 @@
   key derived from GATEWAY_SECRET_KEY.
 - Logout deletes the session's key in the store, so a copied cookie stops working too.
 - Wrong tokens are counted per client IP in the store (`dtgw:v1:support:fail:<ip>`, sliding window); past the
-  limit every attempt from that IP, right or wrong, gets 429 with Retry-After until the window passes.
+  limit every attempt from that IP, right or wrong, gets 429 rate_limited (`TooManyRequests`, the contract's
+  envelope) with Retry-After until the window passes; the HTML login form shows it as a message, also 429.
 - A cookie-authenticated POST must carry the session's CSRF token (`X-CSRF-Token` header or `csrf` form field).
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 import redis
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from gateway.errors import Unauthorized
+from gateway.errors import TooManyRequests, Unauthorized
 from gateway.sealing import derive_key
 from gateway.store import global_key
 
@@ -34,10 +35,9 @@ DEFAULT_MAX_FAILURES = 5
 DEFAULT_FAIL_WINDOW = 300
 
 
-class TooManyAttempts(Unauthorized):
-    """Too many wrong admin tokens from one address."""
+class TooManyAttempts(TooManyRequests):
+    """Too many wrong admin tokens from one address (429 rate_limited, not 401: the token may even be right)."""
 
-    status = 429
     default_hint = "Too many wrong admin tokens from this address; wait the seconds in Retry-After."
 
 

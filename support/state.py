@@ -15,7 +15,7 @@ from channel.signing import HASHES, normalize_url, sign
 from corp.check import check_corp
 from corp.registry import Corp
 from gateway import trace
-from gateway.errors import InvalidRequest, RateLimited
+from gateway.errors import InvalidRequest, TooManyRequests
 from gateway.runtime import Runtime
 from gateway.sealing import fingerprint
 from gateway.store import corp_key
@@ -52,8 +52,23 @@ _TRACE_FIELDS = (
 DEFAULT_SELFTEST_COOLDOWN = 5
 
 
-class SelfTestCooldown(RateLimited):
-    default_hint = "The self-test calls gettoken live; it runs at most once per corp every few seconds."
+class SelfTestCooldown(TooManyRequests):
+    """The console's own pause between self-tests of one corp (DingTalk is not involved: 429, not 503)."""
+
+    default_hint = (
+        "The self-test calls gettoken live, which DingTalk throttles; it runs at most once per corp every few "
+        "seconds. Wait the seconds in Retry-After."
+    )
+
+
+class RefreshCooldown(TooManyRequests):
+    """A forced refresh within the pipeline's cooldown window (shared with page-reported 52013 refreshes)."""
+
+    default_hint = (
+        "Each forced refresh invalidates the credential every open page was signed with, so it runs at most once "
+        "per corp and pipeline per GATEWAY_TICKET_COOLDOWN. The current value stays valid; wait the seconds in "
+        "Retry-After."
+    )
 
 
 def cooldown(rt: Runtime) -> int:
@@ -145,18 +160,18 @@ def corps_overview(rt: Runtime) -> list[dict[str, Any]]:
 
 
 def refresh(rt: Runtime, corpid: str, pipeline: str) -> dict[str, Any]:
-    """Force a refresh unless one was forced within the cooldown; say which happened."""
+    """Force a refresh and return the new state; raise RefreshCooldown if one was forced within the cooldown."""
     corp = rt.corp(corpid)
     cache = cache_for(rt, corp, pipeline)
     fresh = cache.force_refresh(cooldown(rt))
-    state = pipeline_state(rt, corp, pipeline)
     if fresh is None:
-        return {
-            "refreshed": False,
-            "message": f"Refused: a refresh was forced less than {cooldown(rt)} s ago; "
-            f"try again in {state['cooldown_left']} s.",
-            "state": state,
-        }
+        left = max(1, int(cache.cooldown_left()))
+        raise RefreshCooldown(
+            f"Refused: a {pipeline} refresh of corp {corpid} was forced less than {cooldown(rt)} s ago; "
+            f"try again in {left} s",
+            retry_after=left,
+        )
+    state = pipeline_state(rt, corp, pipeline)
     return {"refreshed": True, "message": f"Refreshed: new fingerprint {fresh.fingerprint}.", "state": state}
 
 

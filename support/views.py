@@ -2,6 +2,14 @@
 
 Always registered; without GATEWAY_ADMIN_TOKEN the page shows a disabled notice (404) and the API answers 401
 with hint 'console disabled: set GATEWAY_ADMIN_TOKEN'.
+
+Every API error is the contract's envelope, rendered by the app's one error handler: a refused forced refresh,
+a self-test run too soon and the admin-token lockout raise `TooManyRequests` (429 rate_limited, Retry-After).
+Only the HTML login form renders its own refusal (a human message, same status).
+
+Log lines by request id come from a per-process buffer (support.logbuffer): under gunicorn each worker keeps its
+own, so a request served by another worker shows no lines here. The log page and /api/logs say so and give the
+grep command for the log files, which hold every worker's lines.
 """
 
 from __future__ import annotations
@@ -15,9 +23,9 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect,
 from flask.blueprints import BlueprintSetupState
 from werkzeug.wrappers import Response as BaseResponse
 
-from gateway.errors import InvalidRequest, Unauthorized
+from gateway.errors import InvalidRequest, TooManyRequests, Unauthorized
 from gateway.runtime import get_runtime
-from support import logbuffer, state
+from support import logbuffer, schemas, state
 from support.auth import COOKIE, COOKIE_PATH, CSRF_HEADER, Guard, Session, Settings
 
 log = logging.getLogger(__name__)
@@ -101,11 +109,10 @@ def _headers(response: Response) -> Response:
     return response
 
 
-def _json_body() -> dict[str, Any]:
-    data = request.get_json(silent=True) if request.is_json else None
-    if not isinstance(data, dict):
-        raise InvalidRequest("The body must be a JSON object", hint="Send Content-Type: application/json.")
-    return data
+def _json_body() -> Any:
+    """The request's JSON, or None when it is not JSON (the schema's loader turns anything but an object into
+    invalid_request). Depth bombs and lone surrogates are refused by the app's JSON provider (get_json -> None)."""
+    return request.get_json(silent=True) if request.is_json else None
 
 
 # -- pages -----------------------------------------------------------------------------------------------------
@@ -131,7 +138,7 @@ def login() -> Any:
         return render_template("support_login.html", error="请求来源不符 (cross-origin login refused)"), 403
     try:
         gd.check_token(str(request.form.get("token", "")), client_ip())
-    except Unauthorized as e:
+    except (Unauthorized, TooManyRequests) as e:
         log.warning("support login refused from %s (%s)", client_ip(), e.status)
         response = Response(
             render_template("support_login.html", error=e.message, retry_after=e.retry_after), status=e.status
@@ -173,7 +180,7 @@ def log_page(request_id: str) -> Any:
     require_admin()
     if not _REQUEST_ID_RE.match(request_id):
         raise InvalidRequest("request_id: not a request id")
-    return render_template("support_logs.html", request_id=request_id, lines=logbuffer.lines_for(request_id))
+    return render_template("support_logs.html", **logbuffer.report(request_id))
 
 
 # -- JSON API --------------------------------------------------------------------------------------------------
@@ -190,17 +197,18 @@ def api_corp(corpid: str) -> Response:
 
 
 @bp.post("/api/corps/<corpid>/refresh/<pipeline>")
-def api_refresh(corpid: str, pipeline: str) -> tuple[Response, int]:
+def api_refresh(corpid: str, pipeline: str) -> Response:
+    """200 with the new state, or 429 rate_limited (Retry-After) while the pipeline's cooldown runs."""
     require_admin()
     if pipeline not in state.PIPELINES:
         raise InvalidRequest(f"pipeline: must be one of {', '.join(state.PIPELINES)}")
-    result = state.refresh(get_runtime(), corpid, pipeline)
-    log.info("support refresh corp=%s pipeline=%s refreshed=%s", corpid, pipeline, result["refreshed"])
-    if result["refreshed"]:
-        return jsonify(result), 200
-    response = jsonify(result)
-    response.headers["Retry-After"] = str(max(1, int(result["state"]["cooldown_left"])))
-    return response, 429
+    try:
+        result = state.refresh(get_runtime(), corpid, pipeline)
+    except TooManyRequests:
+        log.info("support refresh corp=%s pipeline=%s refused (cooldown)", corpid, pipeline)
+        raise
+    log.info("support refresh corp=%s pipeline=%s refreshed", corpid, pipeline)
+    return jsonify(result)
 
 
 @bp.get("/api/corps/<corpid>/trace")
@@ -217,13 +225,7 @@ def api_trace(corpid: str) -> Response:
 @bp.post("/api/corps/<corpid>/signature-check")
 def api_signature_check(corpid: str) -> Response:
     require_admin()
-    body = _json_body()
-    fields = {}
-    for name in ("url", "nonceStr", "timeStamp", "signature"):
-        value = body.get(name)
-        if not isinstance(value, str | int) or not str(value).strip():
-            raise InvalidRequest(f"{name}: required (a string)")
-        fields[name] = str(value)
+    fields = schemas.load(schemas.SIGNATURE_CHECK, _json_body())
     return jsonify(
         state.check_signature(
             get_runtime(),
@@ -248,11 +250,4 @@ def api_logs(request_id: str) -> Response:
     require_admin()
     if not _REQUEST_ID_RE.match(request_id):
         raise InvalidRequest("request_id: not a request id")
-    return jsonify(
-        {
-            "request_id": request_id,
-            "lines": logbuffer.lines_for(request_id),
-            "grep": f"grep -F '[{request_id}]'",
-            "note": "Lines of this worker process only; the full history is in the gateway's log files.",
-        }
-    )
+    return jsonify(logbuffer.report(request_id))

@@ -74,6 +74,19 @@ def log_in(client: Any) -> str:
     return match.group(1)
 
 
+def assert_rate_limited(response: Any) -> dict[str, Any]:
+    """The contract's envelope for our own cooldowns and lockouts: 429 rate_limited with Retry-After."""
+    assert response.status_code == 429
+    assert response.mimetype == "application/json"
+    assert int(response.headers["Retry-After"]) > 0
+    body = response.get_json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert error["code"] == "rate_limited"
+    assert error["message"] and error["hint"] and error["request_id"] == response.headers["X-Request-Id"]
+    return error
+
+
 def signature_check(client: Any, **fields: str) -> dict[str, Any]:
     response = client.post(f"{API}/corps/{DEMO_CORPID}/signature-check", headers=BEARER, json=fields)
     assert response.status_code == 200, response.get_json()
@@ -119,12 +132,18 @@ def test_wrong_token_refused_then_slowed_down(sapp: Any) -> None:
     # The fifth wrong token trips the lock; from then on even the right token waits.
     fifth = client.get(f"{API}/corps", headers=wrong)
     assert fifth.status_code == 429 and int(fifth.headers["Retry-After"]) > 0
+    assert_rate_limited(fifth)
     locked = client.get(f"{API}/corps", headers=BEARER)
     assert locked.status_code == 429
-    assert int(locked.headers["Retry-After"]) > 0
-    assert locked.get_json()["error"]["code"] == "unauthorized"
+    assert 0 < int(locked.headers["Retry-After"]) <= 300
+    error = assert_rate_limited(locked)
+    assert "Too many wrong admin tokens" in error["message"] and "Retry-After" in error["hint"]
+    # The HTML login form keeps a human message (same status), not the JSON envelope.
     login = client.post("/support/login", data={"token": ADMIN_TOKEN})
     assert login.status_code == 429 and COOKIE not in login.headers.get("Set-Cookie", "")
+    assert login.mimetype == "text/html" and int(login.headers["Retry-After"]) > 0
+    html = login.get_data(as_text=True)
+    assert 'id="login-error"' in html and "Too many wrong admin tokens" in html and "retry in" in html
     # The counter is per client IP, kept in the store with a TTL.
     store = runtime(sapp).store
     assert int(store.get("dtgw:v1:support:fail:127.0.0.1")) >= 5
@@ -264,10 +283,12 @@ def test_refresh_respects_cooldown(sapp: Any, sclient: Any, sim: Any) -> None:
     assert body["state"]["generation"] > before.generation
     assert sim.calls("channel/get_channel_jsapi_ticket") == calls + 1
     second = sclient.post(f"{API}/corps/{DEMO_CORPID}/refresh/channel_ticket", headers=BEARER)
-    assert second.status_code == 429
-    assert second.get_json()["refreshed"] is False and "Refused" in second.get_json()["message"]
+    error = assert_rate_limited(second)
+    assert "Refused" in error["message"] and "channel_ticket" in error["message"]
+    assert "GATEWAY_TICKET_COOLDOWN" in error["hint"]
     assert 0 < int(second.headers["Retry-After"]) <= 60
-    assert second.get_json()["state"]["cooldown_left"] > 0
+    state = sclient.get(f"{API}/corps/{DEMO_CORPID}", headers=BEARER).get_json()
+    assert next(p for p in state["pipelines"] if p["pipeline"] == "channel_ticket")["cooldown_left"] > 0
     assert sim.calls("channel/get_channel_jsapi_ticket") == calls + 1
     # The page-reported 52013 path shares the same cooldown: it does not refresh again either.
     report = sclient.post(
@@ -277,7 +298,7 @@ def test_refresh_respects_cooldown(sapp: Any, sclient: Any, sim: Any) -> None:
     assert report.get_json()["ticket_refreshed"] is False
     # Tokens refresh under their own cooldown.
     assert sclient.post(f"{API}/corps/{DEMO_CORPID}/refresh/corp_token", headers=BEARER).status_code == 200
-    assert sclient.post(f"{API}/corps/{DEMO_CORPID}/refresh/corp_token", headers=BEARER).status_code == 429
+    assert_rate_limited(sclient.post(f"{API}/corps/{DEMO_CORPID}/refresh/corp_token", headers=BEARER))
     assert sclient.post(f"{API}/corps/{DEMO_CORPID}/refresh/channel_token", headers=BEARER).status_code == 200
     assert sclient.post(f"{API}/corps/{DEMO_CORPID}/refresh/bogus", headers=BEARER).status_code == 400
     assert sclient.post(f"{API}/corps/nosuchcorp/refresh/corp_token", headers=BEARER).status_code == 404
@@ -325,11 +346,61 @@ def test_trace_with_hints_filter_and_request_ids(sapp: Any, sclient: Any, sim: A
     logs = sclient.get(f"{API}/logs/{rid}", headers=BEARER).get_json()
     assert logs["lines"] and all(f"[{rid}]" in line for line in logs["lines"])
     assert any("pipeline=corp:token" in line for line in logs["lines"])
+    assert logs["found"] is True and "this worker process" in logs["note"]
+    assert logs["grep"].startswith(f"grep -F -e '[{rid}]' -e rid={rid}")
     log_in(sclient)
     page = sclient.get(f"/support/logs/{rid}")
-    assert page.status_code == 200 and "pipeline=channel:token" in page.get_data(as_text=True)
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and "pipeline=channel:token" in html
+    assert 'id="log-partial"' in html and 'id="log-empty"' not in html
+    assert f"grep -F -e &#39;[{rid}]&#39; -e rid={rid}" in html
     assert sclient.get(f"{API}/logs/bad%20id", headers=BEARER).status_code == 400
     assert sclient.get(f"{API}/corps/nosuchcorp/trace", headers=BEARER).status_code == 404
+
+
+def test_log_lines_of_another_worker_say_so_and_give_the_grep(
+    sclient: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The buffer is per worker: a request served by another gunicorn worker has no lines here. The page says
+    so plainly and gives the grep command that finds the lines in the log files (which it really does)."""
+    import logging
+    import os
+    import subprocess
+
+    from support import logbuffer
+
+    rid = "req-from-another-worker-42"
+    app_log = tmp_path / "gateway error.log"  # a space: the command must quote file names
+    access_log = tmp_path / "access.log"
+    app_log.write_text(
+        f"2024-01-01 INFO channel.login [{rid}] login corp=x\n"
+        "2024-01-01 INFO channel.login [other-request] login corp=y\n"
+        f"2024-01-01 INFO oapi.tokens [{rid}] fetched pipeline=corp:token\n",
+        encoding="utf-8",
+    )
+    access_log.write_text(f'127.0.0.1 "POST /channel/login" 200 rid={rid}\n127.0.0.1 "GET /" 200 rid=x\n')
+    handler = logging.FileHandler(app_log, encoding="utf-8", delay=True)
+    logging.getLogger().addHandler(handler)
+    monkeypatch.setenv("GATEWAY_ACCESS_LOG", str(access_log))
+    try:
+        logs = sclient.get(f"{API}/logs/{rid}", headers=BEARER).get_json()
+        log_in(sclient)
+        html = sclient.get(f"/support/logs/{rid}").get_data(as_text=True)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert logs["lines"] == [] and logs["found"] is False
+    assert logs["worker_pid"] == os.getpid()
+    assert "No lines for this request in this worker's memory" in logs["note"]
+    assert "another" in logs["note"]
+    assert str(app_log) in logs["log_files"] and str(access_log) in logs["log_files"]
+    found = subprocess.run(logs["grep"], shell=True, capture_output=True, text=True, check=True).stdout
+    assert found.count(rid) == 3 and "other-request" not in found and "rid=x" not in found
+    assert 'id="log-empty"' in html and 'id="log-lines"' not in html
+    assert "another one" in html and 'id="log-grep"' in html and "access.log" in html
+    # Nothing known about the files (stderr to the journal): a runnable pattern, and where to point it.
+    bare = logbuffer.grep_command(rid, [])
+    assert bare.startswith(f"grep -F -e '[{rid}]' -e rid={rid} ") and "journalctl" in bare
 
 
 # -- signature checker -----------------------------------------------------------------------------------------
@@ -427,6 +498,78 @@ def test_signature_checker_stale_ticket_and_no_ticket(sapp: Any, sclient: Any, t
     assert missing.status_code == 400 and missing.get_json()["error"]["code"] == "invalid_request"
 
 
+SIG_FIELDS = {"url": f"{ORIGIN}/app", "nonceStr": NONCE, "timeStamp": STAMP, "signature": "ab" * 20}
+
+
+def post_raw(client: Any, body: bytes, content_type: str = "application/json") -> Any:
+    return client.post(
+        f"{API}/corps/{DEMO_CORPID}/signature-check",
+        headers={**BEARER, "Content-Type": content_type},
+        data=body,
+    )
+
+
+def assert_invalid(response: Any, *needles: str) -> None:
+    assert response.status_code == 400, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_request" and error["request_id"]
+    for needle in needles:
+        assert needle in error["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"[" * 5000 + b"]" * 5000, id="nested-5000-lists"),
+        pytest.param(b'{"a":' * 2000 + b"1" + b"}" * 2000, id="nested-2000-objects"),  # under GATEWAY_MAX_BODY
+        pytest.param(b'{"url":"\\ud800","nonceStr":"a","timeStamp":"1","signature":"x"}', id="lone-surrogate"),
+        pytest.param(b'{"url":"https://h5.example.com/app","extra":"\\udfff"}', id="lone-surrogate-elsewhere"),
+        pytest.param(b"{", id="truncated"),
+        pytest.param(b"\xff\xfe{}", id="not-utf8"),
+        pytest.param(b"", id="empty"),
+        pytest.param(b"null", id="null"),
+        pytest.param(b"[]", id="list"),
+        pytest.param(b'"url"', id="string"),
+        pytest.param(b"NaN", id="nan"),
+    ],
+)
+def test_signature_check_malformed_json_is_400_never_500(sclient: Any, body: bytes) -> None:
+    # Depth bombs and lone surrogates are refused by the app's JSON provider (get_json -> None); the view
+    # answers invalid_request for anything that is not a JSON object.
+    assert_invalid(post_raw(sclient, body))
+
+
+@pytest.mark.parametrize("field", sorted(SIG_FIELDS))
+def test_signature_check_lone_surrogate_in_each_field_is_400(sclient: Any, field: str) -> None:
+    import json
+
+    fields = {**SIG_FIELDS, field: "\ud800"}
+    body = json.dumps(fields).encode("ascii")  # ensure_ascii: the surrogate travels as the escape \ud800
+    assert b"\\ud800" in body
+    assert_invalid(post_raw(sclient, body))
+
+
+def test_signature_check_validates_fields_with_messages(sclient: Any, ticket: str) -> None:
+    def check(**fields: Any) -> Any:
+        return sclient.post(f"{API}/corps/{DEMO_CORPID}/signature-check", headers=BEARER, json=fields)
+
+    assert_invalid(check(), "url:", "nonceStr:", "timeStamp:", "signature:")
+    assert_invalid(check(**{**SIG_FIELDS, "url": "   "}), "url: must not be empty")
+    assert_invalid(check(**{**SIG_FIELDS, "nonceStr": ["a"]}), "nonceStr: must be a string")
+    assert_invalid(check(**{**SIG_FIELDS, "timeStamp": True}), "timeStamp: must be a string")
+    assert_invalid(check(**{**SIG_FIELDS, "signature": {"a": 1}}), "signature: must be a string")
+    assert_invalid(check(**{**SIG_FIELDS, "url": ORIGIN + "/" + "a" * 5000}), "url: must be at most 4096")
+    assert_invalid(check(**{**SIG_FIELDS, "signature": None}), "signature:")
+    # Not JSON at all.
+    assert_invalid(post_raw(sclient, b"url=x", "application/x-www-form-urlencoded"), "JSON object")
+    # A pasted dd.config (numbers, extra fields) is fine.
+    pasted = check(**{**SIG_FIELDS, "timeStamp": int(STAMP), "corpId": DEMO_CORPID, "agentId": 1, "type": 1})
+    assert pasted.status_code == 200 and pasted.get_json()["verdict"] == "ticket"
+    # Non-ASCII (valid) text is accepted and echoed.
+    unicode_url = signature_check(sclient, **{**SIG_FIELDS, "url": f"{ORIGIN}/app?name=张三"})
+    assert unicode_url["given_url"] == f"{ORIGIN}/app?name=张三"
+
+
 # -- self-test -------------------------------------------------------------------------------------------------
 def test_self_test_ok(sclient: Any) -> None:
     result = sclient.post(f"{API}/corps/{DEMO_CORPID}/self-test", headers=BEARER).get_json()
@@ -460,8 +603,13 @@ def test_self_test_ip_whitelist_and_cooldown(sim_server: SimulatorServer, sim: A
     sim.set_ip_blocked(DEMO_CORPID)
     result = client.post(f"{API}/corps/{DEMO_CORPID}/self-test", headers=BEARER).get_json()
     assert all(r["errcode"] == 60020 and DEFAULT_BLOCKED_IP in r["diagnosis"] for r in result["results"])
+    calls = sim.calls("gettoken")
     again = client.post(f"{API}/corps/{DEMO_CORPID}/self-test", headers=BEARER)
-    assert again.status_code == 503 and int(again.headers["Retry-After"]) > 0
+    # Our own pause, not DingTalk's: 429 rate_limited, never 503 upstream_unavailable.
+    error = assert_rate_limited(again)
+    assert 0 < int(again.headers["Retry-After"]) <= 30
+    assert "self-test" in error["message"] and "dingtalk" not in error
+    assert sim.calls("gettoken") == calls
 
 
 # -- nothing in full -------------------------------------------------------------------------------------------

@@ -114,7 +114,11 @@ def test_console_in_a_browser(live: tuple[str, Any], browser: Any, sim_server: S
     page.click("#refresh-channel_ticket")
     expect(page.locator("#refresh-result")).to_contain_text("已刷新")
     page.click("#refresh-channel_ticket")
-    expect(page.locator("#refresh-result")).to_contain_text("冷却")
+    refused = page.locator("#refresh-result")
+    expect(refused).to_contain_text("冷却")
+    expect(refused).to_have_class("result refused")
+    expect(refused).to_contain_text("Refused: a channel_ticket refresh")  # the envelope's error.message
+    expect(refused).to_contain_text("Retry-After")  # ... and its error.hint
 
     # The signature checker on a failing case: DingTalk reports the URL with an explicit :443, and the ticket
     # was refreshed above, so first the stale ticket is named; then a case that differs only in the URL.
