@@ -382,32 +382,48 @@ def test_no_secret_token_ticket_or_code_in_responses_or_logs(
     app: Any, client: Any, sim: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    rt = get_runtime(app)
+    corp = rt.corp(DEMO_CORPID)
+    caches = (rt.channel_client(corp).token, rt.channel_client(corp).ticket, rt.corp_client(corp).token)
+    credentials: set[str] = set()
+
+    def collect() -> None:
+        credentials.update(c.value for c in (cache.peek() for cache in caches) if c is not None)
+
     bodies: list[str] = []
     codes: list[str] = []
+
+    def send(resp: Any) -> None:
+        bodies.append(resp.get_data(as_text=True))
+        bodies.append(str(resp.headers))
+        collect()
+
     for person in (EMPLOYEE, EXTERNAL, UNLINKED):
         c = sim.mint_auth_code(DEMO_CORPID, person["unionid"])
         codes.append(c)
-        bodies.append(login(client, c).get_data(as_text=True))
-        bodies.append(login(client, c).get_data(as_text=True))
-    bodies.append(client.get(f"{CFG}&url={quote(ORIGIN + '/')}").get_data(as_text=True))
-    bodies.append(report(client, 52013).get_data(as_text=True))
+        send(login(client, c))
+        send(login(client, c))  # the refused reuse, with DingTalk's errmsg in the envelope
+    send(client.get(f"{CFG}&url={quote(ORIGIN + '/')}"))
+    send(report(client, 52013))  # a forced ticket refresh: a second ticket
+    # Refusals on every pipeline: revoked tokens are refreshed (new values), failures are logged.
+    sim.revoke_tokens(DEMO_CORPID)
+    for key in rt.store.scan_iter(match="*:link:*"):
+        rt.store.delete(key)
+    c = sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"])
+    codes.append(c)
+    send(login(client, c))
     sim.inject("gettoken", 40001)
-    from gateway.runtime import get_runtime as rt_of
-
-    rt = rt_of(app)
-    corp = rt.corp(DEMO_CORPID)
-    rt.store.delete(rt.corp_client(corp).token.key)
-    sim.inject("user/getUseridByUnionid", 40014)
-    bodies.append(login(client, sim.mint_auth_code(DEMO_CORPID, UNLINKED["unionid"])).get_data(as_text=True))
-    bodies.append(client.get("/metrics").get_data(as_text=True))
-    channel = rt.channel_client(corp)
-    secrets = [DEMO_CORP_SECRET, DEMO_CHANNEL_SECRET, TEST_SECRET_KEY, *codes]
-    for cache in (channel.token, channel.ticket, rt.corp_client(corp).token):
-        cred = cache.peek()
-        if cred:
-            secrets.append(cred.value)
-    assert len(secrets) >= 8
-    haystack = "\n".join(bodies) + "\n".join(r.getMessage() for r in caplog.records)
+    rt.store.delete(caches[2].key)
+    for key in rt.store.scan_iter(match="*:link:*"):
+        rt.store.delete(key)
+    c = sim.mint_auth_code(DEMO_CORPID, EXTERNAL["unionid"])
+    codes.append(c)
+    send(login(client, c))
+    send(client.get("/metrics"))
+    assert len(credentials) >= 6  # two of each: before and after the revocation/refresh
+    secrets = [DEMO_CORP_SECRET, DEMO_CHANNEL_SECRET, TEST_SECRET_KEY, *codes, *credentials]
+    logs = [r.getMessage() for r in caplog.records] + [r.exc_text or "" for r in caplog.records]
+    haystack = "\n".join(bodies + logs)
     for secret in secrets:
         assert secret not in haystack
 
