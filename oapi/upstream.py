@@ -123,11 +123,18 @@ class Upstream:
             UPSTREAM_CALLS.labels(api, "ip_block").inc()
             seconds = self.backoff.block_ip(int(wait) if isinstance(wait, int | float) else None)
             log.error("dingtalk %s: egress IP blocked, every call paused for %ss", api, seconds)
+            explicit = isinstance(body, dict)
             raise RateLimited(
-                f"DingTalk blocked the gateway's IP ({api})",
+                f"DingTalk blocked the gateway's IP ({api})"
+                if explicit
+                else f"DingTalk answered {api} without JSON: treated as an egress-IP block",
                 retry_after=seconds,
                 errcode=1111,
                 errmsg="ip blocked",
+                hint=None
+                if explicit
+                else "DingTalk answers a blocked IP with a non-JSON page; all calls pause ~5 minutes. If this "
+                "persists, check that DINGTALK_API_BASE really points at DingTalk.",
             )
         UPSTREAM_CALLS.labels(api, f"http_{status}").inc()
         raise UpstreamUnavailable(f"DingTalk answered {api} with HTTP {status} and no JSON", retry_after=2)
