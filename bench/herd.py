@@ -15,6 +15,7 @@ import json
 import multiprocessing as mp
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -55,6 +56,74 @@ def _worker(
     for t in pool:
         t.join(120)
     out.put((index, results))
+
+
+def _traffic_worker(
+    index: int, settings: dict[str, Any], threads: int, codes: list[str], done: Any, barrier: Any, out: Any
+) -> None:
+    """One OS process of steady login traffic: `threads` threads work through `codes`, counting into `done`."""
+    from app import create_app
+
+    app = create_app(settings)
+    corpid = settings["_corpid"]
+    statuses: list[int] = []
+    lock = threading.Lock()
+    chunks = [codes[i::threads] for i in range(threads)]
+
+    def loop(chunk: list[str]) -> None:
+        client = app.test_client()
+        for code in chunk:
+            status = client.post("/channel/login", json={"corpid": corpid, "code": code}).status_code
+            with lock:
+                statuses.append(status)
+            with done.get_lock():
+                done.value += 1
+
+    pool = [threading.Thread(target=loop, args=(chunk,)) for chunk in chunks]
+    barrier.wait(timeout=120)
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(300)
+    out.put((index, statuses))
+
+
+def run_traffic(
+    *,
+    settings: dict[str, Any],
+    processes: int,
+    threads: int,
+    codes: list[str],
+    at: int,
+    action: Callable[[], Any],
+) -> list[int]:
+    """Logins from several processes; run `action` once `at` of them are done; return every status."""
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(processes + 1)
+    out = ctx.Queue()
+    done = ctx.Value("i", 0)
+    per = len(codes) // processes
+    procs = [
+        ctx.Process(
+            target=_traffic_worker,
+            args=(i, settings, threads, codes[i * per : (i + 1) * per], done, barrier, out),
+            daemon=True,
+        )
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    barrier.wait(timeout=120)
+    deadline = time.monotonic() + 120
+    while done.value < at and time.monotonic() < deadline:
+        time.sleep(0.01)
+    action()
+    statuses: list[int] = []
+    for _ in procs:
+        statuses.extend(out.get(timeout=300)[1])
+    for p in procs:
+        p.join(30)
+    return statuses
 
 
 def run_herd(

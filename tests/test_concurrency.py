@@ -5,14 +5,13 @@ These are the claims peer SDKs get wrong, so each is shown against redis-server,
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
-from bench.herd import PAGE, run_herd
+from bench.herd import PAGE, run_herd, run_traffic
 from gateway.runtime import get_runtime
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID, DEMO_PEOPLE
 from tests.conftest import EMPLOYEE, TEST_SECRET_KEY, RedisServer, free_port, make_config, register_demo
@@ -74,58 +73,36 @@ def test_cold_herd_of_logins_fetches_the_corp_token_once(redis_app: Any, redis_u
 
 
 @pytest.mark.parametrize("pipeline", ["channel", "corp"])
-def test_revocation_during_traffic_costs_one_refresh(redis_app: Any, sim_server: Any, pipeline: str) -> None:
+def test_revocation_during_traffic_costs_one_refresh(
+    redis_app: Any, redis_url: str, sim_server: Any, pipeline: str
+) -> None:
     sim = sim_server.sim
-    # Short-lived links so the corp token is exercised on every login too.
-    get_runtime(redis_app).config["GATEWAY_USERID_CACHE_TTL"] = 1
-    client = redis_app.test_client()
-    assert (
-        client.get(
-            f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote(PAGE, safe='')}"
-        ).status_code
-        == 200
-    )
-    statuses: list[int] = []
-    stop = threading.Event()
-    lock = threading.Lock()
-    unionids = [p["unionid"] for p in DEMO_PEOPLE]
+    api = "gettoken" if pipeline == "corp" else "channel/get_channel_token"
+    # 360 different followers: every login misses the link cache, so every login uses both tokens.
+    for i in range(360):
+        sim.add_person(DEMO_CORPID, unionid=f"uLoad{i}", openid=f"oLoad{i}", name=f"load {i}", userid=f"load{i}")
+    codes = [sim.mint_auth_code(DEMO_CORPID, f"uLoad{i}") for i in range(360)]
+    settings = {
+        "DINGTALK_API_BASE": sim_server.base_url,
+        "REDIS_URL": redis_url,
+        "GATEWAY_SECRET_KEY": TEST_SECRET_KEY,
+        "GATEWAY_TOKEN_JITTER": 0,
+        "_corpid": DEMO_CORPID,
+    }
+    before: dict[str, int] = {}
 
-    def traffic(n: int) -> None:
-        c = redis_app.test_client()
-        i = 0
-        while not stop.is_set() and i < 200:
-            unionid = unionids[(n + i) % len(unionids)]
-            if pipeline == "corp":
-                # Force a fresh lookup with the corp token on every request.
-                store = get_runtime(redis_app).store
-                for key in store.scan_iter(match="*:link:*"):
-                    store.delete(key)
-            resp = c.post(
-                "/channel/login", json={"corpid": DEMO_CORPID, "code": sim.mint_auth_code(DEMO_CORPID, unionid)}
-            )
-            with lock:
-                statuses.append(resp.status_code)
-            i += 1
+    def revoke() -> None:
+        before["calls"] = sim.calls(api)
+        sim.revoke_tokens(DEMO_CORPID, pipeline)
 
-    workers = [threading.Thread(target=traffic, args=(n,)) for n in range(12)]
-    for w in workers:
-        w.start()
-    deadline = time.monotonic() + 20
-    while len(statuses) < 24 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    before = sim.calls("gettoken" if pipeline == "corp" else "channel/get_channel_token")
-    at_revocation = len(statuses)
-    sim.revoke_tokens(DEMO_CORPID, pipeline)
-    # Count-bounded rather than time-bounded: enough requests after the revocation, however slow the machine.
-    while len(statuses) < at_revocation + 48 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    stop.set()
-    for w in workers:
-        w.join(30)
-    after = sim.calls("gettoken" if pipeline == "corp" else "channel/get_channel_token")
-    assert len(statuses) >= at_revocation + 48
+    if pipeline == "corp":
+        sim.set_latency(0.01, "user/getUseridByUnionid")  # keep lookups in flight while the token dies
+    statuses = run_traffic(settings=settings, processes=3, threads=4, codes=codes, at=90, action=revoke)
+    assert len(statuses) == len(codes)
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
-    assert after - before == 1
+    assert before["calls"] >= 1  # the token was fetched before the revocation...
+    assert sim.calls(api) - before["calls"] == 1  # ...and exactly once after it, across all processes
+    assert sim.calls("user/getUseridByUnionid") >= len(codes)  # every login used the corp token too
 
 
 def test_invalidation_by_a_late_process_keeps_the_newer_token(redis_app: Any, sim_server: Any) -> None:
