@@ -17,10 +17,16 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID, DEMO_PEOPLE
 from sandbox.server import SimulatorServer
 from sandbox.state import Simulator
+
+# CI must be reproducible: the same examples every run (locally, hypothesis keeps exploring new ones).
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI", "").lower() == "true":
+    hypothesis_settings.load_profile("ci")
 
 TEST_SECRET_KEY = "test-secret-key-0123456789"
 ORIGIN = "https://h5.example.com"
