@@ -32,6 +32,11 @@ class Runtime:
     settings: CacheSettings
     session_key: bytes
 
+    def close(self) -> None:
+        """Release pooled connections to DingTalk and the store."""
+        self.upstream.close()
+        self.store.close()
+
     def corp(self, corpid: str) -> Corp:
         return self.registry.get(corpid)
 

@@ -62,6 +62,11 @@ class Upstream:
         self._idempotent = _session(read_retries=2, pool=pool)
         self._once = _session(read_retries=0, pool=pool)
 
+    def close(self) -> None:
+        """Close the pooled connections (app teardown)."""
+        self._idempotent.close()
+        self._once.close()
+
     def call(
         self,
         api: str,

@@ -126,6 +126,12 @@ def sim(sim_server: SimulatorServer) -> Simulator:
     return sim_server.sim
 
 
+def get_runtime_of(app: Any) -> Any:
+    from gateway.runtime import get_runtime
+
+    return get_runtime(app)
+
+
 def make_config(sim_server: SimulatorServer, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "DINGTALK_API_BASE": sim_server.base_url,
@@ -157,23 +163,25 @@ def register_demo(app: Any, *, origins: tuple[str, ...] = (ORIGIN,), **kw: Any) 
 
 
 @pytest.fixture
-def app(sim_server: SimulatorServer) -> Any:
+def app(sim_server: SimulatorServer) -> Iterator[Any]:
     """The gateway on an in-process store, talking to the simulator over HTTP, demo corp registered."""
     from app import create_app
 
     application = create_app(make_config(sim_server))
     register_demo(application)
-    return application
+    yield application
+    get_runtime_of(application).close()
 
 
 @pytest.fixture
-def redis_app(sim_server: SimulatorServer, real_redis: redis.Redis, redis_url: str) -> Any:
+def redis_app(sim_server: SimulatorServer, real_redis: redis.Redis, redis_url: str) -> Iterator[Any]:
     """The same gateway on a real Redis."""
     from app import create_app
 
     application = create_app(make_config(sim_server, REDIS_URL=redis_url))
     register_demo(application)
-    return application
+    yield application
+    get_runtime_of(application).close()
 
 
 @pytest.fixture

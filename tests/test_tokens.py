@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 import threading
 import time
 from typing import Any
@@ -20,7 +21,7 @@ CFG = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote(
 
 
 @pytest.fixture(params=["fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
-def app(request: pytest.FixtureRequest, sim_server: Any) -> Any:
+def app(request: pytest.FixtureRequest, sim_server: Any) -> Iterator[Any]:
     """Every test here runs twice: on the in-process store and on a real redis-server."""
     from app import create_app
     from tests.conftest import make_config, register_demo
@@ -31,7 +32,8 @@ def app(request: pytest.FixtureRequest, sim_server: Any) -> Any:
         request.getfixturevalue("real_redis")  # flushed before and after
     application = create_app(make_config(sim_server, REDIS_URL=url))
     register_demo(application)
-    return application
+    yield application
+    get_runtime(application).close()
 
 
 def clients(app: Any) -> tuple[Any, Any, Any]:
