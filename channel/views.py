@@ -6,13 +6,13 @@ from typing import Any
 
 import redis
 from flask import Blueprint, Response, g, jsonify, render_template, request
-from marshmallow import Schema, ValidationError
 
 from channel.config import report_config_error, signed_config
 from channel.login import login
 from channel.schemas import ConfigErrorBody, ConfigQuery, LoginBody
 from gateway.errors import GatewayError, InvalidRequest, UnknownCorp
 from gateway.runtime import get_runtime
+from gateway.validation import load
 
 bp = Blueprint("channel", __name__, url_prefix="/channel")
 
@@ -21,20 +21,6 @@ bp = Blueprint("channel", __name__, url_prefix="/channel")
 CONFIG_QUERY = ConfigQuery()
 LOGIN_BODY = LoginBody()
 CONFIG_ERROR_BODY = ConfigErrorBody()
-
-
-def load(schema: Schema, data: Any) -> dict[str, Any]:
-    """Validate with marshmallow; field errors become one `invalid_request` message."""
-    try:
-        return schema.load(data)
-    except ValidationError as e:
-        detail = "; ".join(
-            f"{field}: {' '.join(m if isinstance(m, str) else str(m) for m in msgs)}"
-            if isinstance(msgs, list)
-            else f"{field}: {msgs}"
-            for field, msgs in e.normalized_messages().items()
-        )
-        raise InvalidRequest(f"Invalid request: {detail}") from None
 
 
 def json_body() -> Any:

@@ -31,6 +31,7 @@ from channel.links import LinkCache
 from corp.events import HANDSHAKE_TYPES, EventLog, event_ids, event_type
 from gateway.errors import DecryptFailed, GatewayError, InvalidRequest, SignatureInvalid, UnknownCorp
 from gateway.runtime import Runtime, get_runtime
+from gateway.validation import load
 from oapi.callback_crypto import CallbackCrypto, CallbackCryptoError
 
 log = logging.getLogger(__name__)
@@ -120,31 +121,20 @@ class PushBody(Schema):
     encrypt = fields.String(required=True, validate=validate.Length(min=1))
 
 
-def _load(schema: Schema, data: Any, what: str) -> dict[str, Any]:
-    """Validate with marshmallow; field errors become one `invalid_request` message."""
-    try:
-        return schema.load(data)
-    except ValidationError as e:
-        messages = e.normalized_messages()
-        detail = "; ".join(
-            f"{field}: {' '.join(str(m) for m in msgs) if isinstance(msgs, list) else msgs}"
-            for field, msgs in messages.items()
-        )
-        raise InvalidRequest(
-            f"Invalid callback {what}: {detail}",
-            hint='DingTalk pushes POST ?signature=…&timestamp=…&nonce=… with the body {"encrypt": "…"}.',
-        ) from None
+_PUSH_HINT = 'DingTalk pushes POST ?signature=…&timestamp=…&nonce=… with the body {"encrypt": "…"}.'
 
 
 def parse_push(args: Any, body: Any) -> Push:
     """Build a Push from the request's query mapping and parsed JSON body (None if the body is not JSON)."""
-    query = _load(PushQuery(), dict(args.items()) if hasattr(args, "items") else args, "query")
+    query = load(
+        PushQuery(), dict(args.items()) if hasattr(args, "items") else args, what="callback query", hint=_PUSH_HINT
+    )
     if not isinstance(body, dict):
         raise InvalidRequest(
             "The callback body is not a JSON object",
             hint='DingTalk pushes a JSON body {"encrypt": "…"}; check that nothing in front rewrites it.',
         )
-    data = _load(PushBody(), body, "body")
+    data = load(PushBody(), body, what="callback body", hint=_PUSH_HINT)
     return Push(
         signature=query["signature"] or query["msg_signature"],
         timestamp=query["timestamp"] or query["timestamp_ms"],

@@ -12,6 +12,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from gateway.errors import InvalidRequest
+from gateway.validation import load as load_validated
 
 
 class Text(fields.Field[str]):
@@ -49,18 +50,10 @@ class SignatureCheckBody(Schema):
 
 
 def load(schema: Schema, data: Any) -> dict[str, Any]:
-    """Validate with marshmallow; field errors become one `invalid_request` message."""
+    """Validate a JSON object body (anything else is `invalid_request`)."""
     if not isinstance(data, dict):
         raise InvalidRequest("The body must be a JSON object", hint="Send Content-Type: application/json.")
-    try:
-        return dict(schema.load(data))
-    except ValidationError as e:
-        messages = e.normalized_messages()
-        detail = "; ".join(
-            f"{field}: {' '.join(str(m) for m in msgs) if isinstance(msgs, list) else msgs}"
-            for field, msgs in sorted(messages.items())
-        )
-        raise InvalidRequest(f"Invalid request: {detail}") from None
+    return load_validated(schema, data)
 
 
 SIGNATURE_CHECK = SignatureCheckBody()
