@@ -182,3 +182,32 @@ def test_redis_outage_fails_cleanly_and_recovers(sim_server: Any, tmp_path: Any)
         assert client.post("/channel/login", json={"corpid": DEMO_CORPID, "code": code}).status_code == 200
     finally:
         server.stop()
+
+
+def test_each_corps_keys_share_one_cluster_slot(redis_app: Any, real_redis: Any, sim_server: Any) -> None:
+    """Every key of a corp hashes to one Redis Cluster slot, so its scripts and transactions run on a cluster."""
+    from redis.crc import key_slot
+
+    sim = sim_server.sim
+    client = redis_app.test_client()
+    # Touch every kind of key: registry, tokens, ticket, locks' generations, links, trace, backoff, forced refresh.
+    page = quote(PAGE, safe="")
+    resp = client.get(f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={page}")
+    assert resp.status_code == 200
+    for person in DEMO_PEOPLE:
+        code = sim.mint_auth_code(DEMO_CORPID, person["unionid"])
+        assert client.post("/channel/login", json={"corpid": DEMO_CORPID, "code": code}).status_code == 200
+    client.post(
+        "/channel/config/error", json={"corpid": DEMO_CORPID, "agentid": DEMO_AGENT_ID, "url": PAGE, "errorCode": 52013}
+    )
+    sim.inject("channel/user/get_by_code", 90018)
+    client.post(
+        "/channel/login", json={"corpid": DEMO_CORPID, "code": sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"])}
+    )
+    keys = list(real_redis.scan_iter(count=1000))
+    corp_keys = [k for k in keys if f"{{{DEMO_CORPID}}}" in k]
+    assert len(corp_keys) >= 10
+    assert {k.split(":")[2] for k in corp_keys} == {f"{{{DEMO_CORPID}}}"}
+    assert len({key_slot(k.encode()) for k in corp_keys}) == 1
+    # The only keys outside a corp are the corp index and (when it happens) the egress-IP block.
+    assert set(keys) - set(corp_keys) <= {"dtgw:v1:corps", "dtgw:v1:backoff:ip-block"}
