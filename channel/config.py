@@ -80,7 +80,7 @@ def report_config_error(
             "errcodes": [error_code],
             "hint": hint_for(error_code),
             "message": error_message[:200],
-            "url": normalize_url(url) if url else None,
+            "url": trace.redact_url(normalize_url(url)) if url else None,
             "agent_ok": agentid == corp.agent_id if agentid else None,
             "ticket_refreshed": refreshed,
             "request_id": request_id,

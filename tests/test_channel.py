@@ -439,3 +439,24 @@ def test_a_login_in_flight_cannot_restore_a_link_a_leave_event_dropped(app: Any)
     assert links.get(EMPLOYEE["unionid"]) is None
     links.put(EXTERNAL["unionid"], UserLink("ext0001", 1))  # other users are cached as usual
     assert links.get(EXTERNAL["unionid"]) == UserLink("ext0001", 1)
+
+
+def test_config_error_flood_cannot_push_logins_out_of_the_trace(app: Any, client: Any, sim: Any) -> None:
+    get_runtime(app).config["GATEWAY_TRACE_LIMIT"] = 5
+    assert login(client, sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"])).status_code == 200
+    for _ in range(20):
+        assert report(client, 52019).status_code == 202
+    entries = trace.recent(get_runtime(app).store, DEMO_CORPID, count=100)
+    assert [e["kind"] for e in entries] == ["config_error"] * 5 + ["login"]  # newest first, each kind capped
+    assert trace.recent(get_runtime(app).store, DEMO_CORPID, outcome="linked")[0]["kind"] == "login"
+
+
+def test_trace_masks_codes_and_tokens_in_page_urls(app: Any, client: Any) -> None:
+    url = ORIGIN + "/p?code=abc123&authCode=zzz&ticket=t1&x=1&next=%2Fhome&名=值#frag"
+    client.post(
+        "/channel/config/error", json={"corpid": DEMO_CORPID, "agentid": DEMO_AGENT_ID, "url": url, "errorCode": 52013}
+    )
+    stored = trace.recent(get_runtime(app).store, DEMO_CORPID)[0]["url"]
+    assert stored == ORIGIN + "/p?code=***&authCode=***&ticket=***&x=1&next=/home&名=值"  # otherwise as signed
+    for secret in ("abc123", "zzz", "t1"):
+        assert secret not in json.dumps(trace.recent(get_runtime(app).store, DEMO_CORPID))
