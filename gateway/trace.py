@@ -41,7 +41,8 @@ def redact_url(url: str | None) -> str | None:
 def record(store: redis.Redis, corpid: str, entry: dict[str, Any], *, limit: int = 200) -> None:
     """Prepend an entry to its kind's list and keep the newest `limit` of that kind."""
     entry = {"time": round(time.time(), 3), **entry}
-    key = trace_key(corpid, entry.get("kind") if entry.get("kind") in KINDS else "login")
+    kind = str(entry.get("kind"))
+    key = trace_key(corpid, kind if kind in KINDS else "login")
     pipe = store.pipeline(transaction=True)
     pipe.lpush(key, json.dumps(entry, ensure_ascii=False))
     pipe.ltrim(key, 0, max(0, limit - 1))
