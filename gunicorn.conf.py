@@ -27,3 +27,17 @@ access_log_format = (
     '%({remote_addr}e)s "%(r)s" %(s)s %(b)s %(M)sms scheme=%({wsgi.url_scheme}e)s host=%({http_host}e)s '
     'referer="%(f)s" rid=%({x-request-id}o)s'
 )
+
+# Prometheus across workers: each worker writes its numbers to files in one directory and /metrics (answered by
+# any worker) sums them, so a scrape does not see whichever worker happened to answer. Set it before the
+# workers import prometheus_client; a dead worker's live gauges are dropped by child_exit.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dtgw-prometheus-")
+
+
+def child_exit(server: object, worker: object) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]

@@ -263,3 +263,21 @@ def test_flooding_config_error_reports_gets_429(stack: Any) -> None:
     conn.close()
     assert statuses[0] == 202  # recorded by the app
     assert statuses.count(429) >= 10, statuses
+
+
+def test_metrics_add_up_across_gunicorn_workers(stack: Any) -> None:
+    """Whichever worker answers /metrics, it reports every worker's requests (prometheus multiprocess mode)."""
+    import re
+
+    def healthz_count() -> float:
+        text = requests.get(f"{stack.gunicorn_url}/metrics", timeout=5).text
+        found = re.findall(
+            r'^dtgw_http_requests_total\{endpoint="healthz",method="GET",status="200"\} (\S+)$', text, re.M
+        )
+        return float(found[0]) if found else 0.0
+
+    before = healthz_count()
+    for _ in range(40):  # new connections, so both workers serve some of them
+        assert requests.get(f"{stack.gunicorn_url}/healthz", timeout=5).status_code == 200
+    counts = {healthz_count() for _ in range(6)}
+    assert counts == {before + 40}, counts
