@@ -230,15 +230,7 @@ def main() -> None:
                 )
                 t0 = min(r["start"] for r in results)
                 valid = sum(
-                    sim.check_config(
-                        corpId=r["body"]["corpId"],
-                        agentId=r["body"]["agentId"],
-                        timeStamp=r["body"]["timeStamp"],
-                        nonceStr=r["body"]["nonceStr"],
-                        signature=r["body"]["signature"],
-                        type=1,
-                        url=PAGE,
-                    ).get("ok", False)
+                    sim.check_config(**{**r["body"], "url": PAGE}).get("ok", False)
                     for r in results
                     if r["status"] == 200
                 )

@@ -46,15 +46,7 @@ def test_cold_herd_fetches_each_credential_once(redis_app: Any, redis_url: str, 
     assert sim.calls("channel/get_channel_jsapi_ticket") == 1
     for r in results:
         cfg = r["body"]
-        verdict = sim.check_config(
-            corpId=cfg["corpId"],
-            agentId=cfg["agentId"],
-            timeStamp=cfg["timeStamp"],
-            nonceStr=cfg["nonceStr"],
-            signature=cfg["signature"],
-            type=1,
-            url=PAGE,
-        )
+        verdict = sim.check_config(**{**cfg, "url": PAGE})
         assert verdict == {"ok": True}
 
 
