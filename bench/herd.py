@@ -59,23 +59,38 @@ def _worker(
 
 
 def _traffic_worker(
-    index: int, settings: dict[str, Any], threads: int, codes: list[str], done: Any, barrier: Any, out: Any
+    index: int,
+    settings: dict[str, Any],
+    kind: str,
+    threads: int,
+    jobs: list[str],
+    done: Any,
+    barrier: Any,
+    out: Any,
 ) -> None:
-    """One OS process of steady login traffic: `threads` threads work through `codes`, counting into `done`."""
+    """One OS process of steady traffic: `threads` threads work through `jobs` (login codes, or one config request
+    per item), counting into `done`."""
     from app import create_app
 
     app = create_app(settings)
-    corpid = settings["_corpid"]
-    statuses: list[int] = []
+    corpid, agentid = settings["_corpid"], settings.get("_agentid")
+    results: list[dict[str, Any]] = []
     lock = threading.Lock()
-    chunks = [codes[i::threads] for i in range(threads)]
+    chunks = [jobs[i::threads] for i in range(threads)]
 
     def loop(chunk: list[str]) -> None:
         client = app.test_client()
         for code in chunk:
-            status = client.post("/channel/login", json={"corpid": corpid, "code": code}).status_code
+            started = time.time()
+            if kind == "config":
+                resp = client.get(f"/channel/config?corpid={corpid}&agentid={agentid}&url={quote(PAGE, safe='')}")
+            else:
+                resp = client.post("/channel/login", json={"corpid": corpid, "code": code})
+            row = {"status": resp.status_code, "start": started, "end": time.time()}
+            if kind == "config":
+                row["body"] = resp.get_json()
             with lock:
-                statuses.append(status)
+                results.append(row)
             with done.get_lock():
                 done.value += 1
 
@@ -85,7 +100,7 @@ def _traffic_worker(
         t.start()
     for t in pool:
         t.join(300)
-    out.put((index, statuses))
+    out.put((index, results))
 
 
 def run_traffic(
@@ -93,20 +108,22 @@ def run_traffic(
     settings: dict[str, Any],
     processes: int,
     threads: int,
-    codes: list[str],
+    jobs: list[str],
     at: int,
     action: Callable[[], Any],
-) -> list[int]:
-    """Logins from several processes; run `action` once `at` of them are done; return every status."""
+    kind: str = "login",
+) -> list[dict[str, Any]]:
+    """Traffic from several processes; run `action` once `at` requests are done; return every request's result
+    (status, start and end times, and for configs the body)."""
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(processes + 1)
     out = ctx.Queue()
     done = ctx.Value("i", 0)
-    per = len(codes) // processes
+    per = len(jobs) // processes
     procs = [
         ctx.Process(
             target=_traffic_worker,
-            args=(i, settings, threads, codes[i * per : (i + 1) * per], done, barrier, out),
+            args=(i, settings, kind, threads, jobs[i * per : (i + 1) * per], done, barrier, out),
             daemon=True,
         )
         for i in range(processes)
@@ -118,12 +135,12 @@ def run_traffic(
     while done.value < at and time.monotonic() < deadline:
         time.sleep(0.01)
     action()
-    statuses: list[int] = []
+    results: list[dict[str, Any]] = []
     for _ in procs:
-        statuses.extend(out.get(timeout=300)[1])
+        results.extend(out.get(timeout=300)[1])
     for p in procs:
         p.join(30)
-    return statuses
+    return results
 
 
 def run_herd(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import redis
 
 from corp.registry import Corp
+from gateway.nearcache import NearCache
 from gateway.sealing import Sealer
 from oapi.tokens import CacheSettings, ChannelTicket, ChannelToken, CredentialCache, with_token
 from oapi.upstream import Upstream
@@ -24,7 +25,13 @@ class ChannelClient:
     """Calls made with corpid + channelSecret."""
 
     def __init__(
-        self, corp: Corp, upstream: Upstream, store: redis.Redis, sealer: Sealer, settings: CacheSettings
+        self,
+        corp: Corp,
+        upstream: Upstream,
+        store: redis.Redis,
+        sealer: Sealer,
+        settings: CacheSettings,
+        near: NearCache | None = None,
     ) -> None:
         self.corp = corp
         self._upstream = upstream
@@ -36,6 +43,7 @@ class ChannelClient:
             kind=ChannelToken,
             fetch=self._fetch_token,
             settings=settings,
+            near=near,
         )
         self.ticket: CredentialCache[ChannelTicket] = CredentialCache(
             store,
@@ -45,6 +53,7 @@ class ChannelClient:
             kind=ChannelTicket,
             fetch=self._fetch_ticket,
             settings=settings,
+            near=near,
         )
 
     def _fetch_token(self) -> tuple[str, int | None]:

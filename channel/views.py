@@ -38,7 +38,10 @@ def json_body() -> Any:
 def _allow_origin(response: Response, corpid: str | None) -> Response:
     """Echo the Origin only when it is one of this corp's registered origins."""
     origin = request.headers.get("Origin")
-    response.vary.add("Origin")
+    if "Vary" in response.headers:
+        response.vary.add("Origin")
+    else:
+        response.headers["Vary"] = "Origin"  # the common case, without parsing and rewriting a header set
     if not origin or not corpid:
         return response
     try:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import redis
 
 from corp.registry import Corp
+from gateway.nearcache import NearCache
 from gateway.sealing import Sealer
 from oapi.tokens import CacheSettings, CorpToken, CredentialCache, with_token
 from oapi.upstream import Upstream
@@ -30,7 +31,13 @@ class CorpClient:
     """Calls made with corpid + corpSecret."""
 
     def __init__(
-        self, corp: Corp, upstream: Upstream, store: redis.Redis, sealer: Sealer, settings: CacheSettings
+        self,
+        corp: Corp,
+        upstream: Upstream,
+        store: redis.Redis,
+        sealer: Sealer,
+        settings: CacheSettings,
+        near: NearCache | None = None,
     ) -> None:
         self.corp = corp
         self._upstream = upstream
@@ -42,6 +49,7 @@ class CorpClient:
             kind=CorpToken,
             fetch=self._fetch_token,
             settings=settings,
+            near=near,
         )
 
     def _fetch_token(self) -> tuple[str, int | None]:

@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_SESSION_TTL": 7200,  # session token lifetime
     "GATEWAY_CALLBACK_WINDOW": 300,  # accepted callback timestamp skew
     "GATEWAY_TRACE_LIMIT": 200,  # trace entries kept per corp
+    "GATEWAY_NEAR_CACHE": True,  # keep credentials in process memory while Redis reports them unchanged
     "GATEWAY_CORP_CACHE_TTL": 2.0,  # a registration change made on another host is seen within this
     "GATEWAY_MAX_BODY": 16 * 1024,  # bytes
     "GATEWAY_BUSY_RETRIES": 3,  # errcode -1 retries

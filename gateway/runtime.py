@@ -12,8 +12,9 @@ from channel.api import ChannelClient
 from channel.session import session_key
 from corp.api import CorpClient
 from corp.registry import Corp, CorpRegistry
+from gateway.nearcache import NearCache
 from gateway.sealing import Sealer
-from gateway.store import get_store
+from gateway.store import NAMESPACE, get_store
 from oapi.tokens import CacheSettings
 from oapi.upstream import Upstream
 
@@ -31,9 +32,12 @@ class Runtime:
     registry: CorpRegistry
     settings: CacheSettings
     session_key: bytes
+    near: NearCache | None = None
 
     def close(self) -> None:
         """Release pooled connections to DingTalk and the store."""
+        if self.near is not None:
+            self.near.close()
         self.upstream.close()
         self.store.close()
 
@@ -41,10 +45,10 @@ class Runtime:
         return self.registry.get(corpid)
 
     def channel_client(self, corp: Corp) -> ChannelClient:
-        return ChannelClient(corp, self.upstream, self.store, self.sealer, self.settings)
+        return ChannelClient(corp, self.upstream, self.store, self.sealer, self.settings, self.near)
 
     def corp_client(self, corp: Corp) -> CorpClient:
-        return CorpClient(corp, self.upstream, self.store, self.sealer, self.settings)
+        return CorpClient(corp, self.upstream, self.store, self.sealer, self.settings, self.near)
 
 
 def init_app(app: Flask) -> None:
@@ -71,6 +75,8 @@ def init_app(app: Flask) -> None:
             fail_ttl=int(config["GATEWAY_CONFIG_ERROR_TTL"]),
         ),
         session_key=session_key(config["GATEWAY_SECRET_KEY"]),
+        # Only over a real Redis: the in-process store is already local, and fakeredis has no CLIENT TRACKING.
+        near=NearCache(store, NAMESPACE + ":") if config.get("REDIS_URL") and config["GATEWAY_NEAR_CACHE"] else None,
     )
 
 

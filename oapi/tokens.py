@@ -8,6 +8,9 @@ Layout of one credential, a Redis hash at `dtgw:v1:{CORPID}:<pipeline>` (e.g. `c
     gen      a fetch generation from `<key>:gen`; a writer never replaces a higher generation
 Its Redis TTL is `expires_in - margin - jitter`, so an entry that exists is always usable.
 
+With a near cache (gateway/nearcache.py, on whenever REDIS_URL is set), `peek()` answers from process memory
+while Redis reports the hash unchanged, so a page view's ticket read costs no round trip.
+
 Beside it, with the same hash tag: `:lock` (redis-py Lock), `:gen`, `:fail` (a remembered configuration error)
 and `:forced` (the forced-refresh cooldown). Every script touches one corp's keys only (Redis Cluster safe).
 """
@@ -31,6 +34,7 @@ from redis.lock import Lock
 
 from gateway.errors import LockTimeout, TokenInvalid, UpstreamError
 from gateway.metrics import CREDENTIAL_FETCHES
+from gateway.nearcache import NearCache
 from gateway.sealing import Sealer, SealError, fingerprint
 from gateway.store import corp_key
 from oapi.errcodes import CONFIGURATION
@@ -110,6 +114,7 @@ class CredentialCache(Generic[C]):
         kind: type[C],
         fetch: Fetch,
         settings: CacheSettings,
+        near: NearCache | None = None,
     ) -> None:
         self.store = store
         self.corpid = corpid
@@ -119,6 +124,7 @@ class CredentialCache(Generic[C]):
         self._sealer = sealer
         self._fetch = fetch
         self._settings = settings
+        self._near = near
 
     # Scripts are only needed when writing or invalidating, never on the hot read path: built on first use.
     @cached_property
@@ -132,7 +138,26 @@ class CredentialCache(Generic[C]):
     # -- reading ---------------------------------------------------------------------------------------------
     def peek(self) -> C | None:
         """The cached credential, or None when missing (never fetches)."""
-        fields = self.store.hgetall(self.key)
+        near = self._near
+        if near is None:
+            return self._parse(self.store.hgetall(self.key))
+        kept = near.get(self.key)
+        if kept is not None:
+            return kept  # type: ignore[no-any-return]
+        snapshot = near.snapshot()
+        if snapshot is None:
+            return self._parse(self.store.hgetall(self.key))
+        read_at = time.monotonic()
+        pipe = self.store.pipeline(transaction=False)
+        pipe.hgetall(self.key)
+        pipe.pttl(self.key)
+        fields, ttl_ms = pipe.execute()
+        cred = self._parse(fields)
+        if cred is not None:
+            near.put(self.key, cred, ttl_ms=int(ttl_ms), snapshot=snapshot, read_at=read_at)
+        return cred
+
+    def _parse(self, fields: dict[str, str]) -> C | None:
         if not fields or "v" not in fields:
             return None
         try:
@@ -169,7 +194,14 @@ class CredentialCache(Generic[C]):
 
     def invalidate(self, failed: Credential) -> bool:
         """Drop the cached credential only if it is still `failed` (compare-and-delete)."""
-        return bool(self._delete(keys=[self.key], args=[failed.fingerprint]))
+        deleted = bool(self._delete(keys=[self.key], args=[failed.fingerprint]))
+        self._forget()
+        return deleted
+
+    def _forget(self) -> None:
+        # Read-your-writes in this process; the other processes hear it from Redis.
+        if self._near is not None:
+            self._near.drop(self.key)
 
     def remembered_failure(self) -> dict[str, object] | None:
         """The configuration error a recent fetch met, if still remembered."""
@@ -262,6 +294,7 @@ class CredentialCache(Generic[C]):
                 int(ttl * 1000),
             ],
         )
+        self._forget()
         CREDENTIAL_FETCHES.labels(self.corpid, self.pipeline, "ok").inc()
         log.info(
             "fetched corp=%s pipeline=%s fp=%s gen=%s ttl=%ss%s",

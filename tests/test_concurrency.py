@@ -89,12 +89,57 @@ def test_revocation_during_traffic_costs_one_refresh(
 
     if pipeline == "corp":
         sim.set_latency(0.01, "user/getUseridByUnionid")  # keep lookups in flight while the token dies
-    statuses = run_traffic(settings=settings, processes=3, threads=4, codes=codes, at=90, action=revoke)
+    results = run_traffic(settings=settings, processes=3, threads=4, jobs=codes, at=90, action=revoke)
+    statuses = [r["status"] for r in results]
     assert len(statuses) == len(codes)
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     assert before["calls"] >= 1  # the token was fetched before the revocation...
     assert sim.calls(api) - before["calls"] == 1  # ...and exactly once after it, across all processes
     assert sim.calls("user/getUseridByUnionid") >= len(codes)  # every login used the corp token too
+
+
+# How long a worker may take to hear Redis announce a write and drop its in-memory copy: the announcement is
+# queued before the writer's own reply, but the worker's listener thread still has to get the GIL.
+ANNOUNCEMENT_GRACE = 0.05
+
+
+def test_a_forced_ticket_refresh_reaches_every_process_at_once(redis_app: Any, redis_url: str, sim_server: Any) -> None:
+    """Each worker keeps the ticket in memory (gateway/nearcache.py); after another process refreshes it, and the
+    old ticket dies upstream, no worker may go on signing with the dead one."""
+    sim = sim_server.sim
+    sim.set_ticket_mode(DEMO_CORPID, "invalidate")
+    settings = {
+        "DINGTALK_API_BASE": sim_server.base_url,
+        "REDIS_URL": redis_url,
+        "GATEWAY_SECRET_KEY": TEST_SECRET_KEY,
+        "_corpid": DEMO_CORPID,
+        "_agentid": DEMO_AGENT_ID,
+    }
+    window: dict[str, float] = {}
+
+    def page_reports_52013() -> None:
+        window["sent"] = time.time()
+        resp = redis_app.test_client().post(
+            "/channel/config/error",
+            json={"corpid": DEMO_CORPID, "agentid": DEMO_AGENT_ID, "url": PAGE, "errorCode": 52013},
+        )
+        window["answered"] = time.time()
+        assert resp.status_code == 202 and resp.get_json()["ticket_refreshed"] is True
+
+    results = run_traffic(
+        settings=settings, processes=3, threads=4, jobs=[""] * 1500, at=400, action=page_reports_52013, kind="config"
+    )
+    assert [r["status"] for r in results] == [200] * len(results)
+    assert sim.calls("channel/get_channel_jsapi_ticket") == 2  # the first fetch and the forced one, nothing else
+
+    def valid(r: dict[str, Any]) -> bool:
+        return bool(sim.check_config(**{**r["body"], "url": PAGE}).get("ok"))
+
+    before = [r for r in results if r["end"] < window["sent"]]
+    after = [r for r in results if r["start"] > window["answered"] + ANNOUNCEMENT_GRACE]
+    assert len(before) >= 300 and len(after) >= 300, (len(before), len(after))
+    assert not any(valid(r) for r in before)  # signed with the ticket the refresh killed
+    assert all(valid(r) for r in after)
 
 
 def test_invalidation_by_a_late_process_keeps_the_newer_token(redis_app: Any, sim_server: Any) -> None:

@@ -1,0 +1,227 @@
+"""A process-local copy of hot store entries that Redis itself keeps coherent (server-assisted client caching).
+
+Why: `/channel/config` reads the corp's JSAPI ticket on every page view, and that Redis round trip was the
+largest part of the gateway's own cost per request. A plain in-process TTL cache is not an option: after another
+worker refreshes the ticket (which may kill the old one, `dingtalk-oapi.md` §2) it would go on signing with the
+dead ticket until its TTL ran out. So an entry here lives exactly as long as Redis says its key is unchanged:
+
+- One connection per process runs `CLIENT TRACKING on REDIRECT <itself> BCAST PREFIX dtgw:v1:` and subscribes
+  to `__redis__:invalidate` (the RESP2 form, Redis >= 6). Redis then announces every write, delete, expiry,
+  eviction and flush of a gateway key, by whichever client or script, and even by hand in redis-cli.
+- An announced key is dropped. Every entry is dropped when that connection is lost, and nothing is served from
+  memory until it is subscribed again: tracking and subscription share the connection, so they die together.
+- A store read that raced with an announcement is not kept (`snapshot()` / `put()` compare a sequence number).
+- An entry is never served past the TTL its key had when it was read.
+- The connection is pinged every `ping_every` seconds, and entries are served only while Redis was heard within
+  `stale_after` seconds: a connection that dies silently (no RST) cannot keep stale entries alive for longer.
+
+What remains is the window every shared cache has: a write is announced a moment after Redis applies it, the
+same order of time as a store read racing that write.
+
+redis-py has this built in (`cache_config`), but only for RESP3 servers from Redis 7.4 on; Debian 12 ships 7.0.
+With an older Redis or one that refuses `CLIENT TRACKING`, the cache never becomes live and every read goes to the
+store, as before (a warning says why).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import weakref
+from typing import Any
+
+import redis
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "__redis__:invalidate"
+
+# Reset in a forked child: the listener thread and its connection belong to the parent (gunicorn --preload).
+_INSTANCES: weakref.WeakSet[NearCache] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for cache in list(_INSTANCES):
+        cache._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+class NearCache:
+    """Values of store keys under `prefix`, held in this process while Redis reports the keys unchanged."""
+
+    def __init__(
+        self,
+        store: redis.Redis,
+        prefix: str,
+        *,
+        ping_every: float = 1.0,
+        stale_after: float = 3.0,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._ping_every = ping_every
+        self._stale_after = stale_after
+        self._max_backoff = max_backoff
+        self._entries: dict[str, tuple[Any, float]] = {}
+        self._lock = threading.Lock()
+        self._seq = 0  # bumped by every announcement and every loss of the connection
+        self._live = False
+        self._heard = 0.0  # monotonic time Redis last spoke on the tracking connection
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: Any = None
+        self._warned = False
+        _INSTANCES.add(self)
+
+    # -- the read path -------------------------------------------------------------------------------------------
+    def get(self, key: str) -> Any | None:
+        """The value kept for `key`, or None (not kept, past its TTL, or the invalidation channel is not live)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            self._ensure_listening()
+            return None
+        now = time.monotonic()
+        if now >= entry[1] or not self._trusted(now):
+            return None
+        return entry[0]
+
+    def snapshot(self) -> int | None:
+        """Call before reading `key` from the store; None means "do not keep what you read"."""
+        self._ensure_listening()
+        return self._seq if self._trusted(time.monotonic()) else None
+
+    def put(self, key: str, value: Any, *, ttl_ms: int, snapshot: int, read_at: float) -> None:
+        """Keep `value`, read from the store at monotonic `read_at` with `ttl_ms` left, unless it was announced
+        (or the connection was lost) since `snapshot`."""
+        if ttl_ms <= 0:  # no TTL (-1) or gone (-2): nothing to bound the entry by, so do not keep it
+            return
+        with self._lock:
+            if self._live and snapshot == self._seq:
+                # read_at is before the read reached Redis, so this deadline is never later than the key's expiry.
+                self._entries[key] = (value, read_at + ttl_ms / 1000)
+
+    def drop(self, key: str) -> None:
+        """Forget `key` now (this process just wrote it; its own announcement follows)."""
+        with self._lock:
+            self._seq += 1
+            self._entries.pop(key, None)
+
+    @property
+    def live(self) -> bool:
+        return self._trusted(time.monotonic())
+
+    def close(self) -> None:
+        """Stop listening and forget everything."""
+        self._stop.set()
+        conn = self._conn
+        sock = getattr(conn, "_sock", None)
+        if sock is not None:
+            # Wake the listener out of its read; it disconnects on its own thread (a redis-py connection is not
+            # safe to close under a reader).
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2)
+        self._lose()
+
+    # -- the listener ---------------------------------------------------------------------------------------------
+    def _trusted(self, now: float) -> bool:
+        return self._live and now - self._heard < self._stale_after
+
+    def _ensure_listening(self) -> None:
+        if self._thread is not None or self._stop.is_set():
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._listen, name="dtgw-near-cache", daemon=True)
+                self._thread.start()
+
+    def _reset_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._entries.clear()
+        self._live = False
+        self._seq += 1
+        self._thread = None
+        self._conn = None
+
+    def _lose(self) -> None:
+        with self._lock:
+            self._live = False
+            self._seq += 1
+            self._entries.clear()
+
+    def _listen(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self._subscribe_and_serve()
+                backoff = 0.1
+            except Exception as e:  # whatever it is, the answer is the same: not live, and retry
+                if not self._stop.is_set() and not self._warned:
+                    log.warning(
+                        "near cache off until the store's invalidation channel is back (%s: %s); reading the "
+                        "store on every request meanwhile",
+                        type(e).__name__,
+                        e,
+                    )
+                    self._warned = True
+            finally:
+                self._lose()
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    conn.disconnect()
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, self._max_backoff)
+
+    def _subscribe_and_serve(self) -> None:
+        conn = self._store.connection_pool.make_connection()
+        self._conn = conn
+        conn.connect()
+        # check_health=False: redis-py's own health check expects "PONG", but a subscribed connection answers a
+        # PING with ["pong", ""]; this loop does its own pinging instead.
+        conn.send_command("CLIENT", "ID", check_health=False)
+        client_id = conn.read_response()
+        conn.send_command(
+            "CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST", "PREFIX", self._prefix, check_health=False
+        )
+        conn.read_response()
+        conn.send_command("SUBSCRIBE", CHANNEL, check_health=False)
+        conn.read_response()
+        with self._lock:
+            self._entries.clear()
+            self._seq += 1
+            self._heard = time.monotonic()
+            self._live = True
+        if self._warned:
+            log.warning("near cache live again")
+            self._warned = False
+        while not self._stop.is_set():
+            if conn.can_read(timeout=self._ping_every):
+                self._handle(conn.read_response())
+            elif time.monotonic() - self._heard > 2 * self._stale_after:
+                raise redis.exceptions.ConnectionError("no answer to PING on the invalidation channel")
+            else:
+                conn.send_command("PING", check_health=False)
+
+    def _handle(self, message: Any) -> None:
+        self._heard = time.monotonic()
+        if not isinstance(message, list) or len(message) < 3 or message[0] != "message":
+            return  # the answer to our PING (["pong", ""])
+        keys = message[2]
+        with self._lock:
+            self._seq += 1
+            if keys is None:  # FLUSHDB / FLUSHALL
+                self._entries.clear()
+            else:
+                for key in keys:
+                    self._entries.pop(key, None)
