@@ -11,6 +11,7 @@ from channel.config import report_config_error, signed_config
 from channel.login import login
 from channel.schemas import ConfigErrorBody, ConfigQuery, LoginBody
 from gateway.errors import GatewayError, InvalidRequest, UnknownCorp
+from gateway.logs import current_request_id
 from gateway.runtime import get_runtime
 from gateway.validation import load
 
@@ -35,29 +36,29 @@ def json_body() -> Any:
     return data
 
 
-def _allow_origin(response: Response, corpid: str | None) -> Response:
+def _allow_origin(response: Response, origin: str, corpid: str | None) -> None:
     """Echo the Origin only when it is one of this corp's registered origins."""
-    origin = request.headers.get("Origin")
-    if "Vary" in response.headers:
-        response.vary.add("Origin")
-    else:
-        response.headers["Vary"] = "Origin"  # the common case, without parsing and rewriting a header set
-    if not origin or not corpid:
-        return response
+    if not corpid:
+        return
     try:
         corp = get_runtime().corp(corpid)
     except (GatewayError, redis.exceptions.RedisError):
         # Unknown corp, or the store is down: no CORS grant, and the response (often the error itself) stands.
-        return response
+        return
     if corp.allows(origin):
         response.headers["Access-Control-Allow-Origin"] = origin
-    return response
 
 
 @bp.after_request
 def cors(response: Response) -> Response:
-    corpid = request.args.get("corpid") or (g.get("dtgw_corpid"))
-    return _allow_origin(response, corpid)
+    if "Vary" in response.headers:
+        response.vary.add("Origin")
+    else:
+        response.headers["Vary"] = "Origin"  # the common case, without parsing and rewriting a header set
+    origin = request.headers.get("Origin")
+    if origin:  # same-origin requests (and the benchmark) carry none: nothing to grant
+        _allow_origin(response, origin, request.args.get("corpid") or g.get("dtgw_corpid"))
+    return response
 
 
 def _corp_allows(corpid: str, origin: str) -> bool:
@@ -103,7 +104,7 @@ def config() -> Response:
 def login_view() -> Response:
     body = load(LOGIN_BODY, json_body())
     g.dtgw_corpid = body["corpid"]
-    return jsonify(login(get_runtime(), body["corpid"], body["code"], request_id=g.request_id))
+    return jsonify(login(get_runtime(), body["corpid"], body["code"], request_id=current_request_id() or ""))
 
 
 @bp.post("/config/error")
@@ -117,7 +118,7 @@ def config_error() -> tuple[Response, int]:
         url=body["url"],
         error_code=body["errorCode"],
         error_message=body["errorMessage"],
-        request_id=g.request_id,
+        request_id=current_request_id() or "",
     )
     return jsonify(result), 202
 

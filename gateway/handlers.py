@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from gateway.errors import (
@@ -16,12 +16,13 @@ from gateway.errors import (
     PayloadTooLarge,
     StoreUnavailable,
 )
+from gateway.logs import current_request_id
 
 log = logging.getLogger(__name__)
 
 
 def render(error: GatewayError) -> Response:
-    response = jsonify(error.to_dict(g.get("request_id")))
+    response = jsonify(error.to_dict(current_request_id()))
     response.status_code = error.status
     if error.retry_after:
         response.headers["Retry-After"] = str(int(error.retry_after))

@@ -22,9 +22,9 @@ import threading
 from collections import deque
 from typing import Any
 
-from flask import g, has_request_context
+from flask import has_request_context
 
-from gateway.logs import FORMAT
+from gateway.logs import FORMAT, current_request_id
 
 CAPACITY = 5000
 
@@ -40,7 +40,7 @@ class RecentLines(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if not has_request_context():
             return
-        request_id = str(g.get("request_id", "") or "")
+        request_id = current_request_id() or ""
         if not request_id:
             return
         try:

@@ -157,11 +157,27 @@ def test_sealing_binds_place_and_key() -> None:
     assert fingerprint("abc") == fingerprint("abc") != fingerprint("abd") and len(fingerprint("abc")) == 10
 
 
-def test_metrics_endpoint(client: Any) -> None:
+def test_metrics_count_and_time_requests_by_route(client: Any) -> None:
+    import re
+
+    def count(endpoint: str, status: str, text: str) -> float:
+        pattern = rf'^dtgw_http_requests_total\{{endpoint="{endpoint}",method="GET",status="{status}"\}} (\S+)$'
+        found = re.findall(pattern, text, re.M)
+        return float(found[0]) if found else 0.0
+
+    before = client.get("/metrics").get_data(as_text=True)
     client.get("/healthz")
+    client.get("/healthz")
+    client.get("/no/such/page/4711")
+    client.get("/channel/config?corpid=nosuchcorp&agentid=1&url=https://h5.example.com/")
     text = client.get("/metrics").get_data(as_text=True)
     assert "# TYPE dtgw_http_requests_total counter" in text
-    assert "dtgw_http_request_duration_seconds_bucket" in text
+    assert count("healthz", "200", text) - count("healthz", "200", before) == 2
+    # Route names, never raw paths: an unknown path is "unmatched", an error keeps its route.
+    assert count("unmatched", "404", text) - count("unmatched", "404", before) == 1
+    assert count("channel.config", "404", text) - count("channel.config", "404", before) == 1
+    assert "4711" not in text
+    assert re.search(r'^dtgw_http_request_duration_seconds_count\{endpoint="healthz"\} [1-9]', text, re.M)
 
 
 def test_secrets_sealed_under_another_key_get_a_hint_not_a_500(sim_server: Any) -> None:
