@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
 from channel.signing import new_nonce, normalize_url, sign, timestamp_ms
+from corp.registry import Origin, origin_of
 from gateway import trace
 from gateway.errors import AgentMismatch, InvalidRequest, UrlNotAllowed
 from gateway.runtime import Runtime
@@ -15,15 +18,28 @@ from oapi.hints import hint_for
 TICKET_ERRORS = frozenset({52011, 52013})
 
 
-def check_page_url(url: str) -> None:
-    """Reject anything that is not an absolute http(s) URL."""
+@dataclass(frozen=True)
+class PageUrl:
+    """A page URL, checked: the URL to sign and the origin it must belong to."""
+
+    signed: str
+    origin: Origin
+
+
+# Every view of a page asks to sign the same URL, so checking and normalising it is done once per distinct URL
+# (LRU-bounded; a URL that fails the check raises and is not kept).
+@lru_cache(maxsize=1024)
+def page_url(url: str) -> PageUrl:
+    """Check that `url` is an absolute http(s) URL and work out what to sign."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError as e:
         raise InvalidRequest(f"url: not a valid URL ({e})") from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    origin = origin_of(url)
+    if parts.scheme.lower() not in ("http", "https") or origin is None:
         raise InvalidRequest("url: must be an absolute http(s) URL", hint="Pass url=location.href from the page.")
+    return PageUrl(signed=normalize_url(url), origin=origin)
 
 
 def signed_config(rt: Runtime, corpid: str, agentid: str, url: str) -> dict[str, Any]:
@@ -31,13 +47,10 @@ def signed_config(rt: Runtime, corpid: str, agentid: str, url: str) -> dict[str,
     corp = rt.corp(corpid)
     if agentid != corp.agent_id:
         raise AgentMismatch(f"agentid {agentid} is not the one registered for corp {corpid}")
-    check_page_url(url)
-    if not corp.allows(url):
-        raise UrlNotAllowed(
-            f"{urlsplit(url).scheme}://{urlsplit(url).netloc.rpartition('@')[2]} is not a registered origin of "
-            f"corp {corpid}"
-        )
-    signed_url = normalize_url(url)
+    page = page_url(url)
+    if not corp.allows_origin(page.origin):
+        scheme, host, port = page.origin
+        raise UrlNotAllowed(f"{scheme}://{host}:{port} is not a registered origin of corp {corpid}")
     ticket = rt.channel_client(corp).ticket.get()
     nonce, stamp = new_nonce(), timestamp_ms()
     return {
@@ -45,9 +58,9 @@ def signed_config(rt: Runtime, corpid: str, agentid: str, url: str) -> dict[str,
         "agentId": corp.agent_id,
         "timeStamp": stamp,
         "nonceStr": nonce,
-        "signature": sign(ticket.value, nonce, stamp, signed_url, corp.sign_hash),
+        "signature": sign(ticket.value, nonce, stamp, page.signed, corp.sign_hash),
         "type": 1,
-        "url": signed_url,
+        "url": page.signed,
     }
 
 

@@ -40,11 +40,15 @@ class Corp:
 
     def allows(self, url: str) -> bool:
         """True when `url`'s scheme, host and port equal one registered origin's."""
-        return _origin_tuple(url) in self._origin_set
+        return origin_of(url) in self._origin_set
+
+    def allows_origin(self, origin: Origin | None) -> bool:
+        """`allows()` for an origin already worked out with `origin_of()`."""
+        return origin in self._origin_set
 
     @cached_property
-    def _origin_set(self) -> frozenset[tuple[str, str, int] | None]:
-        return frozenset(_origin_tuple(o) for o in self.origins)
+    def _origin_set(self) -> frozenset[Origin | None]:
+        return frozenset(origin_of(o) for o in self.origins)
 
     def public(self) -> dict[str, object]:
         """What may be shown to anyone: no secrets."""
@@ -62,7 +66,11 @@ class Corp:
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def _origin_tuple(url: str) -> tuple[str, str, int] | None:
+Origin = tuple[str, str, int]
+
+
+def origin_of(url: str) -> Origin | None:
+    """(scheme, host, port) of an absolute http(s) URL, lower-cased and with the default port filled in."""
     try:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()

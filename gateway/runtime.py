@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -33,6 +33,10 @@ class Runtime:
     settings: CacheSettings
     session_key: bytes
     near: NearCache | None = None
+    # One client per corp registration, shared by every thread: clients hold no per-user state (house style 4).
+    # A re-read registration (a new Corp object, after the registry's cache time) gets new ones.
+    _channel_clients: dict[str, ChannelClient] = field(default_factory=dict, repr=False)
+    _corp_clients: dict[str, CorpClient] = field(default_factory=dict, repr=False)
 
     def close(self) -> None:
         """Release pooled connections to DingTalk and the store."""
@@ -45,10 +49,18 @@ class Runtime:
         return self.registry.get(corpid)
 
     def channel_client(self, corp: Corp) -> ChannelClient:
-        return ChannelClient(corp, self.upstream, self.store, self.sealer, self.settings, self.near)
+        client = self._channel_clients.get(corp.corpid)
+        if client is None or client.corp is not corp:
+            client = ChannelClient(corp, self.upstream, self.store, self.sealer, self.settings, self.near)
+            self._channel_clients[corp.corpid] = client
+        return client
 
     def corp_client(self, corp: Corp) -> CorpClient:
-        return CorpClient(corp, self.upstream, self.store, self.sealer, self.settings, self.near)
+        client = self._corp_clients.get(corp.corpid)
+        if client is None or client.corp is not corp:
+            client = CorpClient(corp, self.upstream, self.store, self.sealer, self.settings, self.near)
+            self._corp_clients[corp.corpid] = client
+        return client
 
 
 def init_app(app: Flask) -> None:

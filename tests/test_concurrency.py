@@ -142,17 +142,21 @@ def test_a_forced_ticket_refresh_reaches_every_process_at_once(redis_app: Any, r
     assert all(valid(r) for r in after)
 
 
-def test_invalidation_by_a_late_process_keeps_the_newer_token(redis_app: Any, sim_server: Any) -> None:
-    rt = get_runtime(redis_app)
-    # Two workers' views of one corp, sharing only Redis.
+def test_invalidation_by_a_late_process_keeps_the_newer_token(redis_app: Any, redis_url: str, sim_server: Any) -> None:
+    from app import create_app
+
+    # Two workers' views of one corp, sharing only Redis (each with its own near cache).
+    other_app = create_app(make_config(sim_server, REDIS_URL=redis_url))
+    rt, other = get_runtime(redis_app), get_runtime(other_app)
     a = rt.channel_client(rt.corp(DEMO_CORPID)).token
-    b = rt.channel_client(rt.corp(DEMO_CORPID)).token
+    b = other.channel_client(other.corp(DEMO_CORPID)).token
     old = a.get()
     sim_server.sim.revoke_tokens(DEMO_CORPID, "channel")
     assert b.invalidate(old) is True
     fresh = b.get()
     assert a.invalidate(old) is False
     assert a.get().value == fresh.value != old.value
+    other.close()
 
 
 def test_two_corps_and_two_pipelines_stay_apart(redis_app: Any, redis_url: str, sim_server: Any) -> None:
