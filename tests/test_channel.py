@@ -145,6 +145,23 @@ def test_cors_only_for_registered_origins(client: Any) -> None:
     assert "Access-Control-Allow-Origin" not in pre.headers
 
 
+def test_every_channel_answer_varies_with_origin(client: Any, app: Any) -> None:
+    """Grant or no grant, the answer depends on Origin, so a cache must key on it (errors included)."""
+    from flask import Response
+
+    app.add_url_rule("/channel/varies", "channel.varies", lambda: Response("x", headers={"Vary": "Accept"}))
+    for resp in (
+        client.get(f"{CFG}&url={quote(ORIGIN + '/')}"),
+        client.get(f"{CFG}&url={quote(ORIGIN + '/')}", headers={"Origin": ORIGIN}),
+        client.get("/channel/config?corpid=nosuchcorp&agentid=1&url=https://h5.example.com/"),
+        client.post("/channel/login", data="not json"),
+    ):
+        assert resp.headers.getlist("Vary") == ["Origin"], resp.headers
+
+    # A Vary the view already set is extended, not replaced.
+    assert client.get("/channel/varies").headers.getlist("Vary") == ["Accept, Origin"]
+
+
 # -- login ---------------------------------------------------------------------------------------------------
 
 
