@@ -71,6 +71,12 @@ def config_request(stack: Any) -> loadgen.Request:
     return ("GET", f"/channel/config?corpid={CORPID}&agentid={AGENTID}", None, {"Referer": page_url(stack)})
 
 
+def bare_request(stack: Any) -> loadgen.Request:
+    """The same request as config_request (query, Referer), to the bare endpoint: only the work behind differs."""
+    method, path, body, headers = config_request(stack)
+    return method, path.replace("/channel/config", "/bare", 1), body, headers
+
+
 def mint_codes(api_base: str, count: int) -> list[str]:
     """Single-use auth codes for the demo employee, minted before a timed loop."""
     with local() as session:
@@ -176,7 +182,7 @@ def bench_ratio(infra: Any, args: argparse.Namespace) -> dict[str, Any]:
     try:
         bare.start_gunicorn()
         warm_up(stack, stack.gunicorn_url)
-        loadgen.run(bare.gunicorn_url, loadgen.repeat(("GET", "/bare", None, {}), 200), seconds=5, processes=1)
+        loadgen.run(bare.gunicorn_url, loadgen.repeat(bare_request(stack), 200), seconds=5, processes=1)
         # The gateway's cost includes its Redis round trip; the bare app has none.
         sides: tuple[tuple[str, str, loadgen.Request, list[int]], ...] = (
             (
@@ -185,7 +191,7 @@ def bench_ratio(infra: Any, args: argparse.Namespace) -> dict[str, Any]:
                 config_request(stack),
                 pids_of(stack, "gunicorn") + pids_of(infra, "redis"),
             ),
-            ("bare", bare.gunicorn_url, ("GET", "/bare", None, {}), pids_of(bare, "gunicorn")),
+            ("bare", bare.gunicorn_url, bare_request(stack), pids_of(bare, "gunicorn")),
         )
         rounds: list[dict[str, Any]] = []
         for _ in range(args.ratio_rounds):
