@@ -61,9 +61,12 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
         ok = store.ping(store.get_store(app))
+        near = runtime.get_runtime(app).near
         body = {
             "status": "ok" if ok else "degraded",
             "store": "ok" if ok else "unreachable",
+            # Informational: without it every page view reads the ticket from the store (slower, still correct).
+            "near_cache": near.status() if near is not None else "off",
             "sandbox": sandbox,
         }
         return jsonify(body), 200 if ok else 503

@@ -116,6 +116,11 @@ class NearCache:
     def live(self) -> bool:
         return self._trusted(time.monotonic())
 
+    def status(self) -> str:
+        """ "live", or "connecting" (not subscribed yet, or lost and retrying: reads go to the store meanwhile)."""
+        self._ensure_listening()
+        return "live" if self.live else "connecting"
+
     def close(self) -> None:
         """Stop listening and forget everything."""
         self._stop.set()

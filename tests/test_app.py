@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -38,6 +39,7 @@ def test_config_from_environment() -> None:
 def test_healthz(client: Any) -> None:
     resp = client.get("/healthz")
     assert resp.status_code == 200 and resp.json["status"] == "ok" and resp.json["store"] == "ok"
+    assert resp.json["near_cache"] == "off"  # the in-process store needs none
 
 
 @pytest.mark.parametrize(
@@ -82,8 +84,19 @@ def test_in_process_store_warns(sim_server: Any, caplog: pytest.LogCaptureFixtur
 
 @pytest.mark.redis
 def test_real_redis_is_used_when_configured(redis_app: Any, real_redis: Any) -> None:
-    assert redis_app.test_client().get("/healthz").status_code == 200
+    client = redis_app.test_client()
+    assert client.get("/healthz").status_code == 200
     assert real_redis.exists("dtgw:v1:{dingdemo0001}:corp")
+    deadline = time.monotonic() + 3
+    while client.get("/healthz").json["near_cache"] != "live":
+        assert time.monotonic() < deadline, "near cache did not go live"
+        time.sleep(0.02)
+    real_redis.client_kill_filter(_type="pubsub")  # its invalidation channel is lost: reported until it is back
+    for wanted in ("connecting", "live"):  # and then it reconnects by itself
+        deadline = time.monotonic() + 3
+        while client.get("/healthz").json["near_cache"] != wanted:
+            assert time.monotonic() < deadline, f"near cache never reported {wanted}"
+            time.sleep(0.005)
 
 
 def test_sandbox_mode_runs_everything_in_one_process() -> None:
@@ -168,7 +181,7 @@ def test_metrics_count_and_time_requests_by_route(client: Any) -> None:
     before = client.get("/metrics").get_data(as_text=True)
     client.get("/healthz")
     client.get("/healthz")
-    client.get("/no/such/page/4711")
+    client.get("/no/such/page/zz-raw-path-label")
     client.get("/channel/config?corpid=nosuchcorp&agentid=1&url=https://h5.example.com/")
     text = client.get("/metrics").get_data(as_text=True)
     assert "# TYPE dtgw_http_requests_total counter" in text
@@ -176,7 +189,7 @@ def test_metrics_count_and_time_requests_by_route(client: Any) -> None:
     # Route names, never raw paths: an unknown path is "unmatched", an error keeps its route.
     assert count("unmatched", "404", text) - count("unmatched", "404", before) == 1
     assert count("channel.config", "404", text) - count("channel.config", "404", before) == 1
-    assert "4711" not in text
+    assert "zz-raw-path-label" not in text
     assert re.search(r'^dtgw_http_request_duration_seconds_count\{endpoint="healthz"\} [1-9]', text, re.M)
 
 
