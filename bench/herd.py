@@ -22,6 +22,14 @@ from urllib.parse import quote
 PAGE = "https://h5.example.com/herd?x=1"
 
 
+def _request(client: Any, kind: str, settings: dict[str, Any], code: str) -> Any:
+    """One request of the herd or the traffic: the page's config, or a login with `code`."""
+    corpid, agentid = settings["_corpid"], settings.get("_agentid")
+    if kind == "config":
+        return client.get(f"/channel/config?corpid={corpid}&agentid={agentid}&url={quote(PAGE, safe='')}")
+    return client.post("/channel/login", json={"corpid": corpid, "code": code})
+
+
 def _worker(
     index: int,
     settings: dict[str, Any],
@@ -36,17 +44,13 @@ def _worker(
 
     app = create_app(settings)
     results: list[dict[str, Any]] = [{} for _ in range(threads)]
-    corpid, agentid = settings["_corpid"], settings["_agentid"]
     local = threading.Barrier(threads)
 
     def one(i: int) -> None:
         client = app.test_client()
         local.wait()
         started = time.time()
-        if kind == "config":
-            resp = client.get(f"/channel/config?corpid={corpid}&agentid={agentid}&url={quote(PAGE, safe='')}")
-        else:
-            resp = client.post("/channel/login", json={"corpid": corpid, "code": codes[i]})
+        resp = _request(client, kind, settings, codes[i] if kind == "login" else "")
         results[i] = {"status": resp.status_code, "body": resp.get_json(), "start": started, "end": time.time()}
 
     pool = [threading.Thread(target=one, args=(i,)) for i in range(threads)]
@@ -73,7 +77,6 @@ def _traffic_worker(
     from app import create_app
 
     app = create_app(settings)
-    corpid, agentid = settings["_corpid"], settings.get("_agentid")
     results: list[dict[str, Any]] = []
     lock = threading.Lock()
     chunks = [jobs[i::threads] for i in range(threads)]
@@ -82,10 +85,7 @@ def _traffic_worker(
         client = app.test_client()
         for code in chunk:
             started = time.time()
-            if kind == "config":
-                resp = client.get(f"/channel/config?corpid={corpid}&agentid={agentid}&url={quote(PAGE, safe='')}")
-            else:
-                resp = client.post("/channel/login", json={"corpid": corpid, "code": code})
+            resp = _request(client, kind, settings, code)
             row = {"status": resp.status_code, "start": started, "end": time.time()}
             if kind == "config":
                 row["body"] = resp.get_json()

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
-
 from corp.registry import Corp
-from gateway.nearcache import NearCache
-from gateway.sealing import Sealer
-from oapi.tokens import CacheSettings, ChannelTicket, ChannelToken, CredentialCache, with_token
+from oapi.tokens import ChannelTicket, ChannelToken, Credentials, with_token
 from oapi.upstream import Upstream
 
 
@@ -24,37 +20,11 @@ class Follower:
 class ChannelClient:
     """Calls made with corpid + channelSecret."""
 
-    def __init__(
-        self,
-        corp: Corp,
-        upstream: Upstream,
-        store: redis.Redis,
-        sealer: Sealer,
-        settings: CacheSettings,
-        near: NearCache | None = None,
-    ) -> None:
+    def __init__(self, corp: Corp, upstream: Upstream, credentials: Credentials) -> None:
         self.corp = corp
         self._upstream = upstream
-        self.token: CredentialCache[ChannelToken] = CredentialCache(
-            store,
-            sealer,
-            corpid=corp.corpid,
-            pipeline="channel:token",
-            kind=ChannelToken,
-            fetch=self._fetch_token,
-            settings=settings,
-            near=near,
-        )
-        self.ticket: CredentialCache[ChannelTicket] = CredentialCache(
-            store,
-            sealer,
-            corpid=corp.corpid,
-            pipeline="channel:ticket",
-            kind=ChannelTicket,
-            fetch=self._fetch_ticket,
-            settings=settings,
-            near=near,
-        )
+        self.token = credentials.cache(corp.corpid, "channel:token", ChannelToken, self._fetch_token)
+        self.ticket = credentials.cache(corp.corpid, "channel:ticket", ChannelTicket, self._fetch_ticket)
 
     def _fetch_token(self) -> tuple[str, int | None]:
         body = self._upstream.call(

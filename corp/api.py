@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
-
 from corp.registry import Corp
-from gateway.nearcache import NearCache
-from gateway.sealing import Sealer
-from oapi.tokens import CacheSettings, CorpToken, CredentialCache, with_token
+from oapi.tokens import CorpToken, Credentials, with_token
 from oapi.upstream import Upstream
 
 NO_SUCH_USER = 60121
@@ -30,27 +26,10 @@ class UserLink:
 class CorpClient:
     """Calls made with corpid + corpSecret."""
 
-    def __init__(
-        self,
-        corp: Corp,
-        upstream: Upstream,
-        store: redis.Redis,
-        sealer: Sealer,
-        settings: CacheSettings,
-        near: NearCache | None = None,
-    ) -> None:
+    def __init__(self, corp: Corp, upstream: Upstream, credentials: Credentials) -> None:
         self.corp = corp
         self._upstream = upstream
-        self.token: CredentialCache[CorpToken] = CredentialCache(
-            store,
-            sealer,
-            corpid=corp.corpid,
-            pipeline="corp:token",
-            kind=CorpToken,
-            fetch=self._fetch_token,
-            settings=settings,
-            near=near,
-        )
+        self.token = credentials.cache(corp.corpid, "corp:token", CorpToken, self._fetch_token)
 
     def _fetch_token(self) -> tuple[str, int | None]:
         body = self._upstream.call(

@@ -15,7 +15,7 @@ from corp.registry import Corp, CorpRegistry
 from gateway.nearcache import NearCache
 from gateway.sealing import Sealer
 from gateway.store import NAMESPACE, get_store
-from oapi.tokens import CacheSettings
+from oapi.tokens import CacheSettings, Credentials
 from oapi.upstream import Upstream
 
 EXTENSION = "dtgw.runtime"
@@ -30,13 +30,16 @@ class Runtime:
     sealer: Sealer
     upstream: Upstream
     registry: CorpRegistry
-    settings: CacheSettings
+    credentials: Credentials
     session_key: bytes
-    near: NearCache | None = None
     # One client per corp registration, shared by every thread: clients hold no per-user state (house style 4).
     # A re-read registration (a new Corp object, after the registry's cache time) gets new ones.
     _channel_clients: dict[str, ChannelClient] = field(default_factory=dict, repr=False)
     _corp_clients: dict[str, CorpClient] = field(default_factory=dict, repr=False)
+
+    @property
+    def near(self) -> NearCache | None:
+        return self.credentials.near
 
     def close(self) -> None:
         """Release pooled connections to DingTalk and the store."""
@@ -51,14 +54,14 @@ class Runtime:
     def channel_client(self, corp: Corp) -> ChannelClient:
         client = self._channel_clients.get(corp.corpid)
         if client is None or client.corp is not corp:
-            client = ChannelClient(corp, self.upstream, self.store, self.sealer, self.settings, self.near)
+            client = ChannelClient(corp, self.upstream, self.credentials)
             self._channel_clients[corp.corpid] = client
         return client
 
     def corp_client(self, corp: Corp) -> CorpClient:
         client = self._corp_clients.get(corp.corpid)
         if client is None or client.corp is not corp:
-            client = CorpClient(corp, self.upstream, self.store, self.sealer, self.settings, self.near)
+            client = CorpClient(corp, self.upstream, self.credentials)
             self._corp_clients[corp.corpid] = client
         return client
 
@@ -79,16 +82,20 @@ def init_app(app: Flask) -> None:
             busy_retries=int(config["GATEWAY_BUSY_RETRIES"]),
         ),
         registry=CorpRegistry(store, sealer, cache_ttl=float(config["GATEWAY_CORP_CACHE_TTL"])),
-        settings=CacheSettings(
-            margin=int(config["GATEWAY_TOKEN_MARGIN"]),
-            jitter=int(config["GATEWAY_TOKEN_JITTER"]),
-            lock_wait=float(config["GATEWAY_LOCK_WAIT"]),
-            lock_ttl=float(config["GATEWAY_LOCK_TTL"]),
-            fail_ttl=int(config["GATEWAY_CONFIG_ERROR_TTL"]),
+        credentials=Credentials(
+            store,
+            sealer,
+            CacheSettings(
+                margin=int(config["GATEWAY_TOKEN_MARGIN"]),
+                jitter=int(config["GATEWAY_TOKEN_JITTER"]),
+                lock_wait=float(config["GATEWAY_LOCK_WAIT"]),
+                lock_ttl=float(config["GATEWAY_LOCK_TTL"]),
+                fail_ttl=int(config["GATEWAY_CONFIG_ERROR_TTL"]),
+            ),
+            # Only over a real Redis: the in-process store is already local, and fakeredis has no CLIENT TRACKING.
+            NearCache(store, NAMESPACE + ":") if config.get("REDIS_URL") and config["GATEWAY_NEAR_CACHE"] else None,
         ),
         session_key=session_key(config["GATEWAY_SECRET_KEY"]),
-        # Only over a real Redis: the in-process store is already local, and fakeredis has no CLIENT TRACKING.
-        near=NearCache(store, NAMESPACE + ":") if config.get("REDIS_URL") and config["GATEWAY_NEAR_CACHE"] else None,
     )
 
 

@@ -319,6 +319,29 @@ class CredentialCache(Generic[C]):
         return max(1.0, lifetime / 2)
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """Where and how this process caches credentials; every corp's clients share it."""
+
+    store: redis.Redis
+    sealer: Sealer
+    settings: CacheSettings = CacheSettings()
+    near: NearCache | None = None
+
+    def cache(self, corpid: str, pipeline: str, kind: type[C], fetch: Fetch) -> CredentialCache[C]:
+        """The cache of one corp's one pipeline (`channel:token`, `channel:ticket`, `corp:token`)."""
+        return CredentialCache(
+            self.store,
+            self.sealer,
+            corpid=corpid,
+            pipeline=pipeline,
+            kind=kind,
+            fetch=fetch,
+            settings=self.settings,
+            near=self.near,
+        )
+
+
 @contextmanager
 def keep_alive(lock: Lock, ttl: float) -> Iterator[None]:
     """Renew `lock` every ttl/3 while the block runs.
