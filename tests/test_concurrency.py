@@ -99,8 +99,9 @@ def test_revocation_during_traffic_costs_one_refresh(
 
 
 # How long a worker may take to hear Redis announce a write and drop its in-memory copy: the announcement is
-# queued before the writer's own reply, but the worker's listener thread still has to get the GIL.
-ANNOUNCEMENT_GRACE = 0.05
+# queued before the writer's own reply, but the worker's listener thread still has to get the GIL (measured: the
+# last config signed with the old ticket started 10-20 ms after the refresh answered; the margin is for busy CI).
+ANNOUNCEMENT_GRACE = 0.15
 
 
 def test_a_forced_ticket_refresh_reaches_every_process_at_once(redis_app: Any, redis_url: str, sim_server: Any) -> None:
