@@ -15,8 +15,15 @@ dead ticket until its TTL ran out. So an entry here lives exactly as long as Red
 - The connection is pinged every `ping_every` seconds, and entries are served only while Redis was heard within
   `stale_after` seconds: a connection that dies silently (no RST) cannot keep stale entries alive for longer.
 
-What remains is the window every shared cache has: a write is announced a moment after Redis applies it, the
-same order of time as a store read racing that write.
+What remains is the window every shared cache has: a write is announced a moment after Redis applies it. Redis
+queues the announcement before it answers the writer, but the listener is a Python thread and must get the GIL
+to act on it: under 3 ms when the worker is idle, 10-20 ms under the benchmark's load, and in a review's test with
+four CPU-bound threads per process p50 45 ms, p99 about 170 ms (a store read per request raced a write by up to
+~15 ms in the same test). For the ticket that is the time after a refresh during which another worker may still
+sign with the old one; a page that then fails with 52013 reports it and the follower's retry gets a fresh config.
+The whole `dtgw:v1:` prefix is watched (the corpid sits in the middle of key names), so every worker hears every
+gateway write; cheap, but it adds to the listener's work. SWAPDB is not announced by Redis: do not use it on the
+gateway's database.
 
 redis-py has this built in (`cache_config`), but only for RESP3 servers from Redis 7.4 on; Debian 12 ships 7.0.
 With an older Redis or one that refuses `CLIENT TRACKING`, the cache never becomes live and every read goes to the
@@ -151,8 +158,12 @@ class NearCache:
                 self._thread.start()
 
     def _reset_after_fork(self) -> None:
+        closed = self._stop.is_set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        if closed:
+            self._stop.set()  # a closed cache stays closed in the child
+        self._warned = False
         self._entries.clear()
         self._live = False
         self._seq += 1
@@ -188,8 +199,16 @@ class NearCache:
             self._stop.wait(backoff)
             backoff = min(backoff * 2, self._max_backoff)
 
+    def _connect(self) -> Any:
+        # Outside the pool: a pooled connection would hold a pool slot for ever (make_connection never gives it
+        # back), so reconnects could exhaust max_connections for the request path. And whatever REDIS_URL says,
+        # this connection speaks RESP2 (announcements arrive as pub/sub messages) and decodes replies to str.
+        pool = self._store.connection_pool
+        kwargs = {**pool.connection_kwargs, "protocol": 2, "decode_responses": True}
+        return pool.connection_class(**kwargs)
+
     def _subscribe_and_serve(self) -> None:
-        conn = self._store.connection_pool.make_connection()
+        conn = self._connect()
         self._conn = conn
         conn.connect()
         # check_health=False: redis-py's own health check expects "PONG", but a subscribed connection answers a
@@ -225,8 +244,8 @@ class NearCache:
         keys = message[2]
         with self._lock:
             self._seq += 1
-            if keys is None:  # FLUSHDB / FLUSHALL
-                self._entries.clear()
-            else:
+            if isinstance(keys, list):
                 for key in keys:
                     self._entries.pop(key, None)
+            else:  # None: FLUSHDB / FLUSHALL; anything else is not Redis's (a stray PUBLISH): forget everything
+                self._entries.clear()

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Generic, TypeVar
 
@@ -61,9 +61,9 @@ return 0
 
 @dataclass(frozen=True)
 class Credential:
-    """A token or ticket as cached; `value` never goes into logs or responses."""
+    """A token or ticket as cached; `value` never goes into logs or responses (nor into its repr)."""
 
-    value: str
+    value: str = field(repr=False)
     fingerprint: str
     expires_at: float
     fetched_at: float
@@ -148,7 +148,7 @@ class CredentialCache(Generic[C]):
         if snapshot is None:
             return self._parse(self.store.hgetall(self.key))
         read_at = time.monotonic()
-        pipe = self.store.pipeline(transaction=False)
+        pipe = self.store.pipeline(transaction=True)  # value and TTL from the same moment; no extra round trip
         pipe.hgetall(self.key)
         pipe.pttl(self.key)
         fields, ttl_ms = pipe.execute()

@@ -93,6 +93,25 @@ def test_a_read_that_raced_an_announcement_is_not_kept(near: NearCache, real_red
     assert near.get(KEY) is None
 
 
+@pytest.mark.parametrize(
+    "options", [{"decode_responses": False}, {"protocol": 3, "decode_responses": True}], ids=["bytes", "resp3"]
+)
+def test_announcements_work_whatever_the_store_client_speaks(
+    redis_url: str, real_redis: redis.Redis, options: dict[str, Any]
+) -> None:
+    store = redis.Redis.from_url(redis_url, **options)
+    near = NearCache(store, PREFIX, ping_every=0.2)
+    try:
+        near.snapshot()
+        wait_until(lambda: near.live)
+        kept(near)
+        real_redis.hset(KEY, "v", "new")
+        wait_until(lambda: near.get(KEY) is None)
+    finally:
+        near.close()
+        store.close()
+
+
 def test_entry_is_never_served_past_the_ttl_it_was_read_with(near: NearCache) -> None:
     snapshot = near.snapshot()
     assert snapshot is not None
@@ -133,12 +152,18 @@ def test_a_redis_that_refuses_client_tracking_means_plain_store_reads(
         "notrack", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-client"]
     )
     try:
-        limited = redis.Redis.from_url(redis_url, username="notrack", password="pw", decode_responses=True)
-        cache = NearCache(limited, PREFIX, ping_every=0.2, max_backoff=0.2)
+        # A small pool: the listener's many reconnects must not use up the request path's connections.
+        limited = redis.Redis.from_url(
+            redis_url + "?max_connections=2", username="notrack", password="pw", decode_responses=True
+        )
+        cache = NearCache(limited, PREFIX, ping_every=0.2, max_backoff=0.02)
         with caplog.at_level(logging.WARNING, logger="gateway.nearcache"):
             assert cache.snapshot() is None
             wait_until(lambda: "near cache off" in caplog.text)
+        time.sleep(0.5)  # a couple of dozen failed attempts
         assert not cache.live and cache.snapshot() is None
+        limited.set("dtgw:v1:{dingnear}:x", "still served by the store")
+        assert limited.get("dtgw:v1:{dingnear}:x") == "still served by the store"
         cache.close()
         limited.close()
     finally:
@@ -193,6 +218,7 @@ def test_credential_reads_cost_no_round_trip_once_kept(
         assert cache.get().value == first.value
     assert hgetall_calls(real_redis) - before == 1  # one read to fill the near cache, then none
     assert fetches == ["fetch"]
+    assert first.value not in repr(first)  # kept for hours now: never in a repr or a traceback's locals
 
 
 def test_another_process_refresh_is_seen_without_waiting_for_a_ttl(
