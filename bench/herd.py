@@ -30,6 +30,15 @@ def _request(client: Any, kind: str, settings: dict[str, Any], code: str) -> Any
     return client.post("/channel/login", json={"corpid": corpid, "code": code})
 
 
+def _run_together(pool: list[threading.Thread], barrier: Any, timeout: float) -> None:
+    """Start every thread once all processes are at the barrier, and wait for them."""
+    barrier.wait(timeout=120)
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout)
+
+
 def _worker(
     index: int,
     settings: dict[str, Any],
@@ -54,11 +63,7 @@ def _worker(
         results[i] = {"status": resp.status_code, "body": resp.get_json(), "start": started, "end": time.time()}
 
     pool = [threading.Thread(target=one, args=(i,)) for i in range(threads)]
-    barrier.wait(timeout=120)
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(120)
+    _run_together(pool, barrier, 120)
     out.put((index, results))
 
 
@@ -95,11 +100,7 @@ def _traffic_worker(
                 done.value += 1
 
     pool = [threading.Thread(target=loop, args=(chunk,)) for chunk in chunks]
-    barrier.wait(timeout=120)
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(300)
+    _run_together(pool, barrier, 300)
     out.put((index, results))
 
 
