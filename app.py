@@ -41,12 +41,14 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     runtime.init_app(app)
     handlers.init_app(app)
 
+    from channel import cors
     from channel.views import bp as channel_bp
     from corp.callbacks import bp as callbacks_bp
     from corp.cli import bp as corp_bp
     from support.views import bp as support_bp
 
     app.register_blueprint(channel_bp)
+    cors.init_app(app)
     app.register_blueprint(corp_bp)
     app.register_blueprint(support_bp)
     app.register_blueprint(callbacks_bp)

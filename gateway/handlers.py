@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from gateway.errors import (
@@ -63,6 +63,20 @@ def init_app(app: Flask) -> None:
     def _store_down(e: redis.exceptions.RedisError) -> Response:
         log.error("store unreachable: %s", type(e).__name__)
         return render(StoreUnavailable("The gateway's store is unreachable", retry_after=2))
+
+    @app.errorhandler(UnicodeDecodeError)
+    def _undecodable(e: UnicodeDecodeError) -> Response:
+        # werkzeug decodes the query string as UTF-8 when a view first reads request.args, and raises on bytes
+        # that are not: that is the caller's mistake, not ours. Any other decoding error is a bug.
+        try:
+            request.environ.get("QUERY_STRING", "").encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            return render(
+                InvalidRequest(
+                    "The query string is not UTF-8", hint="Percent-encode each parameter value (encodeURIComponent)."
+                )
+            )
+        return _unexpected(e)
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception) -> Response:

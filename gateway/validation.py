@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl
 
+import werkzeug.urls  # noqa: F401 - registers the "werkzeug.url_quote" codec error handler used below
 from marshmallow import Schema, ValidationError
+from werkzeug.datastructures import MultiDict
 
 from gateway.errors import InvalidRequest
 
@@ -19,3 +22,19 @@ def load(schema: Schema, data: Any, *, what: str = "request", hint: str | None =
             for field, msgs in sorted(e.normalized_messages().items())
         )
         raise InvalidRequest(f"Invalid {what}: {detail}", hint=hint) from None
+
+
+def parse_query(query_string: str) -> dict[str, str]:
+    """A raw WSGI QUERY_STRING parsed as `request.args` parses it (first value of each name).
+
+    For callers that cache by the raw string, to skip parsing on a hit. A query that is not UTF-8 is
+    `invalid_request` (werkzeug itself raises UnicodeDecodeError).
+    """
+    try:
+        text = query_string.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise InvalidRequest(
+            "The query string is not UTF-8", hint="Percent-encode each parameter value (encodeURIComponent)."
+        ) from None
+    # The call werkzeug's Request.args makes: invalid percent-escapes stay as they were.
+    return MultiDict(parse_qsl(text, keep_blank_values=True, errors="werkzeug.url_quote")).to_dict()

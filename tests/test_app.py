@@ -71,6 +71,18 @@ def test_unexpected_exception_is_a_clean_500(app: Any, caplog: pytest.LogCapture
     assert any("req-123" == getattr(r, "request_id", None) for r in caplog.records)
 
 
+def test_a_decoding_bug_is_still_a_500(app: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Only a query string that is not UTF-8 is the caller's fault; any other UnicodeDecodeError is ours."""
+
+    @app.get("/decode")
+    def decode() -> str:
+        return b"\xff".decode()
+
+    resp = app.test_client().get("/decode?fine=1")
+    assert resp.status_code == 500 and resp.json["error"]["code"] == "internal_error"
+    assert any(r.exc_info for r in caplog.records)
+
+
 def test_bad_request_id_is_replaced(client: Any) -> None:
     resp = client.get("/healthz", headers={"X-Request-Id": "bad id <script>"})
     assert resp.headers["X-Request-Id"] != "bad id <script>" and len(resp.headers["X-Request-Id"]) == 32

@@ -145,6 +145,80 @@ def test_cors_only_for_registered_origins(client: Any) -> None:
     assert "Access-Control-Allow-Origin" not in pre.headers
 
 
+def test_cors_grants_on_errors_follow_the_named_corp(client: Any) -> None:
+    """An error answer is still readable by the corp's own page (it carries the hint), and only by it."""
+    # Named in the query, refused before validation finished (agentid is not a number).
+    resp = client.get(f"/channel/config?corpid={DEMO_CORPID}&agentid=abc", headers={"Origin": ORIGIN})
+    assert resp.status_code == 400 and resp.headers.getlist("Access-Control-Allow-Origin") == [ORIGIN]
+    # Named in the body: a login with a bogus code.
+    resp = client.post("/channel/login", json={"corpid": DEMO_CORPID, "code": "bogus"}, headers={"Origin": ORIGIN})
+    assert resp.status_code == 401 and resp.headers.getlist("Access-Control-Allow-Origin") == [ORIGIN]
+    # Another corp's page, or no corp at all: no grant.
+    resp = client.post("/channel/login", json={"corpid": "othercorp", "code": "x"}, headers={"Origin": ORIGIN})
+    assert "Access-Control-Allow-Origin" not in resp.headers
+    resp = client.post("/channel/login", data="not json", headers={"Origin": ORIGIN})
+    assert "Access-Control-Allow-Origin" not in resp.headers
+    # A preflight grants once, not once by the view and again by the CORS layer.
+    pre = client.options("/channel/login", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"})
+    assert pre.headers.getlist("Access-Control-Allow-Origin") == [ORIGIN]
+    assert pre.headers.getlist("Vary") == ["Origin"]
+    # Outside the channel API, no CORS at all.
+    assert "Vary" not in client.get("/healthz", headers={"Origin": ORIGIN}).headers
+
+
+def test_config_queries_are_validated_once_per_distinct_query(client: Any) -> None:
+    from channel.views import config_query
+
+    config_query.cache_clear()
+    url = f"{CFG}&url={quote(ORIGIN + '/')}"
+    for _ in range(3):
+        assert client.get(url).status_code == 200
+    info = config_query.cache_info()
+    assert (info.misses, info.hits, info.currsize) == (1, 2, 1)
+    # A query that fails validation is refused every time, and never kept.
+    for _ in range(2):
+        assert client.get("/channel/config?corpid=a%7Bb%7D&agentid=1").status_code == 400
+    info = config_query.cache_info()
+    assert (info.misses, info.currsize) == (3, 1)
+    # A query that passes, for a page that does not (checked per URL, also never kept), is refused every time.
+    for _ in range(2):
+        assert client.get(f"{CFG}&url=javascript%3Aalert(1)").status_code == 400
+    assert config_query.cache_info().currsize == 2
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "corpid=dingdemo0001&agentid=1000001",
+        "corpid=dingdemo0001&corpid=other&agentid=1000001",  # the first value wins, as in request.args
+        "corpid=&agentid=",  # blank values are kept (and then refused by validation)
+        "url=https%3A%2F%2Fh5.example.com%2Fp%3Fq%3Da%2Bb%26c%3D%25E4&x=a+b",
+        "url=https://h5.example.com/%E4%B8%AD?%ff=%fe",  # invalid escapes stay as they were
+        "a&b=&=c&&d=1;e=2",
+        "%E8%B7%AF=%E5%BE%84",
+    ],
+)
+def test_raw_query_parsing_matches_request_args(app: Any, query: str) -> None:
+    from flask import request
+
+    from gateway.validation import parse_query
+
+    with app.test_request_context(f"/channel/config?{query}"):
+        assert parse_query(request.environ["QUERY_STRING"]) == request.args.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/channel/config"), ("GET", "/channel/login"), ("OPTIONS", "/channel/config")]
+)
+def test_a_query_string_that_is_not_utf8_is_a_400(client: Any, method: str, path: str) -> None:
+    # Raw bytes in the request line, which gunicorn passes on as Latin-1: werkzeug's request.args raises on them.
+    query = "corpid=\xff\xfe&agentid=1"
+    resp = client.open(path, method=method, environ_overrides={"QUERY_STRING": query})
+    assert resp.status_code == 400, resp.get_data(as_text=True)[:300]
+    assert resp.json["error"]["code"] == "invalid_request" and "UTF-8" in resp.json["error"]["message"]
+    assert resp.json["error"]["hint"]
+
+
 def test_every_channel_answer_varies_with_origin(client: Any, app: Any) -> None:
     """Grant or no grant, the answer depends on Origin, so a cache must key on it (errors included)."""
     from flask import Response
