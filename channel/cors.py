@@ -7,6 +7,7 @@ request (docs/benchmarks.md), and every page view pays it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
@@ -16,6 +17,8 @@ from flask import Flask
 
 from gateway.errors import GatewayError
 from gateway.runtime import Runtime, get_runtime
+
+log = logging.getLogger(__name__)
 
 PREFIX = "/channel/"
 # The corp a request is for, when a view learned it from the body (login, config error) or from a validated
@@ -40,7 +43,8 @@ def request_corpid(environ: dict[str, Any]) -> str | None:
     if corpid:
         return str(corpid)
     # An error before validation (a bad query, say) still answers its corp's pages, so they can read the hint.
-    values = parse_qs(environ.get("QUERY_STRING", ""), errors="replace").get("corpid")
+    # keep_blank_values: the first value decides, as in request.args (`corpid=&corpid=X` names no corp).
+    values = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True, errors="replace").get("corpid")
     return values[0] if values else None
 
 
@@ -56,8 +60,9 @@ def corp_allows(corpid: str, origin: str, rt: Runtime | None = None) -> bool:
 class ChannelCors:
     """WSGI layer: `Vary: Origin` on every /channel/ answer; `Access-Control-Allow-Origin` for a corp's origins.
 
-    `allows(corpid, origin)` decides a grant; it must not raise. Preflights are answered by the view, which sets
-    its own grant; this layer then adds nothing but Vary.
+    `allows(corpid, origin)` decides a grant (if it raises: no grant). Preflights are answered by the view, which
+    sets its own grant; this layer then adds nothing but Vary. Routing errors under /channel/ (404, 405) are
+    answered like any other channel answer.
     """
 
     def __init__(self, wsgi_app: Any, allows: Callable[[str, str], bool]) -> None:
@@ -73,12 +78,24 @@ class ChannelCors:
             origin = environ.get("HTTP_ORIGIN")
             # Same-origin requests carry no Origin: nothing to grant, and nothing to look up.
             if origin and not any(name.lower() == "access-control-allow-origin" for name, _ in headers):
-                corpid = request_corpid(environ)
-                if corpid and self.allows(corpid, origin):
+                if self._granted(environ, origin):
                     headers.append((ALLOW_ORIGIN, origin))
             return start_response(status, headers, exc_info)
 
         return self.wsgi_app(environ, with_cors)  # type: ignore[no-any-return]
+
+    def _granted(self, environ: dict[str, Any], origin: str) -> bool:
+        corpid = request_corpid(environ)
+        if not corpid:
+            return False
+        try:
+            return self.allows(corpid, origin)
+        except Exception:
+            # This runs as the response starts, outside Flask's error handlers: a failure here (an unreadable
+            # corp record, say) would replace the answer with the server's bare 500. No grant, and the answer
+            # (often the error about that very corp) stands.
+            log.exception("CORS grant check failed; answering without a grant")
+            return False
 
 
 def init_app(app: Flask) -> None:

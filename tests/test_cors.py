@@ -32,6 +32,7 @@ def test_the_corp_is_what_a_view_recorded_else_the_query() -> None:
     assert request_corpid({CORPID_KEY: "fromview", "QUERY_STRING": "corpid=fromquery"}) == "fromview"
     assert request_corpid({"QUERY_STRING": "agentid=1&corpid=fromquery&corpid=second"}) == "fromquery"
     assert request_corpid({"QUERY_STRING": "agentid=1"}) is None
+    assert request_corpid({"QUERY_STRING": "corpid=&corpid=other"}) == ""  # as request.args: the first, blank
     assert request_corpid({}) is None
 
 
@@ -81,3 +82,19 @@ def test_other_paths_are_untouched() -> None:
         resp = client.get(path, headers={"Origin": ORIGIN})
         assert "Vary" not in resp.headers and "Access-Control-Allow-Origin" not in resp.headers
     assert asked == []
+
+
+def test_a_failing_grant_check_leaves_the_answer_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """The check runs as the response starts, outside Flask's error handling: it must not turn the answer into
+    the server's bare 500."""
+
+    def allows(corpid: str, origin: str) -> bool:
+        raise ValueError("unreadable corp record")
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        return Response('{"error": {}}', status=404)(environ, start_response)
+
+    resp = Client(ChannelCors(app, allows)).get("/channel/nope?corpid=corp1", headers={"Origin": ORIGIN})
+    assert resp.status_code == 404 and resp.get_data() == b'{"error": {}}'
+    assert "Access-Control-Allow-Origin" not in resp.headers and resp.headers["Vary"] == "Origin"
+    assert any(r.exc_info and "CORS" in r.getMessage() for r in caplog.records)
