@@ -16,12 +16,11 @@ dead ticket until its TTL ran out. So an entry here lives exactly as long as Red
   `stale_after` seconds: a connection that dies silently (no RST) cannot keep stale entries alive for longer.
 
 What remains is the window every shared cache has: a write is announced a moment after Redis applies it. Redis
-queues the announcement before it answers the writer, so by the time the writer's own caller hears back, the
-announcement has reached every worker's socket. A worker does not wait for its listener thread to act on it (that
-thread must first get the GIL: 10-20 ms under the benchmark's load, p99 about 170 ms with four CPU-bound threads
-per process): every read checks the socket itself (a zero-timeout select), and while anything sent by Redis is
-unread or being handled, entries are not served and the read goes to the store. A page view that starts after a
-ticket refresh has answered therefore never gets a config signed with the old ticket.
+queues the announcement before it answers the writer, but the listener is a Python thread and must get the GIL
+to act on it: under 3 ms when the worker is idle, 10-20 ms under the benchmark's load, and in a review's test with
+four CPU-bound threads per process p50 45 ms, p99 about 170 ms (a store read per request raced a write by up to
+~15 ms in the same test). For the ticket that is the time after a refresh during which another worker may still
+sign with the old one; a page that then fails with 52013 reports it and the follower's retry gets a fresh config.
 The whole `dtgw:v1:` prefix is watched (the corpid sits in the middle of key names), so every worker hears every
 gateway write; cheap, but it adds to the listener's work. SWAPDB is not announced by Redis: do not use it on the
 gateway's database.
@@ -35,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -85,8 +83,6 @@ class NearCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: Any = None
-        self._fd = -1  # the tracking connection's socket
-        self._reading = False  # the listener is between taking bytes off that socket and acting on them
         self._warned = False
         _INSTANCES.add(self)
 
@@ -98,7 +94,7 @@ class NearCache:
             self._ensure_listening()
             return None
         now = time.monotonic()
-        if now >= entry[1] or not self._trusted(now) or self._announcing():
+        if now >= entry[1] or not self._trusted(now):
             return None
         return entry[0]
 
@@ -153,19 +149,6 @@ class NearCache:
     def _trusted(self, now: float) -> bool:
         return self._live and now - self._heard < self._stale_after
 
-    def _announcing(self) -> bool:
-        """True while something Redis sent may not have been acted on yet: unread on the socket, or being read.
-
-        The reading thread checks this itself, so an announcement counts from the moment it reaches this
-        process, not from when the listener thread next gets the GIL (tens of ms under load).
-        """
-        if self._reading:
-            return True
-        try:
-            return bool(select.select((self._fd,), (), (), 0)[0])
-        except (OSError, ValueError):  # the connection just closed: _live turns False with it
-            return True
-
     def _ensure_listening(self) -> None:
         if self._thread is not None or self._stop.is_set():
             return
@@ -186,8 +169,6 @@ class NearCache:
         self._seq += 1
         self._thread = None
         self._conn = None
-        self._fd = -1
-        self._reading = False
 
     def _lose(self) -> None:
         with self._lock:
@@ -240,7 +221,6 @@ class NearCache:
         conn.read_response()
         conn.send_command("SUBSCRIBE", CHANNEL, check_health=False)
         conn.read_response()
-        self._fd = conn._sock.fileno()
         with self._lock:
             self._entries.clear()
             self._seq += 1
@@ -249,27 +229,13 @@ class NearCache:
         if self._warned:
             log.warning("near cache live again")
             self._warned = False
-        self._drain(conn)  # what arrived with the subscription's answer
         while not self._stop.is_set():
-            # Wait on the socket itself (not redis-py's can_read, which takes the bytes off it while this thread
-            # may still wait for the GIL): until this thread acts, the bytes stay where readers can see them.
-            if select.select((self._fd,), (), (), self._ping_every)[0]:
-                self._drain(conn)
+            if conn.can_read(timeout=self._ping_every):
+                self._handle(conn.read_response())
             elif time.monotonic() - self._heard > 2 * self._stale_after:
                 raise redis.exceptions.ConnectionError("no answer to PING on the invalidation channel")
             else:
                 conn.send_command("PING", check_health=False)
-
-    def _drain(self, conn: Any) -> None:
-        """Act on everything Redis has sent so far; readers distrust every entry until it is done."""
-        self._reading = True
-        try:
-            # can_read(0) takes bytes off the socket into redis-py's buffer without waiting: from then on only
-            # _reading tells readers that an announcement may be pending.
-            while conn.can_read(timeout=0):
-                self._handle(conn.read_response())
-        finally:
-            self._reading = False
 
     def _handle(self, message: Any) -> None:
         self._heard = time.monotonic()
