@@ -10,7 +10,8 @@ and `bench/bare_app.py`. Each side runs twice, with N and 6N measured requests a
 difference over 5N requests is the cost per request, start-up excluded. gunicorn's own per-request work is not
 in these counts (it is the same for both sides), so the instruction ratio is lower than the throughput ratio.
 
-Needs Debian's valgrind and redis-server. Prints a Markdown table; `--json` for the numbers alone.
+Needs Debian's valgrind and redis-server. Prints a Markdown table; `--json` for the numbers alone; `--origin` sends
+the `Origin` header a cross-origin page sends, so the CORS grant is counted too.
 """
 
 from __future__ import annotations
@@ -31,16 +32,20 @@ if not __package__:  # `python bench/instructions.py` as well as `python -m benc
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.run import AGENTID, CORPID, ROOT, serve  # noqa: E402
 
-PAGE = f"https://127.0.0.1:8443/channel/login?corpid={CORPID}&agentid={AGENTID}"
+ORIGIN = "https://127.0.0.1:8443"
+PAGE = f"{ORIGIN}/channel/login?corpid={CORPID}&agentid={AGENTID}"
 QUERY = f"corpid={CORPID}&agentid={AGENTID}"
 WARM_UP = 300
 
 
-def environ_for(path: str) -> dict[str, Any]:
-    """The WSGI environ of the benchmark's request (bench.run's config_request), as a test client builds it."""
+def environ_for(path: str, origin: bool) -> dict[str, Any]:
+    """The WSGI environ of the benchmark's request (bench.run's config_request), as a test client builds it;
+    with `origin`, as a cross-origin page sends it."""
     from werkzeug.test import EnvironBuilder
 
     headers = {"Referer": PAGE, "Host": "127.0.0.1:8000", "Accept-Encoding": "identity"}
+    if origin:
+        headers["Origin"] = ORIGIN
     return EnvironBuilder(path=f"{path}?{QUERY}", headers=headers).get_environ()  # type: ignore[no-any-return]
 
 
@@ -67,7 +72,7 @@ def gateway_app(redis_url: str, api_base: str) -> Any:
         Corp(
             corpid=CORPID,
             agent_id=AGENTID,
-            origins=("https://127.0.0.1:8443",),
+            origins=(ORIGIN,),
             corp_secret=DEMO_CORP_SECRET,
             channel_secret=DEMO_CHANNEL_SECRET,
         )
@@ -78,7 +83,7 @@ def gateway_app(redis_url: str, api_base: str) -> Any:
     return app
 
 
-def child(side: str, measured: int, redis_url: str, api_base: str) -> None:
+def child(side: str, measured: int, redis_url: str, api_base: str, origin: bool) -> None:
     """Serve WARM_UP + `measured` requests in-process (this is what runs under valgrind)."""
     if side == "gateway":
         app, path = gateway_app(redis_url, api_base), "/channel/config"
@@ -86,11 +91,13 @@ def child(side: str, measured: int, redis_url: str, api_base: str) -> None:
         from bench.bare_app import create_app
 
         app, path = create_app(), "/bare"
-    environ = environ_for(path)
+    environ = environ_for(path, origin)
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
         if not status.startswith("200"):
             raise SystemExit(f"{side}: {status}")
+        if origin and side == "gateway" and ("Access-Control-Allow-Origin", ORIGIN) not in headers:
+            raise SystemExit("gateway: no CORS grant for the registered origin")
 
     def serve_requests(count: int) -> None:
         for _ in range(count):
@@ -108,7 +115,7 @@ def child(side: str, measured: int, redis_url: str, api_base: str) -> None:
     os._exit(0)  # no teardown: its instructions would differ with nothing in the loop
 
 
-def count(side: str, measured: int, redis_url: str, api_base: str, workdir: Path) -> int:
+def count(side: str, measured: int, redis_url: str, api_base: str, workdir: Path, origin: bool) -> int:
     """Total instructions of one child run under callgrind."""
     out = workdir / f"callgrind.{side}.{measured}.out"
     argv = [
@@ -123,6 +130,7 @@ def count(side: str, measured: int, redis_url: str, api_base: str, workdir: Path
         str(measured),
         redis_url,
         api_base,
+        "origin" if origin else "-",
     ]
     env = {**os.environ, "PYTHONHASHSEED": "0", "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(dir=workdir)}
     subprocess.run(argv, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -132,11 +140,11 @@ def count(side: str, measured: int, redis_url: str, api_base: str, workdir: Path
     return int(match.group(1))
 
 
-def measure(measured: int) -> dict[str, Any]:
+def measure(measured: int, origin: bool) -> dict[str, Any]:
     infra = serve.Stack(sandbox=True, simulator_rate_limit=0)
     # One Redis per concurrent run: client-side caching announcements are per key name, across databases.
     second = serve.Stack(sandbox=True)
-    results: dict[str, Any] = {"measured_requests": 5 * measured}
+    results: dict[str, Any] = {"measured_requests": 5 * measured, "origin": origin}
     try:
         infra.start_redis()
         infra.start_simulator()
@@ -145,8 +153,8 @@ def measure(measured: int) -> dict[str, Any]:
             for side in ("gateway", "bare"):
                 assert infra.redis_url and second.redis_url and infra.api_base
                 with ThreadPoolExecutor(2) as pool:  # the two runs of a side side by side, one Redis each
-                    short = pool.submit(count, side, measured, infra.redis_url, infra.api_base, Path(tmp))
-                    long = pool.submit(count, side, 6 * measured, second.redis_url, infra.api_base, Path(tmp))
+                    short = pool.submit(count, side, measured, infra.redis_url, infra.api_base, Path(tmp), origin)
+                    long = pool.submit(count, side, 6 * measured, second.redis_url, infra.api_base, Path(tmp), origin)
                     results[side] = (long.result() - short.result()) // (5 * measured)
     finally:
         second.stop()
@@ -158,14 +166,15 @@ def measure(measured: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200, help="N: runs of N and 6N requests (default 200)")
+    parser.add_argument("--origin", action="store_true", help="send Origin, as a cross-origin page does (a CORS grant)")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--child", nargs=4, metavar=("SIDE", "N", "REDIS_URL", "API_BASE"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        side, n, redis_url, api_base = args.child
-        child(side, int(n), redis_url, api_base)
+        side, n, redis_url, api_base, origin = args.child
+        child(side, int(n), redis_url, api_base, origin == "origin")
         return 0
-    results = measure(args.requests)
+    results = measure(args.requests, args.origin)
     if args.json:
         print(json.dumps(results))
         return 0
