@@ -111,8 +111,12 @@ def page() -> tuple[str, int]:
     A link that cannot work (parameters missing, corp unknown, wrong agent) gets a friendly page, not JSON.
     """
     rt = get_runtime()
-    corpid = request.args.get("corpid", "")
-    agentid = request.args.get("agentid", "")
+    try:
+        args = parse_query(request.environ.get("QUERY_STRING", ""))
+    except InvalidRequest:
+        args = {}  # mangled beyond reading (not UTF-8): the same page as a link with parameters missing
+    corpid = args.get("corpid", "")
+    agentid = args.get("agentid", "")
     problem, status, landing_url = None, 200, None
     if not corpid or not agentid:
         problem, status = "missing", 400

@@ -71,6 +71,19 @@ def test_unexpected_exception_is_a_clean_500(app: Any, caplog: pytest.LogCapture
     assert any("req-123" == getattr(r, "request_id", None) for r in caplog.records)
 
 
+def test_a_query_string_that_is_not_utf8_is_a_400_anywhere(app: Any) -> None:
+    """werkzeug raises UnicodeDecodeError from request.args on such bytes: the caller's mistake, not a 500."""
+    from flask import request
+
+    @app.get("/reads-args")
+    def reads_args() -> str:
+        return request.args.get("q", "")
+
+    resp = app.test_client().get("/reads-args", environ_overrides={"QUERY_STRING": "q=\xff"})
+    assert resp.status_code == 400 and resp.json["error"]["code"] == "invalid_request"
+    assert "UTF-8" in resp.json["error"]["message"] and resp.json["error"]["hint"]
+
+
 def test_a_decoding_bug_is_still_a_500(app: Any, caplog: pytest.LogCaptureFixture) -> None:
     """Only a query string that is not UTF-8 is the caller's fault; any other UnicodeDecodeError is ours."""
 

@@ -207,9 +207,7 @@ def test_raw_query_parsing_matches_request_args(app: Any, query: str) -> None:
         assert parse_query(request.environ["QUERY_STRING"]) == request.args.to_dict()
 
 
-@pytest.mark.parametrize(
-    ("method", "path"), [("GET", "/channel/config"), ("GET", "/channel/login"), ("OPTIONS", "/channel/config")]
-)
+@pytest.mark.parametrize(("method", "path"), [("GET", "/channel/config"), ("OPTIONS", "/channel/config")])
 def test_a_query_string_that_is_not_utf8_is_a_400(client: Any, method: str, path: str) -> None:
     # Raw bytes in the request line, which gunicorn passes on as Latin-1: werkzeug's request.args raises on them.
     query = "corpid=\xff\xfe&agentid=1"
@@ -217,6 +215,12 @@ def test_a_query_string_that_is_not_utf8_is_a_400(client: Any, method: str, path
     assert resp.status_code == 400, resp.get_data(as_text=True)[:300]
     assert resp.json["error"]["code"] == "invalid_request" and "UTF-8" in resp.json["error"]["message"]
     assert resp.json["error"]["hint"]
+
+
+def test_the_page_link_mangled_beyond_reading_gets_the_friendly_page(client: Any) -> None:
+    resp = client.get("/channel/login", environ_overrides={"QUERY_STRING": "corpid=\xff\xfe&agentid=1"})
+    assert resp.status_code == 400 and resp.mimetype == "text/html"
+    assert 'data-view="problem"' in resp.get_data(as_text=True)
 
 
 def test_every_channel_answer_varies_with_origin(client: Any, app: Any) -> None:
