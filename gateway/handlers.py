@@ -17,6 +17,7 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.logs import current_request_id
+from gateway.validation import query_text
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,9 @@ def init_app(app: Flask) -> None:
         # werkzeug decodes the query string as UTF-8 when a view first reads request.args, and raises on bytes
         # that are not: that is the caller's mistake, not ours. Any other decoding error is a bug.
         try:
-            request.environ.get("QUERY_STRING", "").encode("latin-1").decode("utf-8")
-        except UnicodeError:
-            return render(
-                InvalidRequest(
-                    "The query string is not UTF-8", hint="Percent-encode each parameter value (encodeURIComponent)."
-                )
-            )
+            query_text(request.environ.get("QUERY_STRING", ""))
+        except InvalidRequest as bad_query:
+            return render(bad_query)
         return _unexpected(e)
 
     @app.errorhandler(Exception)

@@ -30,11 +30,15 @@ def parse_query(query_string: str) -> dict[str, str]:
     For callers that cache by the raw string, to skip parsing on a hit. A query that is not UTF-8 is
     `invalid_request` (werkzeug itself raises UnicodeDecodeError).
     """
+    # The call werkzeug's Request.args makes: invalid percent-escapes stay as they were.
+    return MultiDict(parse_qsl(query_text(query_string), keep_blank_values=True, errors="werkzeug.url_quote")).to_dict()
+
+
+def query_text(query_string: str) -> str:
+    """A raw WSGI QUERY_STRING (Latin-1 by the WSGI rules) as the UTF-8 text it must be, or `invalid_request`."""
     try:
-        text = query_string.encode("latin-1").decode("utf-8")
+        return query_string.encode("latin-1").decode("utf-8")
     except UnicodeError:
         raise InvalidRequest(
             "The query string is not UTF-8", hint="Percent-encode each parameter value (encodeURIComponent)."
         ) from None
-    # The call werkzeug's Request.args makes: invalid percent-escapes stay as they were.
-    return MultiDict(parse_qsl(text, keep_blank_values=True, errors="werkzeug.url_quote")).to_dict()
