@@ -73,22 +73,33 @@ def _traffic_worker(
     kind: str,
     threads: int,
     jobs: list[str],
+    reserve: int,
+    after: float,
     done: Any,
+    acted: Any,
+    acted_at: Any,
     barrier: Any,
     out: Any,
 ) -> None:
-    """One OS process of steady traffic: `threads` threads work through `jobs` (login codes, or one config request
-    per item), counting into `done`."""
+    """One OS process of traffic: `threads` threads send requests (logins with `jobs`' codes, or configs), counting
+    into `done`, until the action has happened and some traffic has run past it.
+
+    The traffic is defined by what it must contain, never by how fast a machine gets through it: a login thread
+    holds back its last `reserve` codes until the action is done, and a config thread keeps going until it has
+    started a request `after` seconds past the action. So a loaded machine runs longer, never a different test.
+    """
     from app import create_app
 
     app = create_app(settings)
     results: list[dict[str, Any]] = []
     lock = threading.Lock()
     chunks = [jobs[i::threads] for i in range(threads)]
+    deadline = time.monotonic() + TRAFFIC_DEADLINE
 
     def loop(chunk: list[str]) -> None:
         client = app.test_client()
-        for code in chunk:
+
+        def one(code: str) -> float:
             started = time.time()
             resp = _request(client, kind, settings, code)
             row = {"status": resp.status_code, "start": started, "end": time.time()}
@@ -98,10 +109,28 @@ def _traffic_worker(
                 results.append(row)
             with done.get_lock():
                 done.value += 1
+            return started
+
+        if kind == "config":
+            while time.monotonic() < deadline:
+                started = one("")
+                if acted.is_set() and started >= acted_at.value + after:
+                    return
+            return
+        split = max(len(chunk) - reserve, 0)
+        for code in chunk[:split]:
+            one(code)
+        acted.wait(timeout=max(deadline - time.monotonic(), 0))
+        for code in chunk[split:]:
+            one(code)
 
     pool = [threading.Thread(target=loop, args=(chunk,)) for chunk in chunks]
-    _run_together(pool, barrier, 300)
+    _run_together(pool, barrier, TRAFFIC_DEADLINE)
     out.put((index, results))
+
+
+# A bound on how long traffic may run, however loaded the machine: a stuck run fails instead of hanging CI.
+TRAFFIC_DEADLINE = 240.0
 
 
 def run_traffic(
@@ -109,22 +138,49 @@ def run_traffic(
     settings: dict[str, Any],
     processes: int,
     threads: int,
-    jobs: list[str],
     at: int,
     action: Callable[[], Any],
     kind: str = "login",
+    jobs: list[str] | None = None,
+    reserve: int = 5,
+    after: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Traffic from several processes; run `action` once `at` requests are done; return every request's result
-    (status, start and end times, and for configs the body)."""
+    """Traffic from several processes; run `action` once `at` requests have finished; return every request's result
+    (status, start and end times, and for configs the body).
+
+    Guarantees, on any machine: at least `at` requests ended before the action began; after it returned, every
+    login thread sends its last `reserve` codes, and every config thread starts at least one request `after`
+    seconds or more past it (so requests exist on both sides of any window shorter than `after`).
+    """
+    jobs = jobs or []
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(processes + 1)
     out = ctx.Queue()
     done = ctx.Value("i", 0)
+    acted = ctx.Event()
+    acted_at = ctx.Value("d", 0.0)
     per = len(jobs) // processes
+    if kind == "login":
+        held = processes * threads * reserve
+        if per * processes - held < at:
+            raise ValueError(f"{len(jobs)} codes cannot reach {at} logins before the action with {held} held back")
     procs = [
         ctx.Process(
             target=_traffic_worker,
-            args=(i, settings, kind, threads, jobs[i * per : (i + 1) * per], done, barrier, out),
+            args=(
+                i,
+                settings,
+                kind,
+                threads,
+                jobs[i * per : (i + 1) * per],
+                reserve,
+                after,
+                done,
+                acted,
+                acted_at,
+                barrier,
+                out,
+            ),
             daemon=True,
         )
         for i in range(processes)
@@ -132,13 +188,19 @@ def run_traffic(
     for p in procs:
         p.start()
     barrier.wait(timeout=120)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + TRAFFIC_DEADLINE
     while done.value < at and time.monotonic() < deadline:
-        time.sleep(0.01)
-    action()
+        time.sleep(0.005)
+    if done.value < at:
+        raise TimeoutError(f"only {done.value} of {at} requests finished within {TRAFFIC_DEADLINE:.0f} s")
+    try:
+        action()
+    finally:
+        acted_at.value = time.time()
+        acted.set()
     results: list[dict[str, Any]] = []
     for _ in procs:
-        results.extend(out.get(timeout=300)[1])
+        results.extend(out.get(timeout=TRAFFIC_DEADLINE + 60)[1])
     for p in procs:
         p.join(30)
     return results

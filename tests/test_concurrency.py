@@ -84,14 +84,19 @@ def test_revocation_during_traffic_costs_one_refresh(
     before: dict[str, int] = {}
 
     def revoke() -> None:
+        before["at"] = time.time()
         before["calls"] = sim.calls(api)
         sim.revoke_tokens(DEMO_CORPID, pipeline)
+        before["done"] = time.time()
 
     if pipeline == "corp":
         sim.set_latency(0.01, "user/getUseridByUnionid")  # keep lookups in flight while the token dies
-    results = run_traffic(settings=settings, processes=3, threads=4, jobs=codes, at=90, action=revoke)
+    results = run_traffic(settings=settings, processes=3, threads=4, jobs=codes, at=90, action=revoke, reserve=5)
     statuses = [r["status"] for r in results]
     assert len(statuses) == len(codes)
+    # Logins on both sides of the revocation, whatever the machine's speed (run_traffic holds codes back for it).
+    assert sum(r["end"] < before["at"] for r in results) >= 90
+    assert sum(r["start"] > before["done"] for r in results) >= 3 * 4 * 5
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     assert before["calls"] >= 1  # the token was fetched before the revocation...
     assert sim.calls(api) - before["calls"] == 1  # ...and exactly once after it, across all processes
@@ -100,8 +105,10 @@ def test_revocation_during_traffic_costs_one_refresh(
 
 # How long a worker may take to hear Redis announce a write and drop its in-memory copy: the announcement is
 # queued before the writer's own reply, but the worker's listener thread still has to get the GIL (measured: the
-# last config signed with the old ticket started 10-20 ms after the refresh answered; the margin is for busy CI).
-ANNOUNCEMENT_GRACE = 0.15
+# last config signed with the old ticket started 10-20 ms after the refresh answered on an idle machine, up to
+# ~200 ms with CPU-bound threads beside it). The bound is the property: without the invalidation, a worker would
+# sign with the dead ticket until its TTL, hours later. The traffic runs well past it (`after`).
+ANNOUNCEMENT_GRACE = 0.5
 
 
 def test_a_forced_ticket_refresh_reaches_every_process_at_once(redis_app: Any, redis_url: str, sim_server: Any) -> None:
@@ -127,8 +134,10 @@ def test_a_forced_ticket_refresh_reaches_every_process_at_once(redis_app: Any, r
         window["answered"] = time.time()
         assert resp.status_code == 202 and resp.get_json()["ticket_refreshed"] is True
 
+    # Traffic until every thread has started a config 1.5 s past the report: the window is defined in
+    # time after the announcement, so a loaded machine sends fewer requests but checks the same property.
     results = run_traffic(
-        settings=settings, processes=3, threads=4, jobs=[""] * 1500, at=400, action=page_reports_52013, kind="config"
+        settings=settings, processes=3, threads=4, at=200, action=page_reports_52013, kind="config", after=1.5
     )
     assert [r["status"] for r in results] == [200] * len(results)
     assert sim.calls("channel/get_channel_jsapi_ticket") == 2  # the first fetch and the forced one, nothing else
@@ -138,9 +147,12 @@ def test_a_forced_ticket_refresh_reaches_every_process_at_once(redis_app: Any, r
 
     before = [r for r in results if r["end"] < window["sent"]]
     after = [r for r in results if r["start"] > window["answered"] + ANNOUNCEMENT_GRACE]
-    assert len(before) >= 300 and len(after) >= 300, (len(before), len(after))
+    # Both sides are guaranteed by run_traffic (200 finished before the report; each of the 12 threads started one
+    # 1.5 s after it), so these hold on any machine; they only stop the property below from being vacuous.
+    assert len(before) >= 200 and len(after) >= 12, (len(before), len(after))
     assert not any(valid(r) for r in before)  # signed with the ticket the refresh killed
-    assert all(valid(r) for r in after)
+    stale = [r["start"] - window["answered"] for r in after if not valid(r)]
+    assert not stale, f"configs signed with the dead ticket started up to {max(stale):.3f} s after the refresh"
 
 
 def test_invalidation_by_a_late_process_keeps_the_newer_token(redis_app: Any, redis_url: str, sim_server: Any) -> None:

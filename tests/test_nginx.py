@@ -236,16 +236,19 @@ def test_metrics_only_for_the_host_itself(stack: Any) -> None:
 
 
 def test_flooding_login_from_one_address_gets_429(stack: Any, https: requests.Session) -> None:
+    """A flood is cut off once past the burst (limit_req: 5 r/s, burst 10). The flood runs until its first 429, so
+    a slow, loaded machine sends more requests instead of failing: what is asserted is where the cut comes."""
     conn = connection(stack, "127.0.0.2")
-    statuses = []
-    for _ in range(50):
+    statuses: list[int] = []
+    while 429 not in statuses and len(statuses) < 300:
         status, body = post_json(conn, "/channel/login", {"corpid": DEMO_CORPID, "code": "bogus"})
         statuses.append(status)
         if status == 429:
             assert body["error"]["code"] == "rate_limited"
     conn.close()
     assert statuses[0] == 401  # the app's code_invalid: the first requests get through
-    assert statuses.count(429) >= 25, statuses
+    assert statuses[-1] == 429, statuses
+    assert statuses.count(401) >= 10  # the burst went through before the cut
     # Per client address: another one still signs in.
     code = https.post(
         f"{stack.api_base}/_client/auth_code", json={"corpid": DEMO_CORPID, "unionid": EMPLOYEE["unionid"]}, timeout=5
@@ -257,12 +260,16 @@ def test_flooding_login_from_one_address_gets_429(stack: Any, https: requests.Se
 
 
 def test_flooding_config_error_reports_gets_429(stack: Any) -> None:
+    """Reports are cut off once past their burst (1 r/s, burst 5), however slowly a loaded machine sends them."""
     conn = connection(stack, "127.0.0.4")
     report = {"corpid": DEMO_CORPID, "agentid": DEMO_AGENT_ID, "url": "https://x.example/", "errorCode": 52013}
-    statuses = [post_json(conn, "/channel/config/error", report)[0] for _ in range(20)]
+    statuses: list[int] = []
+    while 429 not in statuses and len(statuses) < 100:
+        statuses.append(post_json(conn, "/channel/config/error", report)[0])
     conn.close()
     assert statuses[0] == 202  # recorded by the app
-    assert statuses.count(429) >= 10, statuses
+    assert statuses[-1] == 429, statuses
+    assert statuses.count(202) >= 5  # the burst went through before the cut
 
 
 def test_metrics_add_up_across_gunicorn_workers(stack: Any) -> None:

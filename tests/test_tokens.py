@@ -347,7 +347,11 @@ def test_timeouts_become_503(app: Any, client: Any, sim: Any) -> None:
     resp = client.get(CFG)
     assert resp.status_code == 503 and resp.headers["Retry-After"]
     assert time.monotonic() - started < 3
-    time.sleep(1.5)  # the simulator counts a call when its (slow) answer is done
+    # The simulator counts a call when its (slow) answer is done: wait for the third, then make sure no fourth comes.
+    deadline = time.monotonic() + 10
+    while sim.calls("channel/get_channel_token") < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.2)  # longer than one slow answer: a fourth attempt would have been counted by now
     # Read timeouts on an idempotent call are retried by urllib3 (2 retries), no more.
     assert sim.calls("channel/get_channel_token") == 3
 
