@@ -92,4 +92,5 @@ def init_app(app: Flask) -> None:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
+        # content_type, not mimetype: CONTENT_TYPE_LATEST already names its charset, and Flask would add another.
+        return Response(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)

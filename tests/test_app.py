@@ -218,6 +218,16 @@ def test_metrics_count_and_time_requests_by_route(client: Any) -> None:
     assert re.search(r'^dtgw_http_request_duration_seconds_count\{endpoint="healthz"\} [1-9]', text, re.M)
 
 
+def test_metrics_content_type_is_prometheus_exactly(client: Any) -> None:
+    """One charset parameter, not prometheus_client's type with Flask's charset appended again."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    resp = client.get("/metrics")
+    assert resp.status_code == 200
+    assert resp.headers.get_all("Content-Type") == [CONTENT_TYPE_LATEST]
+    assert CONTENT_TYPE_LATEST.count("charset=") == 1
+
+
 def test_secrets_sealed_under_another_key_get_a_hint_not_a_500(sim_server: Any) -> None:
     from tests.conftest import register_demo
 
