@@ -20,6 +20,7 @@ from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from unittest import mock
 
 import pytest
 import redis
@@ -141,7 +142,10 @@ def test_proxy_timeouts_are_below_gunicorns() -> None:
         text = stack.render().read_text()
     finally:
         stack.stop()
-    gunicorn_timeout = runpy.run_path(str(ROOT / "gunicorn.conf.py"))["timeout"]
+    # gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR when run: keep that out of this process's environment, or
+    # every later test's metrics go to files (test_app's metrics test then fails, depending on order).
+    with mock.patch.dict(os.environ):
+        gunicorn_timeout = runpy.run_path(str(ROOT / "gunicorn.conf.py"))["timeout"]
     timeouts = {name: int(value) for name, value in re.findall(r"(proxy_\w+_timeout)\s+(\d+)s;", text)}
     assert set(timeouts) == {"proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout"}
     assert max(timeouts.values()) < gunicorn_timeout
