@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from corp.registry import Corp
+from oapi.errcodes import expires_in, text_field
 from oapi.tokens import ChannelTicket, ChannelToken, Credentials, with_token
 from oapi.upstream import Upstream
 
@@ -33,7 +34,8 @@ class ChannelClient:
             corpid=self.corp.corpid,
             token_fetch=True,
         )
-        return str(body["access_token"]), body.get("expires_in")
+        api = "channel/get_channel_token"
+        return text_field(api, body, "access_token"), expires_in(api, body)
 
     def _fetch_ticket(self) -> tuple[str, int | None]:
         def call(token: ChannelToken) -> dict:
@@ -42,7 +44,8 @@ class ChannelClient:
             )
 
         body = with_token(self.token, call)
-        return str(body["ticket"]), body.get("expires_in")
+        api = "channel/get_channel_jsapi_ticket"
+        return text_field(api, body, "ticket"), expires_in(api, body)
 
     def follower_for_code(self, code: str) -> Follower:
         """Exchange a follower's single-use auth code for openid and unionid."""
@@ -57,4 +60,5 @@ class ChannelClient:
             )
 
         body = with_token(self.token, call)
-        return Follower(openid=str(body.get("openid", "")), unionid=str(body.get("unionid", "")))
+        api = "channel/user/get_by_code"
+        return Follower(openid=text_field(api, body, "openid"), unionid=text_field(api, body, "unionid"))

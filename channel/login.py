@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from channel.links import LinkCache
@@ -9,7 +11,22 @@ from channel.session import issue_token
 from gateway import trace
 from gateway.errors import GatewayError
 from gateway.runtime import Runtime
+from gateway.store import WRITE_REFUSED
 from oapi.hints import hint_for
+
+log = logging.getLogger(__name__)
+
+
+def best_effort(what: str, corpid: str, write: Callable[[], None]) -> None:
+    """Run a write that only fills a cache or the support trace; skip it (logged) if Redis refuses writes.
+
+    By then DingTalk has spent the person's auth code: a full or read-only store must not turn a login that has
+    everything it needs into an error (issue 15, item 5).
+    """
+    try:
+        write()
+    except WRITE_REFUSED as e:
+        log.warning("%s for corp=%s not stored: the store refuses writes (%s)", what, corpid, type(e).__name__)
 
 
 def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, Any]:
@@ -17,6 +34,7 @@ def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, 
     corp = rt.corp(corpid)
     step = "exchange_code"
     entry: dict[str, Any] = {"kind": "login", "request_id": request_id}
+    limit = int(rt.config["GATEWAY_TRACE_LIMIT"])
     try:
         follower = rt.channel_client(corp).follower_for_code(code)
         step = "map_userid"
@@ -25,7 +43,7 @@ def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, 
         entry["link_cached"] = link is not None
         if link is None:
             link = rt.corp_client(corp).userid_for_unionid(follower.unionid)
-            links.put(follower.unionid, link)
+            best_effort("userid link", corpid, lambda: links.put(follower.unionid, link))
         step = "done"
         ttl = int(rt.config["GATEWAY_SESSION_TTL"])
         token = issue_token(
@@ -38,7 +56,7 @@ def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, 
         )
     except GatewayError as e:
         entry.update(step=step, outcome=e.code, errcodes=[e.errcode] if e.errcode is not None else [], hint=e.hint)
-        trace.record(rt.store, corpid, entry, limit=int(rt.config["GATEWAY_TRACE_LIMIT"]))
+        best_effort("login trace", corpid, lambda: trace.record(rt.store, corpid, entry, limit=limit))
         raise
     entry.update(
         step=step,
@@ -49,7 +67,7 @@ def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, 
         unionid=follower.unionid,
         contact_type=link.contact_type,
     )
-    trace.record(rt.store, corpid, entry, limit=int(rt.config["GATEWAY_TRACE_LIMIT"]))
+    best_effort("login trace", corpid, lambda: trace.record(rt.store, corpid, entry, limit=limit))
     return {
         "corpid": corpid,
         "openid": follower.openid,

@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from corp.registry import Corp
+from oapi.errcodes import effective_errcode, expires_in, malformed, text_field
 from oapi.tokens import CorpToken, Credentials, with_token
 from oapi.upstream import Upstream
 
 NO_SUCH_USER = 60121
+API_USERID = "user/getUseridByUnionid"
+CONTACT_TYPES = (0, 1)  # employee, external contact
 
 
 @dataclass(frozen=True)
@@ -38,21 +41,25 @@ class CorpClient:
             corpid=self.corp.corpid,
             token_fetch=True,
         )
-        return str(body["access_token"]), body.get("expires_in")
+        return text_field("gettoken", body, "access_token"), expires_in("gettoken", body)
 
     def userid_for_unionid(self, unionid: str) -> UserLink:
         """Map a unionid to the corp's userid; a follower with no user record is unlinked, not an error."""
 
         def call(token: CorpToken) -> dict:
             return self._upstream.call(
-                "user/getUseridByUnionid",
+                API_USERID,
                 {"access_token": token.value, "unionid": unionid},
                 corpid=self.corp.corpid,
                 accept=frozenset({NO_SUCH_USER}),
             )
 
         body = with_token(self.token, call)
-        if int(body.get("errcode", 0)) == NO_SUCH_USER or not body.get("userid"):
+        if effective_errcode(body) == NO_SUCH_USER:
             return UserLink(None, None)
+        # A success without a userid is not "no such user" (that is 60121): it is an answer we cannot use.
+        userid = text_field(API_USERID, body, "userid")
         contact = body.get("contactType")
-        return UserLink(str(body["userid"]), int(contact) if contact is not None else None)
+        if contact is not None and (type(contact) is not int or contact not in CONTACT_TYPES):  # JSON true is no 1
+            raise malformed(API_USERID, body, f"`contactType` {str(contact)[:20]!r} is neither 0 nor 1")
+        return UserLink(userid, contact)

@@ -19,7 +19,7 @@
     └── UpstreamUnavailable           503 upstream_unavailable (sets Retry-After)
         ├── RateLimited                                        (45009/90002/90005/90006/90018, IP block)
         ├── LockTimeout                                        (a token refresh did not finish in time)
-        └── StoreUnavailable                                   (Redis unreachable)
+        └── StoreUnavailable          503 store_unavailable    (Redis unreachable, read-only or full)
 
 Foreign exceptions are wrapped where they enter (`raise UpstreamUnavailable(...) from e`), so the one error
 handler in app.py only ever sees this tree.
@@ -179,5 +179,5 @@ class LockTimeout(UpstreamUnavailable):
 
 
 class StoreUnavailable(UpstreamUnavailable):
-    code = "upstream_unavailable"
+    code = "store_unavailable"
     default_hint = "The gateway's store (Redis) is unreachable; requests recover by themselves when it is back."

@@ -17,6 +17,7 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.logs import current_request_id
+from gateway.store import store_fault
 from gateway.validation import query_text
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,22 @@ def init_app(app: Flask) -> None:
                     response.headers["Allow"] = value
         return response
 
-    @app.errorhandler(redis.exceptions.ConnectionError)
-    @app.errorhandler(redis.exceptions.TimeoutError)
+    @app.errorhandler(redis.exceptions.RedisError)
     def _store_down(e: redis.exceptions.RedisError) -> Response:
-        log.error("store unreachable: %s", type(e).__name__)
-        return render(StoreUnavailable("The gateway's store is unreachable", retry_after=2))
+        # Not only a lost connection: a full Redis (OOM), a replica after a failover (READONLY) and the like
+        # answer every write with an error while reads still work. What else Redis refuses is a bug (500).
+        fault = store_fault(e)
+        if fault is None:
+            return _unexpected(e)
+        log.error("store %s: %s", fault, type(e).__name__)
+        return render(
+            StoreUnavailable(
+                f"The gateway's store (Redis) {fault}",
+                hint=f"The gateway's store (Redis) {fault}. What needs it fails until it recovers (reads go on "
+                "where Redis still serves them); the gateway recovers by itself, with no restart.",
+                retry_after=2,
+            )
+        )
 
     @app.errorhandler(UnicodeDecodeError)
     def _undecodable(e: UnicodeDecodeError) -> Response:

@@ -1,17 +1,21 @@
-"""Turn a DingTalk answer into either its body or a typed error (dingtalk-oapi.md §6). Never reads errmsg."""
+"""Turn a DingTalk answer into either its body or a typed error (dingtalk-oapi.md §6), and read the fields of a
+success body (an errcode 0 answer whose field is missing or malformed is an error too). Never reads errmsg."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from gateway.errors import CodeInvalid, RateLimited, TokenInvalid, UpstreamError, UpstreamUnavailable
-from oapi.hints import hint_for
+from oapi.hints import MALFORMED_HINT, hint_for
 
 TOKEN_INVALID = frozenset({33001, 40001, 40014, 42001})
 CONFIGURATION = frozenset({40089, 40001, 60020, 60011})
 CODE_INVALID = frozenset({40078, 40029})
 RATE_LIMITED = frozenset({45009, 90002, 90005, 90006, 90018})
 SYSTEM_BUSY = -1
+# Tokens and tickets live 7200 s; a renewed ticket at most 24 h (dingtalk-oapi.md §1, §7.2). A lifetime outside
+# 1 s .. 1 day is not DingTalk's, and caching by it would keep a credential for ever (or not at all).
+MAX_EXPIRES_IN = 86_400
 
 
 def effective_errcode(body: dict[str, Any]) -> int:
@@ -51,3 +55,37 @@ def classify(api: str, body: dict[str, Any], *, token_fetch: bool) -> UpstreamEr
     if errcode in CONFIGURATION or token_fetch:
         return UpstreamError(f"DingTalk refused {api}: a configuration problem", **kw)
     return UpstreamError(f"DingTalk refused {api}", **kw)
+
+
+def text_field(api: str, body: dict[str, Any], name: str) -> str:
+    """The non-empty string `name` of a success body; anything else (absent, null, "", a number) is an error.
+
+    Never `str(body[name])`: a null would become the string "None" and be cached or looked up as if real.
+    """
+    value = body.get(name)
+    if isinstance(value, str) and value:
+        return value
+    raise malformed(api, body, f"no usable `{name}`")
+
+
+def expires_in(api: str, body: dict[str, Any]) -> int | None:
+    """`expires_in` of a success body in seconds, or None when absent (the caller assumes DingTalk's 7200)."""
+    value = body.get("expires_in")
+    if value is None:
+        return None
+    # An int (a bool is one to Python, not to JSON), or the same written as digits; never 7200.5 or "2h".
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_EXPIRES_IN:
+        return value
+    raise malformed(api, body, f"`expires_in` {str(value)[:20]!r} is not a lifetime in seconds (1..{MAX_EXPIRES_IN})")
+
+
+def malformed(api: str, body: dict[str, Any], what: str) -> UpstreamError:
+    """The error for a success answer the gateway cannot use: nothing of it is kept."""
+    return UpstreamError(
+        f"DingTalk answered {api} with success but {what}",
+        hint=MALFORMED_HINT,
+        errcode=_int(body.get("errcode")),
+        errmsg=str(body.get("errmsg", ""))[:200],
+    )

@@ -42,6 +42,12 @@ HINTS: dict[int, str] = {
 }
 
 
+MALFORMED_HINT = (
+    "DingTalk's success answer lacked a field the gateway needs, or had it malformed; nothing of it was cached, and "
+    "the next request asks again. If this persists, check that DINGTALK_API_BASE really points at DingTalk."
+)
+
+
 def hint_for(errcode: int | None, default: str = "See DingTalk's error code documentation.") -> str:
     """The hint for an errcode, or a default."""
     if errcode is None:

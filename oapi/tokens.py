@@ -151,7 +151,11 @@ class CredentialCache(Generic[C]):
         pipe = self.store.pipeline(transaction=True)  # value and TTL from the same moment; no extra round trip
         pipe.hgetall(self.key)
         pipe.pttl(self.key)
-        fields, ttl_ms = pipe.execute()
+        try:
+            fields, ttl_ms = pipe.execute()
+        except redis.exceptions.OutOfMemoryError:
+            # A full Redis refuses to queue even reads in MULTI; a plain read still works (kept by nobody).
+            return self._parse(self.store.hgetall(self.key))
         cred = self._parse(fields)
         if cred is not None:
             near.put(self.key, cred, ttl_ms=int(ttl_ms), snapshot=snapshot, read_at=read_at)

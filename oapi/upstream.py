@@ -79,14 +79,22 @@ class Upstream:
     ) -> dict[str, Any]:
         """GET `api` with `params`; return the body when errcode is 0 (or in `accept`), else raise.
 
-        `-1` (system busy) is retried here, at most `busy_retries` times with a short backoff: it arrives
-        as HTTP 200, which urllib3's Retry cannot see.
+        `-1` (system busy) is retried here, at most `busy_retries` times with a short backoff. This is the one
+        hand-rolled retry: -1 arrives as HTTP 200 with the errcode in the JSON body, and urllib3's Retry only sees
+        statuses and connection errors. It applies to every call, single-use auth codes included: -1 is an answer,
+        not silence, and DingTalk's guidance is to retry it (dingtalk-oapi.md §6, at most 3 times); should DingTalk
+        have spent the code anyway, the retry gets 40078 and the page asks for a new code. Silence (a read timeout)
+        is still never retried for a call that is not idempotent.
         """
-        self.backoff.check(corpid, api)
+        probe = self.backoff.check(corpid, api)
         body: dict[str, Any] = {}
         for attempt in range(self.busy_retries + 1):
             body = self._get(api, params, corpid=corpid, idempotent=idempotent)
-            if effective_errcode(body) != SYSTEM_BUSY or not idempotent or attempt == self.busy_retries:
+            if probe:  # this call was the global IP block's probe, and DingTalk answered in its own shape
+                probe = False
+                if self.backoff.lift_ip_block():
+                    log.warning("dingtalk %s answered the IP-block probe: calls of every corp resume", api)
+            if effective_errcode(body) != SYSTEM_BUSY or attempt == self.busy_retries:
                 break
             time.sleep(0.05 * 2**attempt)
         errcode = effective_errcode(body)
@@ -127,19 +135,18 @@ class Upstream:
         if isinstance(body, dict) and body.get("status") == 1111 or status in (200, 403, 429):
             UPSTREAM_CALLS.labels(api, "ip_block").inc()
             seconds = self.backoff.block_ip(int(wait) if isinstance(wait, int | float) else None)
-            log.error("dingtalk %s: egress IP blocked, every call paused for %ss", api, seconds)
+            log.error("dingtalk %s: egress IP blocked, calls of every corp paused for up to %ss", api, seconds)
             explicit = isinstance(body, dict)
-            raise RateLimited(
-                f"DingTalk blocked the gateway's IP ({api})"
+            error = self.backoff.ip_blocked(
+                seconds * 1000,
+                cause=f"DingTalk answered {api} with its IP-block answer. "
                 if explicit
-                else f"DingTalk answered {api} without JSON: treated as an egress-IP block",
-                retry_after=seconds,
+                else f"DingTalk answered {api} without JSON, which is how it answers a blocked IP. ",
                 errcode=1111,
                 errmsg="ip blocked",
-                hint=None
-                if explicit
-                else "DingTalk answers a blocked IP with a non-JSON page; all calls pause ~5 minutes. If this "
-                "persists, check that DINGTALK_API_BASE really points at DingTalk.",
             )
+            if not explicit:
+                error.hint += " If this persists, check that DINGTALK_API_BASE really points at DingTalk."
+            raise error
         UPSTREAM_CALLS.labels(api, f"http_{status}").inc()
         raise UpstreamUnavailable(f"DingTalk answered {api} with HTTP {status} and no JSON", retry_after=2)

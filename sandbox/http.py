@@ -72,6 +72,18 @@ def create_simulator_app(sim: Simulator) -> Flask:
         sim.set_ticket_mode(_field(body, "corpid", str), _field(body, "mode", str))
         return _ok()
 
+    def sim_busy(body: dict[str, Any]) -> dict[str, Any]:
+        processed = body.get("processed", False)
+        if not isinstance(processed, bool):  # _field refuses booleans (they are ints to Python)
+            raise SimulatorError(40035, "不合法的参数: processed")
+        sim.set_busy(
+            _field(body, "fraction", (int, float)),
+            _field(body, "api", str, default="*"),
+            processed=processed,
+            seed=_field(body, "seed", int, default=None),
+        )
+        return _ok()
+
     def sim_advance(body: dict[str, Any]) -> dict[str, Any]:
         sim.advance(_field(body, "seconds", (int, float)))
         return _ok()
@@ -93,6 +105,7 @@ def create_simulator_app(sim: Simulator) -> Flask:
         "/_client/check_config": client_check_config,
         "/_sim/inject": sim_inject,
         "/_sim/latency": sim_latency,
+        "/_sim/busy": sim_busy,
         "/_sim/revoke": sim_revoke,
         "/_sim/ticket_mode": sim_ticket_mode,
         "/_sim/advance": sim_advance,

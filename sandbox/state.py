@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import random
 import re
 import secrets
 import threading
@@ -40,6 +41,7 @@ APIS: tuple[str, ...] = (
 PIPELINES = ("channel", "corp")
 TICKET_MODES = ("invalidate", "renew")
 DEFAULT_BLOCKED_IP = "203.0.113.7"
+BUSY = (-1, "系统繁忙")  # dingtalk-oapi.md §6: "system busy", to be retried with a small backoff
 
 # A raw str is a non-JSON body (e.g. an HTML block page); a dict is the JSON body.
 Reply: TypeAlias = dict[str, Any] | str
@@ -123,6 +125,12 @@ class _Fault:
     corpid: str | None
 
 
+@dataclass(frozen=True)
+class _Busy:
+    fraction: float
+    processed: bool  # True: the call is carried out, and only then answered -1 (the uncertain case)
+
+
 class Simulator:
     """Simulate the DingTalk open platform (oapi) for one or more corps."""
 
@@ -142,6 +150,8 @@ class Simulator:
         self._employee_codes: dict[str, _Code] = {}
         self._faults: dict[str, deque[_Fault]] = {}
         self._latency: dict[str, float] = {}
+        self._busy: dict[str, _Busy] = {}
+        self._random = random.Random()
         self._calls: Counter[tuple[str, str | None]] = Counter()
         self._windows: dict[tuple[str, str | None], deque[float]] = {}
 
@@ -274,6 +284,23 @@ class Simulator:
         with self._lock:
             self._latency[api] = seconds
 
+    def set_busy(self, fraction: float, api: str = "*", *, processed: bool = False, seed: int | None = None) -> None:
+        """Answer a random `fraction` of api's calls (0 turns it off) with -1, "system busy".
+
+        By default a busy call is refused before anything happens (no code is spent, no ticket issued), which is
+        what "busy" says. processed=True is the uncertain case: the call is carried out and its answer is lost to
+        a -1, so a retried auth code then answers 40078. `seed` makes the sequence of busy answers repeatable.
+        "*" sets the default for APIs without their own setting. Explicitly injected faults come first.
+        """
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
+            raise _bad_param("fraction")
+        if api != "*":
+            _check_api(api)
+        with self._lock:
+            self._busy[api] = _Busy(float(fraction), processed)
+            if seed is not None:
+                self._random.seed(seed)
+
     def set_ip_blocked(self, corpid: str, ip: str | None = DEFAULT_BLOCKED_IP) -> None:
         """Make the corp's token endpoints answer 60020 naming ip as off the whitelist; None clears."""
         with self._lock:
@@ -373,6 +400,14 @@ class Simulator:
             fault = self._take_fault(api, corpid)
             if fault is not None:
                 return fault
+            busy = self._busy.get(api, self._busy.get("*"))
+            if busy is not None and busy.fraction and self._random.random() < busy.fraction:
+                if busy.processed:
+                    try:
+                        _HANDLERS[api](self, params)
+                    except SimulatorError:
+                        pass
+                return {"errcode": BUSY[0], "errmsg": BUSY[1]}
             if self._throttled(api, corpid):
                 return {"errcode": 90018, "errmsg": "当前请求被限流,请稍后重试"}
             try:

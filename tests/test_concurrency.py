@@ -221,7 +221,7 @@ def test_redis_outage_fails_cleanly_and_recovers(sim_server: Any, tmp_path: Any)
             started = time.monotonic()
             resp = client.get(url, headers=headers)
             assert resp.status_code == 503
-            assert resp.json["error"]["code"] == "upstream_unavailable" and resp.headers["Retry-After"]
+            assert resp.json["error"]["code"] == "store_unavailable" and resp.headers["Retry-After"]
             assert time.monotonic() - started < 5
         assert client.get("/healthz").status_code == 503
         login = client.post(
