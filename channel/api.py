@@ -25,7 +25,10 @@ class ChannelClient:
         self.corp = corp
         self._upstream = upstream
         self.token = credentials.cache(corp.corpid, "channel:token", ChannelToken, self._fetch_token)
-        self.ticket = credentials.cache(corp.corpid, "channel:ticket", ChannelTicket, self._fetch_ticket)
+        # Design as if a ticket fetch kills the previous ticket (dingtalk-oapi.md §2).
+        self.ticket = credentials.cache(
+            corp.corpid, "channel:ticket", ChannelTicket, self._fetch_ticket, fetch_invalidates=True
+        )
 
     def _fetch_token(self) -> tuple[str, int | None]:
         body = self._upstream.call(
@@ -39,8 +42,13 @@ class ChannelClient:
 
     def _fetch_ticket(self) -> tuple[str, int | None]:
         def call(token: ChannelToken) -> dict:
+            # Not idempotent: a request resent after a read timeout may be carried out after the one that
+            # answered, and kill the ticket we then store.
             return self._upstream.call(
-                "channel/get_channel_jsapi_ticket", {"access_token": token.value}, corpid=self.corp.corpid
+                "channel/get_channel_jsapi_ticket",
+                {"access_token": token.value},
+                corpid=self.corp.corpid,
+                idempotent=False,
             )
 
         body = with_token(self.token, call)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -10,9 +11,18 @@ from urllib.parse import urlsplit
 from channel.signing import new_nonce, normalize_url, sign, timestamp_ms
 from corp.registry import Origin, origin_of
 from gateway import trace
-from gateway.errors import AgentMismatch, InvalidRequest, UrlNotAllowed
+from gateway.errors import (
+    AgentMismatch,
+    InvalidRequest,
+    StoreUnavailable,
+    UpstreamError,
+    UpstreamUnavailable,
+    UrlNotAllowed,
+)
 from gateway.runtime import Runtime
 from oapi.hints import hint_for
+
+log = logging.getLogger(__name__)
 
 # Codes after which the page's ticket is likely stale or from another app (dingtalk-oapi.md §4).
 TICKET_ERRORS = frozenset({52011, 52013})
@@ -81,8 +91,16 @@ def report_config_error(
     # public, so the cooldown is what bounds a flood of made-up reports.
     plausible = agentid == corp.agent_id and bool(url) and corp.allows(url or "")
     if error_code in TICKET_ERRORS and plausible:
-        fresh = rt.channel_client(corp).ticket.force_refresh(int(rt.config["GATEWAY_TICKET_COOLDOWN"]))
-        refreshed = fresh is not None
+        try:
+            fresh = rt.channel_client(corp).ticket.force_refresh(int(rt.config["GATEWAY_TICKET_COOLDOWN"]))
+        except StoreUnavailable:
+            raise
+        except (UpstreamError, UpstreamUnavailable) as e:
+            # The report is still recorded; the failed refresh dropped the ticket and released its cooldown, so
+            # the next page view fetches a new one and the next report may refresh again.
+            log.warning("forced ticket refresh corp=%s failed: %s", corpid, e.code)
+        else:
+            refreshed = fresh is not None
     trace.record(
         rt.store,
         corpid,

@@ -20,7 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_TOKEN_MARGIN": 300,  # refresh credentials this long before DingTalk expires them
     "GATEWAY_TOKEN_JITTER": 30,  # spreads refreshes of many corps over time
     "GATEWAY_LOCK_WAIT": 3.0,  # how long a caller waits for another worker's refresh
-    "GATEWAY_LOCK_TTL": 15.0,  # a crashed refresher's lock frees itself after this
+    "GATEWAY_LOCK_TTL": 2.0,  # a crashed refresher's lock frees itself after this (renewed while its fetch runs)
     "GATEWAY_TICKET_COOLDOWN": 60,  # at most one forced ticket refresh per corp per window
     "GATEWAY_CONFIG_ERROR_TTL": 30,  # how long a configuration error on a token fetch is remembered
     "GATEWAY_USERID_CACHE_TTL": 3600,  # unionid -> userid mapping

@@ -13,12 +13,19 @@ while Redis reports the hash unchanged, so a page view's ticket read costs no ro
 
 Beside it, with the same hash tag: `:lock` (redis-py Lock), `:gen`, `:fail` (a remembered configuration error)
 and `:forced` (the forced-refresh cooldown). Every script touches one corp's keys only (Redis Cluster safe).
+
+Tickets (`fetch_invalidates`): a fetch may kill the ticket before it, and a fetch the gateway gave up on may still
+be carried out later. So a ticket fetch is never resent after a read timeout (channel/api.py), a forced refresh
+drops the cached ticket before it fetches, a failed one releases its cooldown, and a fetch that overlapped another
+(its lock expired while it was frozen) stores nothing and drops what is cached: what is left cached is never a
+ticket that a fetch of ours may have killed, and a dead one that a late request kills is reported by the next page.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -44,7 +51,16 @@ log = logging.getLogger(__name__)
 DEFAULT_EXPIRES_IN = 7200  # get_channel_token may omit expires_in
 
 # Write only if nothing newer is there: a refresher whose lock expired mid-fetch must not clobber its successor.
-_WRITE_IF_NEWER = """
+# ARGV[7] = '1' for a credential whose fetch may kill the one before (a ticket): if another fetch began after this
+# one (`:gen`, KEYS[2], moved on), either may have killed the other's ticket, so neither is kept: the cached one is
+# dropped and `:gen` moved on again, which refuses the other's write too; the next reader fetches alone.
+OVERLAPPED = 2
+_WRITE_IF_NEWER = f"""
+if ARGV[7] == '1' and tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then
+  redis.call('INCR', KEYS[2])
+  redis.call('DEL', KEYS[1])
+  return {OVERLAPPED}
+end
 local cur = redis.call('HGET', KEYS[1], 'gen')
 if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'v', ARGV[2], 'exp', ARGV[3], 'fetched', ARGV[4], 'fp', ARGV[5])
@@ -93,7 +109,7 @@ class CacheSettings:
     margin: int = 300
     jitter: int = 30
     lock_wait: float = 3.0
-    lock_ttl: float = 15.0
+    lock_ttl: float = 2.0  # renewed every third of it while the fetch runs; a crashed holder's frees itself soon
     fail_ttl: int = 30
     poll: float = 0.05
 
@@ -115,12 +131,16 @@ class CredentialCache(Generic[C]):
         fetch: Fetch,
         settings: CacheSettings,
         near: NearCache | None = None,
+        fetch_invalidates: bool = False,
     ) -> None:
         self.store = store
         self.corpid = corpid
         self.pipeline = pipeline
         self.kind = kind
         self.key = corp_key(corpid, *pipeline.split(":"))
+        # A fetch may kill the credential it replaces (a JSAPI ticket, dingtalk-oapi.md §2), so a fetch whose outcome
+        # is unknown, or that overlapped another, leaves nothing cached that it may have killed.
+        self.fetch_invalidates = fetch_invalidates
         self._sealer = sealer
         self._fetch = fetch
         self._settings = settings
@@ -186,11 +206,27 @@ class CredentialCache(Generic[C]):
 
     # -- refreshing ------------------------------------------------------------------------------------------
     def force_refresh(self, cooldown: int) -> C | None:
-        """Fetch a new credential now unless one was forced within `cooldown` seconds (then None)."""
-        if not self.store.set(self.key + ":forced", "1", nx=True, ex=max(1, int(cooldown))):
+        """Fetch a new credential now unless one was forced within `cooldown` seconds (then None).
+
+        While the refresh runs, the cooldown is claimed only for the lock's TTL, so a worker killed mid-refresh
+        holds it up no longer than its lock; a stored credential starts the full cooldown. A refresh that fails
+        releases it: its fetch may have killed what was cached, and the next page's report must be able to repair that.
+        """
+        forced = self.key + ":forced"
+        if not self.store.set(forced, "1", nx=True, ex=max(1, math.ceil(self._settings.lock_ttl))):
             return None
         current = self.peek()
-        return self._refresh(newer_than=current.generation if current else None)
+        if current is not None and self.fetch_invalidates:
+            # Whatever its outcome, the fetch may kill this one: pages wait for its successor instead of signing with
+            # it, and a worker that dies mid-fetch leaves nothing dead behind.
+            self.invalidate(current)
+        try:
+            fresh = self._refresh(newer_than=current.generation if current else None)
+        except BaseException:
+            self.store.delete(forced)
+            raise
+        self.store.set(forced, "1", ex=max(1, int(cooldown)))
+        return fresh
 
     def cooldown_left(self) -> int:
         """Seconds until another forced refresh is allowed."""
@@ -288,7 +324,7 @@ class CredentialCache(Generic[C]):
             generation=generation,
         )
         written = self._write(
-            keys=[self.key],
+            keys=[self.key, self.key + ":gen"],
             args=[
                 generation,
                 self._sealer.seal(value, self.key),
@@ -296,9 +332,22 @@ class CredentialCache(Generic[C]):
                 f"{cred.fetched_at:.3f}",
                 cred.fingerprint,
                 int(ttl * 1000),
+                "1" if self.fetch_invalidates else "0",
             ],
         )
         self._forget()
+        if written == OVERLAPPED:
+            # Our lock expired mid-fetch (we were frozen or starved) and another worker fetched too.
+            CREDENTIAL_FETCHES.labels(self.corpid, self.pipeline, "error").inc()
+            log.warning(
+                "fetch corp=%s pipeline=%s gen=%s overlapped another fetch: kept neither, dropped the cached one",
+                self.corpid,
+                self.pipeline,
+                generation,
+            )
+            raise LockTimeout(
+                f"The {self.pipeline} refresh for corp {self.corpid} overlapped another one; retry", retry_after=1
+            )
         CREDENTIAL_FETCHES.labels(self.corpid, self.pipeline, "ok").inc()
         log.info(
             "fetched corp=%s pipeline=%s fp=%s gen=%s ttl=%ss%s",
@@ -332,7 +381,9 @@ class Credentials:
     settings: CacheSettings = CacheSettings()
     near: NearCache | None = None
 
-    def cache(self, corpid: str, pipeline: str, kind: type[C], fetch: Fetch) -> CredentialCache[C]:
+    def cache(
+        self, corpid: str, pipeline: str, kind: type[C], fetch: Fetch, *, fetch_invalidates: bool = False
+    ) -> CredentialCache[C]:
         """The cache of one corp's one pipeline (`channel:token`, `channel:ticket`, `corp:token`)."""
         return CredentialCache(
             self.store,
@@ -343,6 +394,7 @@ class Credentials:
             fetch=fetch,
             settings=self.settings,
             near=self.near,
+            fetch_invalidates=fetch_invalidates,
         )
 
 

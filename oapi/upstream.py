@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 def _session(read_retries: int, pool: int) -> requests.Session:
     # Connection errors never reached DingTalk, so they are always safe to retry; read timeouts are only
-    # retried for idempotent calls (an auth code must not be spent twice).
+    # retried for idempotent calls (an auth code must not be spent twice, nor a ticket fetched twice: the resent
+    # fetch may be carried out last and kill the ticket the gateway stored).
     retry = Retry(
         total=2,
         connect=2,

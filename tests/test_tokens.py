@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
-from gateway.errors import LockTimeout
+from gateway.errors import LockTimeout, UpstreamUnavailable
 from gateway.runtime import get_runtime
 from oapi.tokens import CacheSettings, ChannelToken, CredentialCache
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
@@ -413,3 +413,103 @@ def test_expired_entry_is_refetched(app: Any, client: Any, sim: Any) -> None:
     # The ticket fetch met 42001 with the old token, refreshed the token once and retried once.
     assert sim.calls("channel/get_channel_jsapi_ticket") == 3
     assert sim.calls("channel/get_channel_token") == 2
+
+
+# -- tickets: a fetch may kill the ticket before it (issue 15; the multi-process cases: test_ticket_faults.py) --
+
+
+def test_a_ticket_fetch_is_not_resent_after_a_read_timeout(app: Any, client: Any, sim: Any) -> None:
+    assert client.get(CFG).status_code == 200
+    channel = clients(app)[1]
+    get_runtime(app).upstream.timeout = 0.3
+    sim.set_latency(1.0, "channel/get_channel_jsapi_ticket")
+    before = sim.calls("channel/get_channel_jsapi_ticket")
+    with pytest.raises(UpstreamUnavailable):
+        channel.ticket.force_refresh(60)
+    time.sleep(1.5)  # the simulator counts a call when its (slow) answer is done
+    # A resent fetch could be carried out after the one that answered, and kill the ticket stored from it.
+    assert sim.calls("channel/get_channel_jsapi_ticket") - before == 1
+
+
+def test_a_failed_forced_refresh_drops_the_ticket_and_releases_the_cooldown(app: Any, client: Any, sim: Any) -> None:
+    assert client.get(CFG).status_code == 200
+    channel = clients(app)[1]
+    old = channel.ticket.peek()
+    assert old is not None
+    get_runtime(app).upstream.timeout = 0.3
+    sim.set_latency(1.0, "channel/get_channel_jsapi_ticket")
+    with pytest.raises(UpstreamUnavailable):
+        channel.ticket.force_refresh(60)
+    # Its outcome is unknown: the fetch may yet kill the old ticket, so it is not kept, and the next report may
+    # refresh again at once.
+    assert channel.ticket.peek() is None
+    assert channel.ticket.cooldown_left() == 0
+    sim.set_latency(0, "channel/get_channel_jsapi_ticket")
+    time.sleep(1.0)
+    fresh = channel.ticket.force_refresh(60)
+    assert fresh is not None and fresh.value != old.value
+    assert 55 <= channel.ticket.cooldown_left() <= 60
+
+
+def test_a_forced_refresh_holds_its_cooldown_no_longer_than_its_lock_while_it_runs(app: Any) -> None:
+    rt = get_runtime(app)
+    seen: dict[str, int] = {}
+
+    def fetch() -> tuple[str, int | None]:
+        seen["cooldown"] = cache.cooldown_left()
+        seen["lock_ms"] = int(rt.store.pttl(cache.key + ":lock"))
+        return "ticket", 7200
+
+    cache = rt.credentials.cache(DEMO_CORPID, "channel:ticket", ChannelToken, fetch, fetch_invalidates=True)
+    assert cache.force_refresh(60) is not None
+    # A worker killed mid-fetch frees both within the (short) lock TTL; a stored ticket starts the full cooldown.
+    assert 0 < seen["lock_ms"] <= 3000 and seen["cooldown"] <= 3
+    assert 55 <= cache.cooldown_left() <= 60
+
+
+def test_a_ticket_fetch_that_overlapped_another_keeps_neither(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from contextlib import nullcontext
+
+    import oapi.tokens
+
+    # A holder frozen past its lock's TTL (SIGSTOP) before DingTalk carried out its fetch: its keep-alive is
+    # frozen too, another worker fetches and stores, and then the frozen fetch is carried out and kills that ticket.
+    monkeypatch.setattr(oapi.tokens, "keep_alive", lambda lock, ttl: nullcontext())
+    rt = get_runtime(app)
+    gate = threading.Event()
+    values = iter(["frozen-ticket", "successor-ticket", "next-ticket"])
+
+    def fetch() -> tuple[str, int | None]:
+        value = next(values)
+        if value == "frozen-ticket":
+            gate.wait(5)
+        return value, 7200
+
+    settings = CacheSettings(margin=300, jitter=0, lock_wait=3, lock_ttl=0.2)
+    cache = CredentialCache(
+        rt.store,
+        rt.sealer,
+        corpid="dingfrozen",
+        pipeline="channel:ticket",
+        kind=ChannelToken,
+        fetch=fetch,
+        settings=settings,
+        fetch_invalidates=True,
+    )
+    errors: list[Exception] = []
+
+    def frozen() -> None:
+        try:
+            cache.get()
+        except LockTimeout as e:
+            errors.append(e)
+
+    t = threading.Thread(target=frozen)
+    t.start()
+    time.sleep(0.5)  # the frozen refresher's lock (0.2 s) has expired
+    assert cache.get().value == "successor-ticket"
+    gate.set()
+    t.join(5)
+    assert len(errors) == 1  # its caller is told to retry rather than handed a ticket that may be dead
+    assert cache.peek() is None  # nor is the successor's kept: either fetch may have killed the other's
+    assert cache.get().value == "next-ticket"  # the next reader fetches alone
