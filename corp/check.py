@@ -1,16 +1,36 @@
-"""The credential self-test behind `flask corp check` and the support console: both tokens, live, explained."""
+"""The self-test behind `flask corp check` and the support console: both tokens live, then (for the CLI) the
+channel ticket and the agent id as dd.config sees them, each failure explained.
+
+DingTalk has no server API that checks an agent id: its client does, when the page calls dd.config (52019, bad
+agentId; dingtalk-oapi.md §4). So the check signs a dd.config for the corp's first origin with the channel ticket
+and asks the DingTalk client's side to judge it where one answers (the simulator's `/_client/check_config`); against
+DingTalk itself it reads what the corp's pages reported since the registration instead.
+"""
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
+import requests
+
+from channel.signing import new_nonce, normalize_url, sign, timestamp_ms
 from corp.registry import Corp
+from gateway import trace
 from gateway.errors import GatewayError
+from gateway.runtime import Runtime
 from gateway.sealing import fingerprint
 from oapi.hints import hint_for
+from oapi.tokens import ChannelTicket
 from oapi.upstream import Upstream
+
+TOKEN_PIPELINES = ("corp", "channel")
+BAD_AGENT_ID = 52019
+# Hosts that are DingTalk itself, where no client-side judge exists (and none is asked).
+_DINGTALK_HOSTS = frozenset({"oapi.dingtalk.com"})
 
 _IP_RE = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3}|[0-9a-fA-F:]{3,}:[0-9a-fA-F]{1,4})")
 
@@ -24,6 +44,7 @@ class CheckResult:
     errcode: int | None = None
     diagnosis: str = ""
     fingerprint: str | None = None
+    skipped: bool = False  # not checked (so not ok), but not a failure either; `diagnosis` says why
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,3 +109,95 @@ def check_corp(upstream: Upstream, corp: Corp) -> list[CheckResult]:
             )
         )
     return results
+
+
+def check_page_config(rt: Runtime, corp: Corp) -> list[CheckResult]:
+    """The channel ticket (cached, or fetched once under the refresh lock) and the agent id, checked with it.
+
+    The ticket is never fetched beside the cache: where a fetch invalidates the previous ticket, that would break
+    every page signed with the cached one.
+    """
+    cache = rt.channel_client(corp).ticket
+    cached = cache.peek()
+    try:
+        ticket = cached or cache.get()
+    except GatewayError as e:
+        diagnosis = _diagnose(e, pipeline="channel", swapped_works=False, same_secret=False)
+        return [
+            CheckResult("ticket", False, e.errcode, f"No channel ticket: {diagnosis}"),
+            CheckResult("agent", False, None, "Not checked: it needs a channel ticket.", skipped=True),
+        ]
+    age = max(0, int(time.time() - ticket.fetched_at))
+    how = f"cached, fetched {age} s ago" if cached is not None else "fetched now"
+    return [
+        CheckResult("ticket", True, 0, f"channel ticket fp={ticket.fingerprint} ({how})", ticket.fingerprint),
+        _check_agent(rt, corp, ticket),
+    ]
+
+
+def _check_agent(rt: Runtime, corp: Corp, ticket: ChannelTicket) -> CheckResult:
+    url = normalize_url(corp.origins[0] + "/")
+    nonce, stamp = new_nonce(), timestamp_ms()
+    config = {
+        "corpId": corp.corpid,
+        "agentId": corp.agent_id,
+        "timeStamp": stamp,
+        "nonceStr": nonce,
+        "signature": sign(ticket.value, nonce, stamp, url, corp.sign_hash),
+        "type": 1,
+        "url": url,
+    }
+    verdict = _client_verdict(rt.upstream, config)
+    if verdict is None:
+        return _agent_from_page_reports(rt, corp)
+    if verdict.get("ok") is True:
+        return CheckResult("agent", True, 0, f"{corp.agent_id}: DingTalk accepted a dd.config signed for {url}")
+    code = verdict.get("errorCode")
+    errcode = code if isinstance(code, int) and not isinstance(code, bool) else None
+    if errcode == BAD_AGENT_ID:
+        diagnosis = (
+            f"DingTalk refused agent id {corp.agent_id} for corp {corp.corpid}: register the service window's "
+            "AgentId from the developer console (`flask corp add … --agent-id N`)."
+        )
+    else:
+        diagnosis = f"DingTalk refused a dd.config signed for {url} with the cached ticket: {hint_for(errcode)}"
+    return CheckResult("agent", False, errcode, diagnosis)
+
+
+def _client_verdict(upstream: Upstream, config: dict[str, Any]) -> dict[str, Any] | None:
+    """What the DingTalk client says of `config`, where the upstream has a client side to ask; else None."""
+    if urlsplit(upstream.base_url).hostname in _DINGTALK_HOSTS:
+        return None
+    try:
+        resp = requests.post(f"{upstream.base_url}/_client/check_config", json=config, timeout=upstream.timeout)
+        body = resp.json()
+    except (requests.RequestException, ValueError):
+        return None
+    if resp.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("ok"), bool):
+        return None
+    return body
+
+
+def _agent_from_page_reports(rt: Runtime, corp: Corp) -> CheckResult:
+    reports = [
+        entry
+        for entry in trace.recent(rt.store, corp.corpid, count=1000, outcome="config_error")
+        if BAD_AGENT_ID in (entry.get("errcodes") or []) and float(entry.get("time", 0)) >= corp.registered_at
+    ]
+    if reports:
+        return CheckResult(
+            "agent",
+            False,
+            BAD_AGENT_ID,
+            f"{len(reports)} page(s) reported {BAD_AGENT_ID} (bad agentId) since this registration: "
+            + hint_for(BAD_AGENT_ID),
+        )
+    return CheckResult(
+        "agent",
+        False,
+        None,
+        f"{corp.agent_id}: not checkable from the server (DingTalk's client checks it in the page's dd.config); "
+        f"no page has reported {BAD_AGENT_ID} (bad agentId) since this registration. Open a page in DingTalk to "
+        "be sure.",
+        skipped=True,
+    )

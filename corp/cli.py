@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 from flask import Blueprint, current_app
 from marshmallow import ValidationError
 
-from corp.check import check_corp
-from corp.registry import Corp
+from corp.check import TOKEN_PIPELINES, CheckResult, check_corp, check_page_config
+from corp.registry import REPLACED, Corp
 from corp.schemas import CorpRegistrationSchema, first_error, parse_origin
 from gateway.errors import GatewayError
 from gateway.runtime import get_runtime
@@ -60,7 +63,11 @@ def add(
     callback_key: str | None,
     landing_url: str | None,
 ) -> None:
-    """Register a corp (or replace its registration). Secrets are stored sealed."""
+    """Register a corp, or replace its registration. Secrets are stored sealed.
+
+    Replacing drops everything cached for the corp (tokens, tickets, user links, backoff and cooldowns); a refresh
+    in flight for the old registration stores nothing.
+    """
     require_shared_store()
     raw = {
         "corpid": corpid,
@@ -100,8 +107,15 @@ def add(
         callback_token=data["callback_token"],
         aes_key=data["aes_key"],
     )
-    get_runtime().registry.add(corp)
-    click.echo(f"Registered corp {corp.corpid} (agent {corp.agent_id}, origins {', '.join(corp.origins)}).")
+    outcome = get_runtime().registry.add(corp, renew=True)
+    what = f"corp {corp.corpid} (agent {corp.agent_id}, origins {', '.join(corp.origins)})"
+    if outcome == REPLACED:
+        click.echo(
+            f"Replaced {what}. The previous registration and everything cached for it (tokens, tickets, user "
+            "links, backoff) are dropped."
+        )
+    else:
+        click.echo(f"Registered {what}.")
 
 
 @bp.cli.command("list")
@@ -133,18 +147,49 @@ def remove(corpid: str) -> None:
 
 @bp.cli.command("check")
 @click.argument("corpid")
-def check(corpid: str) -> None:
-    """Live self-test of both credentials, with hints for what to fix."""
+@click.option("--verbose", is_flag=True, help="Also print the gateway's own log lines (on stderr).")
+def check(corpid: str, verbose: bool) -> None:
+    """Live self-test: both tokens, the channel ticket and the agent id, with hints for what to fix.
+
+    Exits 1 when anything failed. Unless --verbose, the gateway's log lines stay out of the report: every
+    failure they would mention is in it.
+    """
     rt = get_runtime()
-    try:
-        corp = rt.registry.get(corpid)
-    except GatewayError as e:
-        fail(e.message)
-        return
-    results = check_corp(rt.upstream, corp)
+    with logs_muted(not verbose):
+        try:
+            corp = rt.registry.get(corpid)
+        except GatewayError as e:
+            fail(e.message)
+            return
+        results = check_corp(rt.upstream, corp)
+        if all(r.ok for r in results if r.pipeline == "channel"):
+            results += check_page_config(rt, corp)
+        else:
+            skipped = "Not checked, nor the agent id: both need the channel token."
+            results.append(CheckResult("ticket", False, None, skipped, skipped=True))
     for r in results:
-        mark = "ok  " if r.ok else "FAIL"
-        detail = f"token fp={r.fingerprint}" if r.ok else f"errcode={r.errcode}: {r.diagnosis}"
+        mark = "skip" if r.skipped else "ok  " if r.ok else "FAIL"
+        if r.ok:
+            detail = f"token fp={r.fingerprint}" if r.pipeline in TOKEN_PIPELINES else r.diagnosis
+        elif r.skipped or r.errcode is None:
+            detail = r.diagnosis
+        else:
+            detail = f"errcode={r.errcode}: {r.diagnosis}"
         click.echo(f"{mark} {r.pipeline:<7} {detail}")
-    if not all(r.ok for r in results):
+    if any(not r.ok and not r.skipped for r in results):
         sys.exit(1)
+
+
+@contextmanager
+def logs_muted(muted: bool) -> Iterator[None]:
+    """Keep log records (up to ERROR) from being emitted while the block runs, so they cannot interleave with a
+    report on the terminal."""
+    if not muted:
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(previous)

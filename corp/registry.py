@@ -1,8 +1,14 @@
-"""The corp registry in the store: one hash per corp, secrets sealed, plus an index of corpids."""
+"""The corp registry in the store: one hash per corp, secrets sealed, plus an index of corpids.
+
+Each `add` is a new registration with its own id (gateway/store.py REGISTRATION_FIELD). Replacing or removing a
+registration drops what was cached for the corp (tokens, tickets, user links, backoff and cooldowns), and a
+refresh still in flight for the old registration stores nothing (oapi/tokens.py checks the id in every write).
+"""
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -11,11 +17,18 @@ from urllib.parse import urlsplit
 import redis
 
 from gateway.errors import SecretsUnreadable, UnknownCorp
+from gateway.nearcache import NearCache
 from gateway.sealing import Sealer, SealError
-from gateway.store import corp_key, global_key
+from gateway.store import REGISTRATION_FIELD, corp_key, global_key, registration_key
 
 SECRET_FIELDS = ("corp_secret", "channel_secret", "callback_token", "aes_key")
 INDEX = global_key("corps")
+
+# What `add` says it did.
+REGISTERED, REPLACED, UNCHANGED = "registered", "replaced", "unchanged"
+# A corp's keys that are history, not cache, and stay when its registration is replaced (`remove` drops them too):
+# the support trace, received events and the callback replay guards (by the first part after the corpid).
+_KEPT_ON_REPLACE = frozenset({"trace", "events", "event-seen", "callback-seen"})
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,9 @@ class Corp:
     channel_secret: str = field(default="", repr=False)
     callback_token: str | None = field(default=None, repr=False)
     aes_key: str | None = field(default=None, repr=False)
+    # Set by the registry: which registration this is, and when it was made (unix seconds).
+    registration: str = field(default="", compare=False)
+    registered_at: float = field(default=0.0, compare=False)
 
     @property
     def receiver_key(self) -> str:
@@ -85,23 +101,35 @@ def origin_of(url: str) -> Origin | None:
 class CorpRegistry:
     """Reads and writes corps in the store.
 
-    Every request needs its corp, so a registration read from the store is kept in this process for
-    `cache_ttl` seconds: a change made elsewhere (another host's `flask corp add/remove`) takes effect within that.
+    Every request needs its corp, so a registration read from the store is kept in this process. With a near
+    cache (a real Redis) it is kept until Redis announces a change to it, which reaches every worker within
+    milliseconds, and at most `cache_ttl` seconds; without one (or while its channel is down), for `cache_ttl`
+    seconds, so a change made elsewhere (another host's `flask corp add/remove`) takes effect within that.
     """
 
-    def __init__(self, store: redis.Redis, sealer: Sealer, *, cache_ttl: float = 2.0) -> None:
+    def __init__(
+        self, store: redis.Redis, sealer: Sealer, *, cache_ttl: float = 2.0, near: NearCache | None = None
+    ) -> None:
         self._store = store
         self._sealer = sealer
         self._cache_ttl = cache_ttl
+        self._near = near
         self._cache: dict[str, tuple[float, Corp]] = {}
+        self._keys: dict[str, str] = {}  # corpid -> key, so the hot path builds no string
 
     @staticmethod
     def key(corpid: str) -> str:
-        return corp_key(corpid, "corp")
+        return registration_key(corpid)
 
-    def add(self, corp: Corp) -> None:
-        """Register or replace a corp."""
+    def add(self, corp: Corp, *, renew: bool = False) -> str:
+        """Register `corp` under a new registration: REGISTERED, or REPLACED when it replaced one.
+
+        Replacing drops everything cached for the corp. An identical registration (same settings and secrets) is
+        kept as it is, caches included (UNCHANGED), unless `renew` (`flask corp add` always renews).
+        """
         key = self.key(corp.corpid)
+        if not renew and self._is_registered_as(corp):
+            return UNCHANGED
         mapping: dict[str, str] = {
             "corpid": corp.corpid,
             "agent_id": corp.agent_id,
@@ -113,15 +141,52 @@ class CorpRegistry:
         for name in SECRET_FIELDS:
             value = getattr(corp, name)
             mapping[name] = self._sealer.seal(value, f"{key}:{name}") if value else ""
+        mapping[REGISTRATION_FIELD] = secrets.token_hex(8)
+        mapping["registered_at"] = f"{time.time():.3f}"
+        # One transaction (one cluster slot: the corp's hash tag) switches the registration and drops what was
+        # cached for the corp. From then on only the new registration writes credentials (oapi/tokens.py), so
+        # nothing it caches can be swept by mistake; what the old one wrote between the scan and the switch is
+        # sealed for it, unusable by the new one, and expires.
+        stale = self._cached_keys(corp.corpid, replacing=True)
         pipe = self._store.pipeline(transaction=True)
-        pipe.delete(key)
+        pipe.exists(key)
+        pipe.delete(key, *stale)
         pipe.hset(key, mapping=mapping)
-        pipe.execute()
-        self._store.sadd(INDEX, corp.corpid)
-        self._cache.pop(corp.corpid, None)
+        existed = bool(pipe.execute()[0])
+        self._store.sadd(INDEX, corp.corpid)  # another slot on a cluster: beside the transaction, not in it
+        self._forget(corp.corpid)
+        return REPLACED if existed else REGISTERED
+
+    def _is_registered_as(self, corp: Corp) -> bool:
+        try:
+            return self._load(corp.corpid) == corp
+        except (UnknownCorp, SecretsUnreadable):
+            return False
+
+    def _forget(self, corpid: str) -> None:
+        # Read-your-writes in this process; other processes hear of it from Redis (near cache) or within cache_ttl.
+        self._cache.pop(corpid, None)
+        if self._near is not None:
+            self._near.drop(self.key(corpid))
 
     def get(self, corpid: str) -> Corp:
         """The corp, secrets opened; UnknownCorp if not registered."""
+        near = self._near
+        if near is not None:
+            key = self._keys.get(corpid)
+            if key is None:
+                if len(self._keys) > 10_000:
+                    self._keys.clear()
+                key = self._keys[corpid] = self.key(corpid)
+            kept = near.get(key)
+            if kept is not None:
+                return kept  # type: ignore[no-any-return]
+            snapshot = near.snapshot()
+            if snapshot is not None:
+                read_at = time.monotonic()
+                corp = self._load(corpid)
+                near.put(key, corp, ttl_ms=int(self._cache_ttl * 1000), snapshot=snapshot, read_at=read_at)
+                return corp
         cached = self._cache.get(corpid)
         now = time.monotonic()
         if cached is not None and cached[0] > now:
@@ -155,6 +220,8 @@ class CorpRegistry:
             channel_secret=opened["channel_secret"] or "",
             callback_token=opened["callback_token"],
             aes_key=opened["aes_key"],
+            registration=raw.get(REGISTRATION_FIELD, ""),
+            registered_at=float(raw.get("registered_at") or 0),
         )
 
     def exists(self, corpid: str) -> bool:
@@ -165,14 +232,32 @@ class CorpRegistry:
         return sorted(c for c in self._store.smembers(INDEX) if self._store.exists(self.key(c)))
 
     def remove(self, corpid: str) -> bool:
-        """Forget a corp and everything cached for it; False if it was not registered."""
-        self._cache.pop(corpid, None)
-        existed = bool(self._store.exists(self.key(corpid)))
-        keys = list(self._store.scan_iter(match=corp_key(_glob_escape(corpid), "*"), count=500))
-        if keys:
-            self._store.delete(*keys)
+        """Forget a corp and everything kept for it; False if it was not registered.
+
+        The registration goes first, so a refresh in flight for it stores nothing (oapi/tokens.py); then every
+        key of the corp.
+        """
+        existed = bool(self._store.delete(self.key(corpid)))
         self._store.srem(INDEX, corpid)
+        self._forget(corpid)
+        keys = self._cached_keys(corpid, replacing=False)
+        for start in range(0, len(keys), 500):
+            self._store.delete(*keys[start : start + 500])
         return existed
+
+    def _cached_keys(self, corpid: str, *, replacing: bool) -> list[str]:
+        """The corp's keys but its registration; when `replacing`, only cache: no history, and no locks (they free
+        themselves, and deleting one under its holder would let a second refresh run beside the first)."""
+        prefix, record = corp_key(corpid, ""), self.key(corpid)
+
+        def dropped(key: str) -> bool:
+            if key == record:
+                return False
+            if not replacing:
+                return True
+            return not key.endswith(":lock") and key[len(prefix) :].split(":", 1)[0] not in _KEPT_ON_REPLACE
+
+        return [k for k in self._store.scan_iter(match=corp_key(_glob_escape(corpid), "*"), count=500) if dropped(k)]
 
 
 def _glob_escape(text: str) -> str:

@@ -10,6 +10,8 @@ from marshmallow import Schema, ValidationError, fields, validate, validates
 
 CORPID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 AES_KEY_RE = re.compile(r"^[A-Za-z0-9]{43}$")
+AGENT_ID_RE = re.compile(r"^[0-9]{1,20}$")
+_SIGNED_INTEGER_RE = re.compile(r"^\s*[+-]?[0-9]+\s*$")
 
 
 def parse_origin(value: str) -> str:
@@ -39,9 +41,7 @@ class CorpRegistrationSchema(Schema):
     )
     corp_secret = fields.String(required=True, validate=validate.Length(min=1, max=256))
     channel_secret = fields.String(required=True, validate=validate.Length(min=1, max=256))
-    agent_id = fields.String(
-        required=True, validate=validate.Regexp(r"^[0-9]{1,20}$", error="agent id must be a number")
-    )
+    agent_id = fields.String(required=True)
     origins = fields.List(fields.String(), required=True, validate=validate.Length(min=1))
     sign_hash = fields.String(load_default="sha1", validate=validate.OneOf(["sha1", "sha256"]))
     callback_token = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=256))
@@ -52,6 +52,16 @@ class CorpRegistrationSchema(Schema):
     )
     callback_key = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
     landing_url = fields.String(load_default=None, allow_none=True)
+
+    @validates("agent_id")
+    def _agent_id(self, value: str, **_: Any) -> None:
+        where = "the AgentId on the app's page in the DingTalk developer console"
+        if _SIGNED_INTEGER_RE.match(value) and not AGENT_ID_RE.match(value):
+            raise ValidationError(f"agent id must be a positive whole number ({where}), not {value.strip()}")
+        if not AGENT_ID_RE.match(value):
+            raise ValidationError(f"agent id must be a number of up to 20 digits ({where}), not {value!r}")
+        if int(value) == 0:
+            raise ValidationError(f"agent id must be a positive whole number ({where}), not 0")
 
     @validates("origins")
     def _origins(self, value: list[str], **_: Any) -> None:

@@ -33,7 +33,8 @@ class Runtime:
     credentials: Credentials
     session_key: bytes
     # One client per corp registration, shared by every thread: clients hold no per-user state (house style 4).
-    # A re-read registration (a new Corp object, after the registry's cache time) gets new ones.
+    # A re-read registration (a new Corp object, once the registry hears of a change) gets new ones, whose
+    # credential caches read and write only what belongs to that registration.
     _channel_clients: dict[str, ChannelClient] = field(default_factory=dict, repr=False)
     _corp_clients: dict[str, CorpClient] = field(default_factory=dict, repr=False)
 
@@ -54,14 +55,14 @@ class Runtime:
     def channel_client(self, corp: Corp) -> ChannelClient:
         client = self._channel_clients.get(corp.corpid)
         if client is None or client.corp is not corp:
-            client = ChannelClient(corp, self.upstream, self.credentials)
+            client = ChannelClient(corp, self.upstream, self.credentials.for_registration(corp.registration))
             self._channel_clients[corp.corpid] = client
         return client
 
     def corp_client(self, corp: Corp) -> CorpClient:
         client = self._corp_clients.get(corp.corpid)
         if client is None or client.corp is not corp:
-            client = CorpClient(corp, self.upstream, self.credentials)
+            client = CorpClient(corp, self.upstream, self.credentials.for_registration(corp.registration))
             self._corp_clients[corp.corpid] = client
         return client
 
@@ -71,6 +72,8 @@ def init_app(app: Flask) -> None:
     config = app.config
     store = get_store(app)
     sealer = Sealer(config["GATEWAY_SECRET_KEY"])
+    # Only over a real Redis: the in-process store is already local, and fakeredis has no CLIENT TRACKING.
+    near = NearCache(store, NAMESPACE + ":") if config.get("REDIS_URL") and config["GATEWAY_NEAR_CACHE"] else None
     app.extensions[EXTENSION] = Runtime(
         config=dict(config),
         store=store,
@@ -81,7 +84,7 @@ def init_app(app: Flask) -> None:
             timeout=float(config["GATEWAY_HTTP_TIMEOUT"]),
             busy_retries=int(config["GATEWAY_BUSY_RETRIES"]),
         ),
-        registry=CorpRegistry(store, sealer, cache_ttl=float(config["GATEWAY_CORP_CACHE_TTL"])),
+        registry=CorpRegistry(store, sealer, cache_ttl=float(config["GATEWAY_CORP_CACHE_TTL"]), near=near),
         credentials=Credentials(
             store,
             sealer,
@@ -92,8 +95,7 @@ def init_app(app: Flask) -> None:
                 lock_ttl=float(config["GATEWAY_LOCK_TTL"]),
                 fail_ttl=int(config["GATEWAY_CONFIG_ERROR_TTL"]),
             ),
-            # Only over a real Redis: the in-process store is already local, and fakeredis has no CLIENT TRACKING.
-            NearCache(store, NAMESPACE + ":") if config.get("REDIS_URL") and config["GATEWAY_NEAR_CACHE"] else None,
+            near,
         ),
         session_key=session_key(config["GATEWAY_SECRET_KEY"]),
     )

@@ -1,12 +1,17 @@
 """Cached credentials (tokens and tickets) with a single refresh at a time across every process and host.
 
 Layout of one credential, a Redis hash at `dtgw:v1:{CORPID}:<pipeline>` (e.g. `channel:token`):
-    v        the credential, sealed (a dump of Redis shows no usable token)
+    v        the credential, sealed for the corp registration whose secrets fetched it (gateway/store.py), so
+             a dump of Redis shows no usable token, and another registration cannot use it
     fp       a short fingerprint, for logs, the console and compare-and-delete
     exp      when DingTalk expires it (unix seconds)
     fetched  when it was fetched
     gen      a fetch generation from `<key>:gen`; a writer never replaces a higher generation
 Its Redis TTL is `expires_in - margin - jitter`, so an entry that exists is always usable.
+
+Every write checks, in the same script, that the corp's registration is still the one the writer fetched for: after
+`flask corp add` (replace) or `remove`, a refresh already in flight stores nothing, and a cached value of another
+registration is never used. `:gen` has a TTL too; nothing here outlives a removed corp for long.
 
 With a near cache (gateway/nearcache.py, on whenever REDIS_URL is set), `peek()` answers from process memory
 while Redis reports the hash unchanged, so a page view's ticket read costs no round trip.
@@ -31,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Generic, TypeVar
 
@@ -39,24 +44,43 @@ import redis
 from redis.exceptions import LockError
 from redis.lock import Lock
 
-from gateway.errors import LockTimeout, TokenInvalid, UpstreamError
+from gateway.errors import GatewayError, LockTimeout, TokenInvalid, UnknownCorp, UpstreamError, UpstreamUnavailable
 from gateway.metrics import CREDENTIAL_FETCHES
 from gateway.nearcache import NearCache
 from gateway.sealing import Sealer, SealError, fingerprint
-from gateway.store import corp_key
+from gateway.store import REGISTRATION_FIELD, corp_key, registration_key
 from oapi.errcodes import CONFIGURATION
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPIRES_IN = 7200  # get_channel_token may omit expires_in
+# `:gen` outlives any credential it orders; should it expire anyway, the next generation still starts above the
+# stored credential's (_NEXT_GENERATION).
+GENERATION_TTL_MS = 2 * DEFAULT_EXPIRES_IN * 1000
+
+# The registration check every write script starts with. `record` is the corp's registration hash (absent: an
+# unchecked cache, as in unit tests); 0 = go ahead, NOT_REGISTERED or REGISTRATION_REPLACED = refuse.
+NOT_REGISTERED, REGISTRATION_REPLACED = -1, -2
+_REGISTERED = f"""
+local function registered(record, registration)
+  if not record then return 0 end
+  if redis.call('EXISTS', record) == 0 then return {NOT_REGISTERED} end
+  if (redis.call('HGET', record, '{REGISTRATION_FIELD}') or '') ~= registration then return {REGISTRATION_REPLACED} end
+  return 0
+end
+"""
 
 # Write only if nothing newer is there: a refresher whose lock expired mid-fetch must not clobber its successor.
-# ARGV[7] = '1' for a credential whose fetch may kill the one before (a ticket): if another fetch began after this
+# ARGV[8] = '1' for a credential whose fetch may kill the one before (a ticket): if another fetch began after this
 # one (`:gen`, KEYS[2], moved on), either may have killed the other's ticket, so neither is kept: the cached one is
 # dropped and `:gen` moved on again, which refuses the other's write too; the next reader fetches alone.
 OVERLAPPED = 2
-_WRITE_IF_NEWER = f"""
-if ARGV[7] == '1' and tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then
+_WRITE_IF_NEWER = (
+    _REGISTERED
+    + f"""
+local refused = registered(KEYS[3], ARGV[7])
+if refused ~= 0 then return refused end
+if ARGV[8] == '1' and tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then
   redis.call('INCR', KEYS[2])
   redis.call('DEL', KEYS[1])
   return {OVERLAPPED}
@@ -67,6 +91,39 @@ redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'v', ARGV[2], 'exp', ARGV[3], 'fetch
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 return 1
 """
+)
+
+# The next fetch generation (KEYS[2] is `:gen`): above the stored credential's, with a TTL.
+_NEXT_GENERATION = (
+    _REGISTERED
+    + """
+local refused = registered(KEYS[3], ARGV[1])
+if refused ~= 0 then return refused end
+local gen = redis.call('INCR', KEYS[2])
+local stored = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+if stored >= gen then
+  gen = stored + 1
+  redis.call('SET', KEYS[2], gen)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return gen
+"""
+)
+
+# SET key value EX seconds [NX], for the corp's current registration only; 1 if set.
+_SET_IF_REGISTERED = (
+    _REGISTERED
+    + """
+local refused = registered(KEYS[2], ARGV[1])
+if refused ~= 0 then return refused end
+if ARGV[4] == 'nx' then
+  if redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3], 'NX') then return 1 end
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+)
 
 # Delete only if the cached credential is still the one that failed; a fresh one from another worker stays.
 _DELETE_IF_SAME = """
@@ -84,6 +141,7 @@ class Credential:
     expires_at: float
     fetched_at: float
     generation: int
+    registration: str = ""
 
 
 # Distinct types so a channel token can never be passed where a corp token belongs (mypy checks it).
@@ -131,6 +189,7 @@ class CredentialCache(Generic[C]):
         fetch: Fetch,
         settings: CacheSettings,
         near: NearCache | None = None,
+        registration: str | None = None,
         fetch_invalidates: bool = False,
     ) -> None:
         self.store = store
@@ -138,6 +197,10 @@ class CredentialCache(Generic[C]):
         self.pipeline = pipeline
         self.kind = kind
         self.key = corp_key(corpid, *pipeline.split(":"))
+        # The registration whose secrets `fetch` uses; None: unchecked (unit tests of the cache alone).
+        self.registration = registration
+        self._guard = [] if registration is None else [registration_key(corpid)]
+        self._sealed_for = f"{self.key}@{registration}" if registration else self.key
         # A fetch may kill the credential it replaces (a JSAPI ticket, dingtalk-oapi.md §2), so a fetch whose outcome
         # is unknown, or that overlapped another, leaves nothing cached that it may have killed.
         self.fetch_invalidates = fetch_invalidates
@@ -155,6 +218,14 @@ class CredentialCache(Generic[C]):
     def _delete(self) -> Any:
         return self.store.register_script(_DELETE_IF_SAME)
 
+    @cached_property
+    def _generation(self) -> Any:
+        return self.store.register_script(_NEXT_GENERATION)
+
+    @cached_property
+    def _set_if_registered(self) -> Any:
+        return self.store.register_script(_SET_IF_REGISTERED)
+
     # -- reading ---------------------------------------------------------------------------------------------
     def peek(self) -> C | None:
         """The cached credential, or None when missing (never fetches)."""
@@ -162,7 +233,7 @@ class CredentialCache(Generic[C]):
         if near is None:
             return self._parse(self.store.hgetall(self.key))
         kept = near.get(self.key)
-        if kept is not None:
+        if kept is not None and (self.registration is None or kept.registration == self.registration):
             return kept  # type: ignore[no-any-return]
         snapshot = near.snapshot()
         if snapshot is None:
@@ -185,9 +256,10 @@ class CredentialCache(Generic[C]):
         if not fields or "v" not in fields:
             return None
         try:
-            value = self._sealer.open(fields["v"], self.key)
+            value = self._sealer.open(fields["v"], self._sealed_for)
         except SealError:
-            # Sealed under another GATEWAY_SECRET_KEY: treat as missing, the next refresh replaces it.
+            # Sealed under another GATEWAY_SECRET_KEY, or for a registration of the corp that was replaced:
+            # treat as missing, the next refresh replaces it.
             return None
         return self.kind(
             value=value,
@@ -195,6 +267,7 @@ class CredentialCache(Generic[C]):
             expires_at=float(fields.get("exp", 0)),
             fetched_at=float(fields.get("fetched", 0)),
             generation=int(fields.get("gen", 0)),
+            registration=self.registration or "",
         )
 
     def get(self) -> C:
@@ -213,7 +286,7 @@ class CredentialCache(Generic[C]):
         releases it: its fetch may have killed what was cached, and the next page's report must be able to repair that.
         """
         forced = self.key + ":forced"
-        if not self.store.set(forced, "1", nx=True, ex=max(1, math.ceil(self._settings.lock_ttl))):
+        if self._set(forced, "1", ex=max(1, math.ceil(self._settings.lock_ttl)), nx=True) != 1:
             return None
         current = self.peek()
         if current is not None and self.fetch_invalidates:
@@ -225,7 +298,7 @@ class CredentialCache(Generic[C]):
         except BaseException:
             self.store.delete(forced)
             raise
-        self.store.set(forced, "1", ex=max(1, int(cooldown)))
+        self._set(forced, "1", ex=max(1, int(cooldown)))
         return fresh
 
     def cooldown_left(self) -> int:
@@ -246,7 +319,24 @@ class CredentialCache(Generic[C]):
     def remembered_failure(self) -> dict[str, object] | None:
         """The configuration error a recent fetch met, if still remembered."""
         raw = self.store.get(self.key + ":fail")
-        return json.loads(raw) if raw else None
+        failure = json.loads(raw) if raw else None
+        if failure and self.registration is not None and failure.get("registration", "") != self.registration:
+            return None  # met with the secrets of a replaced registration
+        return failure  # type: ignore[no-any-return]
+
+    def _set(self, key: str, value: str, *, ex: int, nx: bool = False) -> int:
+        """SET `key` for this registration only: 1 if set, 0 if NX found it, < 0 if the registration is gone."""
+        args = [self.registration or "", value, ex, "nx" if nx else ""]
+        return int(self._set_if_registered(keys=[key, *self._guard], args=args))
+
+    def _refused(self, outcome: int) -> GatewayError:
+        if outcome == NOT_REGISTERED:
+            return UnknownCorp(f"Corp {self.corpid!r} is not registered with this gateway")
+        return UpstreamUnavailable(
+            f"The registration of corp {self.corpid} was replaced during the {self.pipeline} refresh",
+            retry_after=1,
+            hint="`flask corp add` replaced the corp's registration a moment ago; retry.",
+        )
 
     def _raise_remembered_failure(self) -> None:
         failure = self.remembered_failure()
@@ -294,7 +384,13 @@ class CredentialCache(Generic[C]):
                 pass
 
     def _fetch_and_store(self) -> C:
-        generation = int(self.store.incr(self.key + ":gen"))
+        generation = int(
+            self._generation(
+                keys=[self.key, self.key + ":gen", *self._guard], args=[self.registration or "", GENERATION_TTL_MS]
+            )
+        )
+        if generation < 0:
+            raise self._refused(generation)
         started = time.time()
         try:
             value, expires_in = self._fetch()
@@ -304,11 +400,9 @@ class CredentialCache(Generic[C]):
         except UpstreamError as e:
             CREDENTIAL_FETCHES.labels(self.corpid, self.pipeline, "error").inc()
             if e.errcode in CONFIGURATION:
-                self.store.set(
-                    self.key + ":fail",
-                    json.dumps({"errcode": e.errcode, "errmsg": e.errmsg, "message": e.message, "hint": e.hint}),
-                    ex=self._settings.fail_ttl,
-                )
+                failure = {"errcode": e.errcode, "errmsg": e.errmsg, "message": e.message, "hint": e.hint}
+                failure["registration"] = self.registration or ""
+                self._set(self.key + ":fail", json.dumps(failure), ex=self._settings.fail_ttl)
             log.warning("fetch corp=%s pipeline=%s failed errcode=%s", self.corpid, self.pipeline, e.errcode)
             raise
         except Exception:
@@ -322,20 +416,26 @@ class CredentialCache(Generic[C]):
             expires_at=started + lifetime,
             fetched_at=started,
             generation=generation,
+            registration=self.registration or "",
         )
         written = self._write(
-            keys=[self.key, self.key + ":gen"],
+            keys=[self.key, self.key + ":gen", *self._guard],
             args=[
                 generation,
-                self._sealer.seal(value, self.key),
+                self._sealer.seal(value, self._sealed_for),
                 f"{cred.expires_at:.3f}",
                 f"{cred.fetched_at:.3f}",
                 cred.fingerprint,
                 int(ttl * 1000),
+                self.registration or "",
                 "1" if self.fetch_invalidates else "0",
             ],
         )
         self._forget()
+        if written < 0:
+            # Replaced or removed while we fetched: nothing stored, and not ours to hand out.
+            CREDENTIAL_FETCHES.labels(self.corpid, self.pipeline, "error").inc()
+            raise self._refused(written)
         if written == OVERLAPPED:
             # Our lock expired mid-fetch (we were frozen or starved) and another worker fetched too.
             CREDENTIAL_FETCHES.labels(self.corpid, self.pipeline, "error").inc()
@@ -380,6 +480,12 @@ class Credentials:
     sealer: Sealer
     settings: CacheSettings = CacheSettings()
     near: NearCache | None = None
+    # Set for one registration of a corp (gateway/runtime.py binds each client to its Corp's): see the module doc.
+    registration: str | None = None
+
+    def for_registration(self, registration: str) -> Credentials:
+        """The same caches, reading and writing only what belongs to this registration of the corp."""
+        return replace(self, registration=registration)
 
     def cache(
         self, corpid: str, pipeline: str, kind: type[C], fetch: Fetch, *, fetch_invalidates: bool = False
@@ -394,6 +500,7 @@ class Credentials:
             fetch=fetch,
             settings=self.settings,
             near=self.near,
+            registration=self.registration,
             fetch_invalidates=fetch_invalidates,
         )
 

@@ -79,6 +79,9 @@ def replace(args: list[str], flag: str, value: str | None) -> list[str]:
         (swap(GOOD, "dingnew01", ""), "corpid"),
         (swap(GOOD, "dingnew01", "bad corp id"), "corpid"),
         (replace(GOOD, "--agent-id", "forty-two"), "agent"),
+        (replace(GOOD, "--agent-id", "-5"), "agent id must be a positive whole number"),
+        (replace(GOOD, "--agent-id", "0"), "agent id must be a positive whole number"),
+        (replace(GOOD, "--agent-id", "+42"), "agent id must be a positive whole number"),
         (replace(GOOD, "--agent-id", None), "--agent-id is required"),
         (replace(GOOD, "--corp-secret", None), "--corp-secret is required"),
         (replace(GOOD, "--channel-secret", None), "--channel-secret is required"),
@@ -109,7 +112,16 @@ def test_bad_input_writes_nothing(app: Any, runner: Any, args: list[str], messag
 def test_check_ok(runner: Any) -> None:
     result = runner.invoke(args=["corp", "check", DEMO_CORPID])
     assert result.exit_code == 0, result.output
-    assert result.output.count("ok ") == 2
+    lines = result.output.splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        ["ok", "corp"],
+        ["ok", "channel"],
+        ["ok", "ticket"],
+        ["ok", "agent"],
+    ], result.output
+    assert "fetched now" in lines[2] and DEMO_AGENT_ID in lines[3]
+    again = runner.invoke(args=["corp", "check", DEMO_CORPID])
+    assert "cached, fetched" in again.output.splitlines()[2]  # the ticket pages are signed with, not a new one
 
 
 def register(
@@ -233,3 +245,170 @@ def test_add_refuses_the_in_process_store(sim_server: Any) -> None:
     result = app.test_cli_runner().invoke(args=GOOD)
     assert result.exit_code != 0 and "REDIS_URL is not set" in result.output
     assert not get_runtime(app).registry.corpids()
+
+
+def keys_of(app: Any, corpid: str = DEMO_CORPID) -> list[str]:
+    return sorted(get_runtime(app).store.scan_iter(match=f"dtgw:v1:{{{corpid}}}:*"))
+
+
+def fill_caches(app: Any, sim: Any) -> None:
+    """Tokens, ticket, a user link, a backoff window, a forced-refresh cooldown and a remembered failure."""
+    from urllib.parse import quote
+
+    from tests.conftest import EMPLOYEE, ORIGIN
+
+    client = app.test_client()
+    page = quote(ORIGIN + "/", safe="")
+    assert client.get(f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={page}").status_code == 200
+    code = sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"])
+    assert client.post("/channel/login", json={"corpid": DEMO_CORPID, "code": code}).status_code == 200
+    report = {"corpid": DEMO_CORPID, "agentid": DEMO_AGENT_ID, "url": ORIGIN + "/", "errorCode": 52013}
+    assert client.post("/channel/config/error", json=report).status_code == 202
+    rt = get_runtime(app)
+    rt.upstream.backoff.trip(DEMO_CORPID, "user/getUseridByUnionid")
+
+
+def demo_args(**changes: str) -> list[str]:
+    args = {
+        "--corp-secret": DEMO_CORP_SECRET,
+        "--channel-secret": DEMO_CHANNEL_SECRET,
+        "--agent-id": DEMO_AGENT_ID,
+        "--origin": "https://h5.example.com",
+    }
+    args.update(changes)
+    return ["corp", "add", DEMO_CORPID, *[x for pair in args.items() for x in pair]]
+
+
+def test_readding_a_corp_says_replaced_and_drops_its_cache(app: Any, runner: Any, sim: Any) -> None:
+    fill_caches(app, sim)
+    before = keys_of(app)
+    kinds = {k.split("}:", 1)[1].split(":")[0] for k in before}
+    assert {"channel", "corp", "link", "link-by-user", "backoff", "backoff-level", "trace"} <= kinds, before
+    registration = get_runtime(app).registry.get(DEMO_CORPID).registration
+    tickets = sim.calls("channel/get_channel_jsapi_ticket")
+
+    result = runner.invoke(args=demo_args())
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Replaced corp {DEMO_CORPID}") and "Registered" not in result.output
+    assert "dropped" in result.output
+    # Only the registration and the support trace (history, not cache) are left.
+    left = keys_of(app)
+    assert left == [f"dtgw:v1:{{{DEMO_CORPID}}}:corp"] + [k for k in before if ":trace:" in k], left
+    assert get_runtime(app).registry.get(DEMO_CORPID).registration != registration
+    # The next page view fetches a ticket for the new registration instead of reusing the old one.
+    from tests.conftest import ORIGIN
+
+    query = f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={ORIGIN}/"
+    assert app.test_client().get(f"/channel/config?{query}").status_code == 200
+    assert sim.calls("channel/get_channel_jsapi_ticket") == tickets + 1
+
+
+def test_a_first_add_says_registered(runner: Any) -> None:
+    result = runner.invoke(args=swap(demo_args(), DEMO_CORPID, "dingfresh"))
+    assert result.exit_code == 0 and result.output.startswith("Registered corp dingfresh"), result.output
+
+
+def test_an_identical_registration_from_code_keeps_the_cache(app: Any, sim: Any) -> None:
+    """Sandbox mode registers the demo corp in every worker it starts: that must not drop the workers' tickets."""
+    from corp.registry import UNCHANGED
+
+    fill_caches(app, sim)
+    registry = get_runtime(app).registry
+    before = keys_of(app)
+    corp = registry.get(DEMO_CORPID)
+    assert registry.add(corp) == UNCHANGED
+    assert keys_of(app) == before and registry.get(DEMO_CORPID).registration == corp.registration
+
+
+def test_remove_leaves_nothing_of_the_corp(app: Any, runner: Any, sim: Any) -> None:
+    fill_caches(app, sim)
+    result = runner.invoke(args=["corp", "remove", DEMO_CORPID])
+    assert result.exit_code == 0 and "Removed" in result.output
+    assert keys_of(app) == []
+
+
+def test_check_names_a_wrong_agent_id(app: Any, runner: Any) -> None:
+    register(runner)  # the right secrets...
+    result = runner.invoke(args=demo_args(**{"--agent-id": "42"}))  # ...with the wrong agent id
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(args=["corp", "check", DEMO_CORPID])
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert [line.split()[:2] for line in lines][:3] == [["ok", "corp"], ["ok", "channel"], ["ok", "ticket"]]
+    assert lines[3].startswith("FAIL agent") and "errcode=52019" in lines[3], result.output
+    assert "agent id 42" in lines[3] and "--agent-id" in lines[3]
+
+
+def test_check_reports_a_ticket_failure_with_its_hint(runner: Any, sim: Any) -> None:
+    sim.inject("channel/get_channel_jsapi_ticket", 60011, times=5, corpid=DEMO_CORPID)
+    result = runner.invoke(args=["corp", "check", DEMO_CORPID])
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert lines[2].startswith("FAIL ticket") and "errcode=60011" in lines[2] and "permission" in lines[2]
+    assert lines[3].startswith("skip agent"), result.output
+
+
+def test_check_without_a_channel_token_skips_the_ticket(runner: Any) -> None:
+    register(runner, channel_secret="not-the-channel-secret")
+    result = runner.invoke(args=["corp", "check", DEMO_CORPID])
+    assert result.exit_code == 1
+    assert [line.split()[:2] for line in result.output.splitlines()] == [
+        ["ok", "corp"],
+        ["FAIL", "channel"],
+        ["skip", "ticket"],
+    ], result.output
+
+
+def test_check_against_dingtalk_itself_reads_the_pages_reports(
+    app: Any, runner: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DingTalk has no server-side judge of a dd.config: there, the agent id shows in what pages report."""
+    import corp.check
+    from tests.conftest import ORIGIN
+
+    monkeypatch.setattr(corp.check, "_DINGTALK_HOSTS", frozenset({"127.0.0.1"}))  # the simulator plays DingTalk
+    result = runner.invoke(args=["corp", "check", DEMO_CORPID])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[3].startswith("skip agent") and "no page has reported 52019" in result.output
+    report = {"corpid": DEMO_CORPID, "agentid": DEMO_AGENT_ID, "url": ORIGIN + "/", "errorCode": 52019}
+    assert app.test_client().post("/channel/config/error", json=report).status_code == 202
+    result = runner.invoke(args=["corp", "check", DEMO_CORPID])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[3].startswith("FAIL agent") and "1 page(s) reported 52019" in result.output
+
+
+@pytest.mark.redis
+def test_check_prints_no_log_lines(sim_server: Any, redis_url: str, real_redis: Any) -> None:
+    """`flask corp check` as typed in a terminal: its report only, although the failures it finds are logged."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import TEST_SECRET_KEY
+
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DINGTALK_API_BASE": sim_server.base_url,
+        "GATEWAY_SECRET_KEY": TEST_SECRET_KEY,
+    }
+    flask = [sys.executable, "-m", "flask", "--app", "app", "corp"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*flask, *args], cwd=root, env=env, capture_output=True, text=True, timeout=60)
+
+    added = run(*demo_args(**{"--corp-secret": "not-the-corp-secret"})[1:])
+    assert added.returncode == 0, added.stderr
+    checked = run("check", DEMO_CORPID)
+    assert checked.returncode == 1
+    assert checked.stderr == "", checked.stderr
+    assert [line.split()[:2] for line in checked.stdout.splitlines()] == [
+        ["FAIL", "corp"],
+        ["ok", "channel"],
+        ["ok", "ticket"],
+        ["ok", "agent"],
+    ], checked.stdout
+    verbose = run("check", DEMO_CORPID, "--verbose")
+    assert "WARNING" in verbose.stderr and "WARNING" not in verbose.stdout  # what the default keeps out
