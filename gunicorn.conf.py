@@ -20,7 +20,17 @@ graceful_timeout = 20
 # Below nginx's upstream keepalive idle time would be wasteful; nginx reuses these connections.
 keepalive = 30
 
+# Request lines and header fields up to gunicorn's maximum, 8190 bytes (the default line limit, 4094, answered
+# longer ones with gunicorn's own HTML 400, and a page URL carried in `url=` gets long), and as many header
+# fields as nginx can pass. nginx.conf's large_client_header_buffers (4 x 8000 bytes) refuses anything larger
+# first, with the gateway's JSON error; only nginx reaches gunicorn (loopback).
+limit_request_line = 8190
+limit_request_field_size = 8190
+limit_request_fields = 32768
+
 accesslog = os.environ.get("GATEWAY_ACCESS_LOG", "-")
+# Page URLs (request line, Referer) can carry auth codes and tickets: logged through gateway.trace's redaction.
+logger_class = "gateway.logs.AccessLogger"
 # `{…}e` are WSGI environ values after the app ran, i.e. what the gateway believed after ProxyFix: the client
 # address, scheme and host. The request id is nginx's, echoed by the gateway.
 access_log_format = (

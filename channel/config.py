@@ -6,10 +6,9 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
 
 from channel.signing import new_nonce, normalize_url, sign, timestamp_ms
-from corp.registry import Origin, origin_of
+from corp.registry import Corp
 from gateway import trace
 from gateway.errors import (
     AgentMismatch,
@@ -20,6 +19,7 @@ from gateway.errors import (
     UrlNotAllowed,
 )
 from gateway.runtime import Runtime
+from gateway.validation import Origin, page_origin
 from oapi.hints import hint_for
 
 log = logging.getLogger(__name__)
@@ -40,16 +40,18 @@ class PageUrl:
 # (LRU-bounded; a URL that fails the check raises and is not kept).
 @lru_cache(maxsize=1024)
 def page_url(url: str) -> PageUrl:
-    """Check that `url` is an absolute http(s) URL and work out what to sign."""
+    """Check that `url` is an absolute http(s) URL that a browser reads as we do, and work out what to sign."""
+    return PageUrl(signed=normalize_url(url), origin=page_origin(url))
+
+
+def _from_corp_page(corp: Corp, agentid: str | None, url: str | None) -> bool:
+    """True when a report could come from one of the corp's own pages (right agent, URL under its origins)."""
+    if agentid != corp.agent_id or not url:
+        return False
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError as e:
-        raise InvalidRequest(f"url: not a valid URL ({e})") from None
-    origin = origin_of(url)
-    if parts.scheme.lower() not in ("http", "https") or origin is None:
-        raise InvalidRequest("url: must be an absolute http(s) URL", hint="Pass url=location.href from the page.")
-    return PageUrl(signed=normalize_url(url), origin=origin)
+        return corp.allows_origin(page_url(url).origin)
+    except InvalidRequest:
+        return False
 
 
 def signed_config(rt: Runtime, corpid: str, agentid: str, url: str) -> dict[str, Any]:
@@ -89,7 +91,7 @@ def report_config_error(
     refreshed = False
     # Only a report that could come from one of this corp's own pages may spend the refresh; the endpoint is
     # public, so the cooldown is what bounds a flood of made-up reports.
-    plausible = agentid == corp.agent_id and bool(url) and corp.allows(url or "")
+    plausible = _from_corp_page(corp, agentid, url)
     if error_code in TICKET_ERRORS and plausible:
         try:
             fresh = rt.channel_client(corp).ticket.force_refresh(int(rt.config["GATEWAY_TICKET_COOLDOWN"]))
@@ -110,7 +112,7 @@ def report_config_error(
             "outcome": "config_error",
             "errcodes": [error_code],
             "hint": hint_for(error_code),
-            "message": error_message[:200],
+            "message": trace.redact_text(error_message)[:200],
             "url": trace.redact_url(normalize_url(url)) if url else None,
             "agent_ok": agentid == corp.agent_id if agentid else None,
             "ticket_refreshed": refreshed,

@@ -17,6 +17,7 @@ from flask import Flask
 
 from gateway.errors import GatewayError
 from gateway.runtime import Runtime, get_runtime
+from gateway.validation import origin_from_header
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,13 @@ def request_corpid(environ: dict[str, Any]) -> str | None:
 
 
 def corp_allows(corpid: str, origin: str, rt: Runtime | None = None) -> bool:
-    """True when `origin` is one of the corp's registered origins; False for an unknown corp or a store outage."""
+    """True when `origin` is exactly a serialised origin (as browsers send it) and one of the corp's registered
+    origins; False for anything else, an unknown corp or a store outage. The caller echoes `origin` verbatim."""
+    parsed = origin_from_header(origin)
+    if parsed is None:
+        return False
     try:
-        return (rt or get_runtime()).corp(corpid).allows(origin)
+        return (rt or get_runtime()).corp(corpid).allows_origin(parsed)
     except (GatewayError, redis.exceptions.RedisError):
         # No grant; the response (often the error itself) stands.
         return False

@@ -2,6 +2,7 @@
 
 A push is checked in this order, and the first failure answers:
 
+    body at most GATEWAY_CALLBACK_MAX_BODY (1 MiB)              else 413 invalid_request
     signature/msg_signature, timestamp/timeStamp, nonce present else 400 invalid_request
     body is a JSON object with a string ``encrypt``             else 400 invalid_request
     corp registered with a callback token and EncodingAESKey   else 404 unknown_corp
@@ -219,9 +220,12 @@ def handle_push(rt: Runtime, corpid: str, push: Push, *, now: float | None = Non
 @bp.post("/ding/callback/<corpid>")
 def receive(corpid: str) -> Response:
     """Receive one DingTalk push."""
+    rt = get_runtime()
+    # Its own body limit, set before the body is read: pushes are larger than anything else the gateway takes.
+    request.max_content_length = int(rt.config["GATEWAY_CALLBACK_MAX_BODY"])
     try:
         push = parse_push(request.args, request.get_json(force=True, silent=True))
-        reply = handle_push(get_runtime(), corpid, push)
+        reply = handle_push(rt, corpid, push)
     except GatewayError as e:
         CALLBACKS.labels("-", e.code).inc()
         raise

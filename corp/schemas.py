@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
+from gateway.validation import UrlRefused, canonical_origin
+
 CORPID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 AES_KEY_RE = re.compile(r"^[A-Za-z0-9]{43}$")
 AGENT_ID_RE = re.compile(r"^[0-9]{1,20}$")
@@ -15,22 +17,14 @@ _SIGNED_INTEGER_RE = re.compile(r"^\s*[+-]?[0-9]+\s*$")
 
 
 def parse_origin(value: str) -> str:
-    """Return the canonical `scheme://host[:port]` form, or raise ValueError with a reason."""
-    parts = urlsplit(value.strip())
-    if parts.scheme.lower() not in ("http", "https"):
-        raise ValueError(f"origin {value!r} must start with http:// or https://")
-    if not parts.hostname:
-        raise ValueError(f"origin {value!r} has no host")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"origin {value!r} must be scheme://host[:port] only (no path, query or user)")
+    """Return the canonical `scheme://host[:port]` form, or raise ValueError with a reason and a hint.
+
+    The rule (what a browser would send as `Origin`) lives in gateway.validation, shared with the CORS layer.
+    """
     try:
-        port = parts.port
-    except ValueError as e:
-        raise ValueError(f"origin {value!r} has an invalid port") from e
-    host = parts.hostname.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port is not None else "")
+        return canonical_origin(value.strip())
+    except UrlRefused as e:
+        raise ValueError(f"{e.reason}. {e.hint}") from None
 
 
 class CorpRegistrationSchema(Schema):

@@ -29,7 +29,11 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_TRACE_LIMIT": 200,  # trace entries kept per corp
     "GATEWAY_NEAR_CACHE": True,  # keep credentials in process memory while Redis reports them unchanged
     "GATEWAY_CORP_CACHE_TTL": 2.0,  # a registration change made on another host is seen within this
-    "GATEWAY_MAX_BODY": 16 * 1024,  # bytes
+    "GATEWAY_MAX_BODY": 16 * 1024,  # bytes, every route but the push receiver
+    # DingTalk's pushes (a user_leave_org for hundreds of users, base64 on top) outgrow GATEWAY_MAX_BODY, and a
+    # refused push is retried into the same refusal until DingTalk drops it. nginx.conf's callback location
+    # allows the same (client_max_body_size 1m).
+    "GATEWAY_CALLBACK_MAX_BODY": 1024 * 1024,  # bytes
     "GATEWAY_BUSY_RETRIES": 3,  # errcode -1 retries
     "GATEWAY_SANDBOX_ORIGINS": "http://127.0.0.1:5000,http://localhost:5000",
     "GATEWAY_TRUST_PROXY": False,  # behind nginx: trust exactly one proxy's X-Forwarded-*

@@ -9,6 +9,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from flask import Flask, has_request_context, request
+from gunicorn.glogging import Logger as GunicornLogger
+
+from gateway.trace import redact_url
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 ENVIRON_KEY = "dtgw.request_id"
@@ -83,6 +86,34 @@ class RequestIds:
             return start_response(status, headers, exc_info)
 
         return self.wsgi_app(environ, stamped)  # type: ignore[no-any-return]
+
+
+class AccessLogger(GunicornLogger):
+    """gunicorn's logger, with page-URL query values redacted in access log lines (gunicorn.conf.py uses it).
+
+    The request line and the Referer carry page URLs, and page URLs can carry auth codes, tokens and tickets
+    (`/channel/config?url=…%3Fcode%3D…`). They go through the one redaction policy, gateway.trace's.
+    """
+
+    # The atoms a log format can name that hold a URL: the Referer, the query, the raw URI (and the request line).
+    URL_ATOMS = ("f", "{http_referer}e", "{raw_uri}e", "{referer}i")
+
+    def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
+        atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
+        for name in self.URL_ATOMS:
+            value = atoms.get(name)
+            if isinstance(value, str):
+                atoms[name] = redact_url(value)
+        for name in ("q", "{query_string}e"):
+            value = atoms.get(name)
+            if isinstance(value, str) and value:
+                atoms[name] = (redact_url("?" + value) or "?")[1:]
+        line = atoms.get("r")
+        if isinstance(line, str):  # "GET /path?query HTTP/1.1"
+            method, _, rest = line.partition(" ")
+            uri, space, protocol = rest.rpartition(" ")
+            atoms["r"] = f"{method} {redact_url(uri)}{space}{protocol}" if space else f"{method} {redact_url(rest)}"
+        return atoms
 
 
 def init_app(app: Flask) -> None:

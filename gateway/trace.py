@@ -18,24 +18,53 @@ import redis
 from gateway.store import corp_key
 
 KINDS = ("login", "config_error")
-# Query parameters a page URL may carry that are nobody's business in a trace.
-_SENSITIVE = re.compile(r"(code|token|ticket|secret|password|sign)", re.IGNORECASE)
+
+# The one redaction policy for page URLs and text that may hold them (traces, the page's reported errorMessage,
+# access logs). Query parameters with these in their name are nobody's business outside the page: auth codes,
+# tokens, tickets, secrets, signatures. `errcode`-like names are diagnostics, not secrets.
+_SENSITIVE = re.compile(r"(code|token|ticket|secret|passw|sign)", re.IGNORECASE)
+_NOT_SENSITIVE = re.compile(r"(err|error|status)_?code", re.IGNORECASE)
+MASK = "***"
+# A `name=value` pair anywhere in text, its `=` possibly percent-encoded (a page URL inside another URL's query,
+# as in `/channel/config?url=https%3A%2F%2Fh5%2Fp%3Fcode%3D…`); the value ends where the pair would. The name is
+# a whole run of name characters with a sensitive word in it (lookbehind, possessive): linear time on any input,
+# since access log lines are made of whatever a client sends.
+_PAIR = re.compile(
+    r"(?<![A-Za-z0-9_.\-])(?=[A-Za-z0-9_.\-]*?(?:code|token|ticket|secret|passw|sign))"
+    r"(?P<name>[A-Za-z0-9_.\-]++)(?P<eq>=|%3[Dd])(?P<value>(?:(?!%2[036])[^\s&#;\"'])*+)",
+    re.IGNORECASE,
+)
 
 
 def trace_key(corpid: str, kind: str) -> str:
     return corp_key(corpid, "trace", kind)
 
 
+def _sensitive(name: str) -> bool:
+    return bool(_SENSITIVE.search(name)) and not _NOT_SENSITIVE.fullmatch(name)
+
+
+def redact_text(text: str) -> str:
+    """`text` with the value of every code/token/ticket-like `name=value` pair in it masked, however deep."""
+    if "=" not in text and "%3" not in text:
+        return text
+    return _PAIR.sub(lambda m: f"{m['name']}{m['eq']}{MASK}" if _sensitive(m["name"]) else m.group(0), text)
+
+
 def redact_url(url: str | None) -> str | None:
-    """The URL exactly as given, but with the values of code/token/ticket-like query parameters masked."""
-    if not url or "?" not in url:
+    """The URL exactly as given, but with the values of code/token/ticket-like query parameters masked.
+
+    Also inside other parameters' values (a page URL carried in `url=` or `next=`) and in the fragment.
+    """
+    if not url or ("?" not in url and "#" not in url):
         return url
-    base, _, query = url.partition("?")
+    base, hash_, fragment = url.partition("#")
+    base, qmark, query = base.partition("?")
     parts = []
-    for pair in query.split("&"):
+    for pair in query.split("&") if qmark else ():
         name, eq, _value = pair.partition("=")
-        parts.append(f"{name}=***" if eq and _SENSITIVE.search(name) else pair)
-    return base + "?" + "&".join(parts)
+        parts.append(f"{name}={MASK}" if eq and _sensitive(name) else redact_text(pair))
+    return base + qmark + "&".join(parts) + hash_ + redact_text(fragment)
 
 
 def record(store: redis.Redis, corpid: str, entry: dict[str, Any], *, limit: int = 200) -> None:

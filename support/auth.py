@@ -7,6 +7,11 @@
 - Wrong tokens are counted per client IP in the store (`dtgw:v1:support:fail:<ip>`, sliding window); past the
   limit every attempt from that IP, right or wrong, gets 429 rate_limited (`TooManyRequests`, the contract's
   envelope) with Retry-After until the window passes; the HTML login form shows it as a message, also 429.
+  The limit is on tokens *checked*, however many arrive at once: an attempt first reserves a check in the store
+  (one Lua script: refused when the failures plus the checks under way reach the limit), and only then is the
+  token compared. Checking first and counting after let 200 concurrent guesses have 8 checked against a limit
+  of 5. Tokens arriving together beyond what the limit leaves room for wait for a free check (at most
+  CHECK_WAIT seconds, then 429 with Retry-After: 1), so right tokens sent at once are never locked out.
 - A cookie-authenticated POST must carry the session's CSRF token (`X-CSRF-Token` header or `csrf` form field).
 """
 
@@ -14,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import random
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +40,7 @@ DISABLED_HINT = "console disabled: set GATEWAY_ADMIN_TOKEN"
 DEFAULT_SESSION_TTL = 8 * 3600
 DEFAULT_MAX_FAILURES = 5
 DEFAULT_FAIL_WINDOW = 300
+CHECK_WAIT = 2.0  # seconds an attempt waits for a free check while the limit's worth are under way
 
 
 class TooManyAttempts(TooManyRequests):
@@ -86,7 +94,36 @@ def token_matches(settings: Settings, given: str) -> bool:
 
 
 def fail_key(ip: str) -> str:
+    """A hash per client address: `failures` (wrong tokens in the window) and `checking` (checks under way)."""
     return global_key("support", "fail", ip or "unknown")
+
+
+# KEYS[1] fail_key; ARGV limit, window. Returns {verdict, ttl}: 0 go ahead (a check is reserved), 1 locked out,
+# 2 as many checks are under way as the limit leaves room for (retry in a moment).
+_RESERVE = """
+local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
+if failures >= tonumber(ARGV[1]) then return {1, redis.call('TTL', KEYS[1])} end
+local checking = tonumber(redis.call('HGET', KEYS[1], 'checking') or '0')
+if failures + checking >= tonumber(ARGV[1]) then return {2, 1} end
+redis.call('HINCRBY', KEYS[1], 'checking', 1)
+-- A worker that dies between reserving and settling holds its reservation until the window passes, never longer.
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return {0, 0}
+"""
+# KEYS[1] fail_key; ARGV right (1/0), window. Returns the failures counted in the window (0 after a right token).
+_SETTLE = """
+if tonumber(redis.call('HGET', KEYS[1], 'checking') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[1], 'checking', -1)
+end
+if ARGV[1] == '1' then
+  redis.call('HDEL', KEYS[1], 'failures')
+  if tonumber(redis.call('HGET', KEYS[1], 'checking') or '0') <= 0 then redis.call('DEL', KEYS[1]) end
+  return 0
+end
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return failures
+"""
 
 
 def _session_key(sid: str) -> str:
@@ -100,6 +137,8 @@ class Guard:
     def __init__(self, store: redis.Redis, settings: Settings) -> None:
         self._store = store
         self.settings = settings
+        self._reserve = store.register_script(_RESERVE)
+        self._settle = store.register_script(_SETTLE)
         key = derive_key(settings.secret_key, "support-session-v1")
         self._serializer = URLSafeTimedSerializer(key, salt="dtgw-support-session")
         self._binding = (
@@ -114,31 +153,41 @@ class Guard:
             raise Unauthorized("The support console is disabled", hint=DISABLED_HINT)
 
     def check_token(self, given: str, ip: str) -> None:
-        """Accept the admin token, or count a failure; raise Unauthorized / TooManyAttempts."""
+        """Accept the admin token, or count a failure; raise Unauthorized / TooManyAttempts.
+
+        No more than `max_failures` tokens from one address are compared between two right ones in a window,
+        however many arrive at once: each check is reserved in the store before the comparison, settled after.
+        """
         self.require_enabled()
-        self.refuse_if_locked(ip)
-        if token_matches(self.settings, given):
-            self._store.delete(fail_key(ip))
-            return
-        pipe = self._store.pipeline(transaction=True)
-        pipe.incr(fail_key(ip))
-        pipe.expire(fail_key(ip), self.settings.fail_window)
-        failures = int(pipe.execute()[0])
-        if failures >= self.settings.max_failures:
+        key, window = fail_key(ip), self.settings.fail_window
+        deadline = time.monotonic() + CHECK_WAIT
+        while True:
+            verdict, ttl = (int(v) for v in self._reserve(keys=[key], args=[self.settings.max_failures, window]))
+            if verdict != 2 or time.monotonic() >= deadline:
+                break
+            # Checks under way settle within milliseconds; they free their reservation, or count a failure.
+            time.sleep(0.005 + random.random() * 0.01)
+        if verdict == 1:
+            raise self._locked_out(ttl)
+        if verdict == 2:
             raise TooManyAttempts(
-                "Wrong admin token; too many wrong tokens from this address", retry_after=self.settings.fail_window
+                "Too many admin token checks at once from this address",
+                hint="Retry in a second; send fewer requests at once.",
+                retry_after=1,
             )
+        right = token_matches(self.settings, given)
+        failures = int(self._settle(keys=[key], args=[1 if right else 0, window]))
+        if right:
+            return
+        if failures >= self.settings.max_failures:
+            raise TooManyAttempts("Wrong admin token; too many wrong tokens from this address", retry_after=window)
         raise Unauthorized("Wrong admin token", hint="Check GATEWAY_ADMIN_TOKEN; repeated wrong tokens are locked out.")
 
-    def refuse_if_locked(self, ip: str) -> None:
-        """Raise TooManyAttempts while this address is over the failure limit."""
-        failures = int(self._store.get(fail_key(ip)) or 0)
-        if failures >= self.settings.max_failures:
-            ttl = int(self._store.ttl(fail_key(ip)))
-            raise TooManyAttempts(
-                "Too many wrong admin tokens from this address",
-                retry_after=max(1, ttl if ttl > 0 else self.settings.fail_window),
-            )
+    def _locked_out(self, ttl: int) -> TooManyAttempts:
+        return TooManyAttempts(
+            "Too many wrong admin tokens from this address",
+            retry_after=max(1, ttl if ttl > 0 else self.settings.fail_window),
+        )
 
     # -- sessions ------------------------------------------------------------------------------------------
     def open_session(self) -> tuple[str, Session]:

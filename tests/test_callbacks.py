@@ -592,3 +592,65 @@ def test_garbage_is_refused_cleanly_and_never_recorded(
     assert response.status_code in (400, 403)
     assert response.get_json()["error"]["code"] in ("invalid_request", "signature_invalid", "decrypt_failed")
     assert stream_len(cb_app) == 0
+
+
+# --- large pushes (issue 15 item 8) ------------------------------------------------------------------------
+
+
+def many_users(count: int, kind: str = "user_leave_org") -> dict[str, Any]:
+    """A push about `count` people, with userids as long as DingTalk's (up to 20 digits)."""
+    return {"EventType": kind, "UserId": [f"{10**19 + i:020d}" for i in range(count)], "TimeStamp": "1700000000000"}
+
+
+def push_body(sender: Sender, event: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+    query, body = sender.request(sender.encrypt(json.dumps(event)))
+    return query, json.dumps(body).encode()
+
+
+def test_a_push_about_600_leavers_is_acknowledged_and_recorded(
+    cb_app: Flask, cb_client: FlaskClient, sender: Sender
+) -> None:
+    query, body = push_body(sender, many_users(600))
+    # 14 KB of event JSON is ~19 KB of body once encrypted and base64-encoded: over the 16 KiB other routes take.
+    assert len(body) > int(cb_app.config["GATEWAY_MAX_BODY"])
+    response = cb_client.post(URL, query_string=query, data=body, content_type="application/json")
+    assert response.status_code == 200, response.get_json()  # old code: 413, and 413 again on every retry
+    assert sender.check_reply(response.get_json()) == "success"
+    [stored] = entries(cb_app)
+    assert len(json.loads(stored["ids"])["UserId"]) == 600
+
+
+def test_pushes_up_to_the_callback_limit_are_taken_and_larger_ones_get_json_413(
+    cb_app: Flask, cb_client: FlaskClient, sender: Sender
+) -> None:
+    limit = int(cb_app.config["GATEWAY_CALLBACK_MAX_BODY"])
+    assert limit == 1024 * 1024
+    # Not a leave event, so that the test times the limit and not dropping 31,000 links.
+    query, body = push_body(sender, many_users(31_000, kind="user_add_org"))
+    assert 0.9 * limit < len(body) <= limit
+    response = cb_client.post(URL, query_string=query, data=body, content_type="application/json")
+    assert response.status_code == 200, response.get_json()
+
+    query, body = push_body(sender, many_users(33_500, kind="user_add_org"))
+    assert len(body) > limit
+    response = cb_client.post(URL, query_string=query, data=body, content_type="application/json")
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "invalid_request"
+    assert stream_len(cb_app) == 1
+
+
+def test_the_callback_limit_is_configurable_and_the_small_limit_stays_elsewhere(
+    sim_server: SimulatorServer, sender: Sender
+) -> None:
+    from app import create_app
+
+    app = with_callback(create_app(make_config(sim_server, GATEWAY_CALLBACK_MAX_BODY=8 * 1024)))
+    client = app.test_client()
+    query, body = push_body(sender, many_users(300))
+    assert 8 * 1024 < len(body) < 16 * 1024
+    response = client.post(URL, query_string=query, data=body, content_type="application/json")
+    assert response.status_code == 413 and response.get_json()["error"]["code"] == "invalid_request"
+    # Every other route keeps GATEWAY_MAX_BODY (16 KiB): the callback's larger limit is its own.
+    big_login = {"corpid": DEMO_CORPID, "code": "x" * 20_000}
+    assert client.post("/channel/login", json=big_login).status_code == 413
+    get_runtime(app).close()

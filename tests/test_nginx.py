@@ -292,3 +292,155 @@ def test_metrics_add_up_across_gunicorn_workers(stack: Any) -> None:
         assert requests.get(f"{stack.gunicorn_url}/healthz", timeout=5).status_code == 200
     counts = {healthz_count() for _ in range(6)}
     assert counts == {before + 40}, counts
+
+
+# ---- issue 15: large pushes, long request lines, security headers, access logs ---------------------------------
+
+
+def raw_get(conn: http.client.HTTPConnection, target: str, headers: dict[str, str] | None = None) -> Any:
+    """GET `target` as given (no re-encoding); the response, its body read."""
+    conn.request("GET", target, headers=headers or {})
+    resp = conn.getresponse()
+    resp.body = resp.read()
+    return resp
+
+
+def padded_target(length: int) -> str:
+    """A /channel/config target whose request line (`GET … HTTP/1.1`) is exactly `length` bytes."""
+    base = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&pad="
+    return base + "a" * (length - len("GET ") - len(base) - len(" HTTP/1.1"))
+
+
+def test_request_lines_of_any_length_get_the_json_error(stack: Any) -> None:
+    """Old code: lines of 4095-8190 bytes got gunicorn's HTML 400, longer ones nginx's HTML 414."""
+    answers = {}
+    for length in (4094, 4095, 6000, 7998, 7999, 8191, 9000, 30_000):
+        conn = connection(stack, "127.0.0.6")
+        resp = raw_get(conn, padded_target(length), headers={"Referer": page_url(stack)})
+        conn.close()
+        answers[length] = (resp.status, resp.getheader("Content-Type", "").split(";")[0])
+        if resp.status != 200:
+            assert json.loads(resp.body)["error"]["code"] == "invalid_request"
+    # What the gateway can read it answers (a signed config); what nginx refuses, it refuses in the JSON shape.
+    assert answers == {
+        4094: (200, "application/json"),
+        4095: (200, "application/json"),
+        6000: (200, "application/json"),
+        7998: (200, "application/json"),
+        7999: (414, "application/json"),
+        8191: (414, "application/json"),
+        9000: (414, "application/json"),
+        30_000: (414, "application/json"),
+    }
+    conn = connection(stack, "127.0.0.6")
+    resp = raw_get(conn, "/healthz", headers={"X-Big": "b" * 9000})
+    conn.close()
+    assert resp.status == 400 and json.loads(resp.body)["error"]["code"] == "invalid_request"
+
+
+def test_gunicorn_reads_every_request_line_nginx_passes_on(stack: Any) -> None:
+    """Old code: gunicorn's limit (4094) answered longer lines with its HTML 400 before the app saw them."""
+    for length in (4095, 6000, 7998, 8190):
+        conn = http.client.HTTPConnection("127.0.0.1", stack.gunicorn_port, timeout=10)
+        resp = raw_get(conn, padded_target(length), headers={"Referer": page_url(stack)})
+        conn.close()
+        assert (resp.status, resp.getheader("Content-Type")) == (200, "application/json"), (length, resp.body[:80])
+
+
+SECURITY_HEADERS = ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options")
+
+
+@pytest.mark.parametrize("path", ["/support", "/support/api/corps"])
+def test_support_console_sends_each_security_header_once_with_its_own_value(stack: Any, path: str) -> None:
+    conn = connection(stack, "127.0.0.7")
+    resp = raw_get(conn, path)
+    conn.close()
+    sent = {name: resp.headers.get_all(name) or [] for name in SECURITY_HEADERS}
+    # Old code: each twice, the gateway's then nginx's, and browsers took nginx's weaker Referrer-Policy
+    # (strict-origin-when-cross-origin) and X-Frame-Options (SAMEORIGIN) over the console's.
+    assert {name: len(values) for name, values in sent.items()} == dict.fromkeys(SECURITY_HEADERS, 1), sent
+    assert sent["Referrer-Policy"] == ["same-origin"] and sent["X-Frame-Options"] == ["DENY"]
+    assert "frame-ancestors 'none'" in sent["Content-Security-Policy"][0]
+    assert resp.headers.get_all("Strict-Transport-Security") == ["max-age=86400"]
+
+
+def test_the_page_gets_nginxs_security_headers_once(stack: Any) -> None:
+    conn = connection(stack, "127.0.0.7")
+    resp = raw_get(conn, page_url(stack).split("#")[0].removeprefix(stack.public_url))
+    conn.close()
+    assert {name: resp.headers.get_all(name) for name in SECURITY_HEADERS} == {
+        "Content-Security-Policy": [
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+            "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
+        ],
+        "X-Content-Type-Options": ["nosniff"],
+        "Referrer-Policy": ["strict-origin-when-cross-origin"],
+        "X-Frame-Options": ["SAMEORIGIN"],
+    }
+
+
+def test_access_logs_keep_no_auth_code_ticket_or_token_from_page_urls(stack: Any, https: requests.Session) -> None:
+    page = f"{stack.public_url}/channel/login?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&code=AUTHCODE77&x=1"
+    resp = https.get(
+        f"{stack.public_url}/channel/config",
+        params={"corpid": DEMO_CORPID, "agentid": DEMO_AGENT_ID, "url": page, "ticket": "TICKET77"},
+        headers={"Referer": page + "&access_token=TOKEN77"},
+    )
+    assert resp.status_code == 200, resp.text
+    rid = resp.headers["X-Request-Id"]
+    [line] = access_log_lines(stack, f"rid={rid}")
+    nginx_log = (stack.workdir / "logs" / "access.log").read_text(encoding="utf-8")
+    [nginx_line] = [x for x in nginx_log.splitlines() if f"rid={rid}" in x]
+    # Old code: all three values in gunicorn's line (3 of 3), two in nginx's.
+    leaked = [s for s in ("AUTHCODE77", "TICKET77", "TOKEN77") if s in line or s in nginx_line]
+    assert leaked == [], (line, nginx_line)
+    assert "code%3D***" in line and "ticket=***" in line and "access_token=***" in line  # still there, masked
+    assert '"GET /channel/config HTTP/1.1"' in nginx_line  # nginx logs the path only; gunicorn the rest
+
+
+@pytest.fixture(scope="module")
+def callback_corp(stack: Any, redis_url: str) -> str:
+    """A corp with a callback registered in the stack's store (the sandbox's demo corp has none)."""
+    from app import create_app
+    from corp.registry import Corp
+    from gateway.config import SANDBOX_SECRET_KEY
+    from gateway.runtime import get_runtime
+    from tests.test_callbacks import AES_KEY, CALLBACK_TOKEN
+
+    app = create_app(
+        {"REDIS_URL": redis_url, "GATEWAY_SECRET_KEY": SANDBOX_SECRET_KEY, "DINGTALK_API_BASE": stack.api_base}
+    )
+    corp = Corp(
+        corpid="dingpush0001",
+        agent_id="1",
+        origins=(stack.public_url,),
+        corp_secret="c",
+        channel_secret="c",
+        callback_token=CALLBACK_TOKEN,
+        aes_key=AES_KEY,
+    )
+    get_runtime(app).registry.add(corp)
+    get_runtime(app).close()
+    return corp.corpid
+
+
+def test_large_pushes_get_through_nginx_and_gunicorn(stack: Any, https: requests.Session, callback_corp: str) -> None:
+    from tests.test_callbacks import AES_KEY, CALLBACK_TOKEN, Sender, many_users, push_body
+
+    sender = Sender(CALLBACK_TOKEN, AES_KEY, callback_corp)
+    url = f"{stack.public_url}/ding/callback/{callback_corp}"
+    sizes = {}
+    for name, event in (
+        ("600 leavers", many_users(600)),
+        ("31,000 joiners", many_users(31_000, kind="user_add_org")),
+        ("33,500 joiners", many_users(33_500, kind="user_add_org")),
+    ):
+        query, body = push_body(sender, event)
+        resp = https.post(url, params=query, data=body, headers={"Content-Type": "application/json"}, timeout=30)
+        sizes[name] = (len(body) // 1024, resp.status_code)
+        if resp.status_code == 200:
+            assert sender.check_reply(resp.json()) == "success"
+        else:
+            assert resp.json()["error"]["code"] == "invalid_request"
+    # Old code: 413 for the first two as well (the app's 16 KiB limit, then nginx's 64k), on every retry.
+    assert sizes == {"600 leavers": (18, 200), "31,000 joiners": (968, 200), "33,500 joiners": (1047, 413)}, sizes

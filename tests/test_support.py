@@ -146,7 +146,7 @@ def test_wrong_token_refused_then_slowed_down(sapp: Any) -> None:
     assert 'id="login-error"' in html and "Too many wrong admin tokens" in html and "retry in" in html
     # The counter is per client IP, kept in the store with a TTL.
     store = runtime(sapp).store
-    assert int(store.get("dtgw:v1:support:fail:127.0.0.1")) >= 5
+    assert int(store.hget("dtgw:v1:support:fail:127.0.0.1", "failures")) == 5
     assert 0 < store.ttl("dtgw:v1:support:fail:127.0.0.1") <= 300
     other = sapp.test_client()
     other.environ_base["REMOTE_ADDR"] = "10.0.0.9"
@@ -691,3 +691,132 @@ def test_no_page_or_api_answer_shows_a_secret(sapp: Any, sim: Any) -> None:
     for label, text in answers:
         for secret in secrets_seen:
             assert secret not in text, f"{label} shows a secret in full"
+
+
+# -- the lockout under concurrency (issue 15 item 9) -------------------------------------------------------------
+
+HAMMER_PROCESSES = 3
+HAMMER_THREADS = 8
+HAMMER_ROUNDS = 12
+HAMMER_LIMIT = 5
+
+
+def _hammer(redis_url: str, barrier: Any, results: Any) -> None:
+    """One process of the lockout test: threads that send wrong tokens together, one round per client address.
+
+    Reports, per round, how many tokens this process compared (the function the guard compares with is wrapped
+    to count) and how many wrong-token verdicts (401, or the 429 that says the token was wrong) it gave.
+    """
+    import threading
+
+    import redis as redis_lib
+
+    from support import auth
+
+    compared = [0] * HAMMER_ROUNDS
+    verdicts = [0] * HAMMER_ROUNDS
+    count_lock = threading.Lock()
+    current = threading.local()
+    real_matches = auth.token_matches
+
+    def counting_matches(settings: Any, given: str) -> bool:
+        with count_lock:
+            compared[current.round] += 1
+        return real_matches(settings, given)
+
+    auth.token_matches = counting_matches  # type: ignore[assignment]
+    store = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+    settings = auth.Settings(admin_token=ADMIN_TOKEN, secret_key="k", max_failures=HAMMER_LIMIT, fail_window=300)
+    guard = auth.Guard(store, settings)
+
+    def run() -> None:
+        for r in range(HAMMER_ROUNDS):
+            current.round = r
+            barrier.wait(timeout=60)  # every thread of every process starts the round at once
+            for _ in range(3):
+                try:
+                    guard.check_token(f"wrong-{r}", f"198.51.100.{r}")
+                except auth.Unauthorized:
+                    verdict = 1
+                except auth.TooManyAttempts as e:
+                    verdict = 1 if e.message.startswith("Wrong admin token") else 0
+                with count_lock:
+                    verdicts[r] += verdict
+
+    threads = [threading.Thread(target=run) for _ in range(HAMMER_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results.put((compared, verdicts))
+
+
+def failures_counted(store: Any, key: str) -> int:
+    """The failure count of one address (a plain counter in the old layout, a hash field now)."""
+    if store.type(key) == "string":
+        return int(store.get(key))
+    return int(store.hget(key, "failures") or 0)
+
+
+@pytest.mark.redis
+def test_no_more_wrong_tokens_are_checked_than_the_limit_however_many_arrive_at_once(
+    real_redis: Any, redis_url: str
+) -> None:
+    import multiprocessing
+
+    from support.auth import Guard, Settings, TooManyAttempts, fail_key
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(HAMMER_PROCESSES * HAMMER_THREADS)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_hammer, args=(redis_url, barrier, results)) for _ in range(HAMMER_PROCESSES)]
+    for p in procs:
+        p.start()
+    reports = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    compared = [sum(rep[0][r] for rep in reports) for r in range(HAMMER_ROUNDS)]
+    verdicts = [sum(rep[1][r] for rep in reports) for r in range(HAMMER_ROUNDS)]
+    counters = [failures_counted(real_redis, fail_key(f"198.51.100.{r}")) for r in range(HAMMER_ROUNDS)]
+    # Each round: 72 wrong tokens from one address at once (3 processes x 8 threads x 3). Old code (check the
+    # counter, compare, then count), 6 runs: 10 to 19 compared in the worst round against the limit of 5, and
+    # 10 to 12 of the 12 rounds over it. Now at most 5, every round.
+    over = [c for c in compared if c > HAMMER_LIMIT]
+    assert max(compared) <= HAMMER_LIMIT, f"compared {max(compared)} in one round; {len(over)} rounds over: {compared}"
+    assert max(verdicts) <= HAMMER_LIMIT and max(counters) <= HAMMER_LIMIT, (verdicts, counters)
+    assert min(compared) == HAMMER_LIMIT  # not vacuous: the limit's worth of tokens were checked every round
+    # And once locked, even the right token waits.
+    guard = Guard(real_redis, Settings(admin_token=ADMIN_TOKEN, secret_key="k", max_failures=HAMMER_LIMIT))
+    with pytest.raises(TooManyAttempts):
+        guard.check_token(ADMIN_TOKEN, "198.51.100.0")
+
+
+@pytest.mark.redis
+def test_right_tokens_arriving_together_are_never_locked_out(real_redis: Any) -> None:
+    import threading
+
+    from support.auth import Guard, Settings, TooManyAttempts
+
+    guard = Guard(real_redis, Settings(admin_token=ADMIN_TOKEN, secret_key="k", max_failures=HAMMER_LIMIT))
+    outcomes: list[int] = []
+    barrier = threading.Barrier(16)
+
+    def run() -> None:
+        barrier.wait(timeout=30)
+        for _ in range(20):
+            try:
+                guard.check_token(ADMIN_TOKEN, "198.51.100.200")
+                outcomes.append(0)
+            except TooManyAttempts as e:
+                outcomes.append(int(e.retry_after or 0))
+
+    threads = [threading.Thread(target=run) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # 16 threads x 20 right tokens, at most 5 checked at any moment: the others wait their turn (milliseconds),
+    # none is refused, and nothing is left counted against the address.
+    assert outcomes == [0] * 320, [o for o in outcomes if o]
+    assert not real_redis.exists("dtgw:v1:support:fail:198.51.100.200")
