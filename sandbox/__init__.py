@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from sandbox.demo import (
-    DEMO_AGENT_ID,
-    DEMO_CHANNEL_SECRET,
-    DEMO_CORP_SECRET,
-    DEMO_CORPID,
-    DEMO_PEOPLE,
-    add_demo,
-)
+from sandbox.apis import TICKET_TTL, TOKEN_TTL
+from sandbox.client_side import CODE_TTL
+from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID, DEMO_PEOPLE
 from sandbox.http import create_simulator_app
+from sandbox.model import APIS, Reply, SimulatorError
 from sandbox.server import SimulatorServer
 from sandbox.signature import accepted_urls, form_decode, sign
-from sandbox.state import (
-    APIS,
-    CODE_TTL,
-    TICKET_TTL,
-    TOKEN_TTL,
-    Reply,
-    Simulator,
-    SimulatorError,
-)
+from sandbox.state import Simulator
 
 __all__ = [
     "APIS",
@@ -38,7 +26,6 @@ __all__ = [
     "SimulatorError",
     "SimulatorServer",
     "accepted_urls",
-    "add_demo",
     "create_simulator_app",
     "form_decode",
     "sign",

@@ -1,11 +1,11 @@
-"""Define the demo corp and its three kinds of follower, used by sandbox mode and tests."""
+"""Define the demo corp and its three kinds of follower, used by sandbox mode and tests.
+
+Plain data: `Simulator.demo()` registers it, and the gateway's sandbox mode registers the same corp with itself.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from sandbox.state import Simulator
+from typing import Any
 
 DEMO_CORPID = "dingdemo0001"
 # Public on purpose: the sandbox is a toy upstream. They differ so that mixing the pipelines fails.
@@ -39,22 +39,3 @@ DEMO_PEOPLE: list[dict[str, Any]] = [
         "contact_type": None,
     },
 ]
-
-
-def add_demo(sim: Simulator) -> None:
-    """Register the demo corp and its people on sim."""
-    sim.add_corp(
-        DEMO_CORPID,
-        corp_secret=DEMO_CORP_SECRET,
-        channel_secret=DEMO_CHANNEL_SECRET,
-        agent_id=DEMO_AGENT_ID,
-    )
-    for person in DEMO_PEOPLE:
-        sim.add_person(
-            DEMO_CORPID,
-            unionid=person["unionid"],
-            openid=person["openid"],
-            name=person["name"],
-            userid=person["userid"],
-            contact_type=person["contact_type"],
-        )

@@ -13,7 +13,9 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from sandbox.state import APIS, DEFAULT_BLOCKED_IP, Reply, Simulator, SimulatorError
+from sandbox.controls import DEFAULT_BLOCKED_IP
+from sandbox.model import APIS, Reply, SimulatorError
+from sandbox.state import Simulator
 
 _MISSING: Any = object()
 
