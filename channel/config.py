@@ -10,16 +10,10 @@ from typing import Any
 from channel.signing import new_nonce, normalize_url, sign, timestamp_ms
 from corp.registry import Corp
 from gateway import trace
-from gateway.errors import (
-    AgentMismatch,
-    InvalidRequest,
-    StoreUnavailable,
-    UpstreamError,
-    UpstreamUnavailable,
-    UrlNotAllowed,
-)
+from gateway.errors import AgentMismatch, InvalidRequest, UrlNotAllowed, contract_of
 from gateway.runtime import Runtime
 from gateway.validation import Origin, page_origin
+from oapi.errors import UpstreamError, UpstreamUnavailable
 from oapi.hints import hint_for
 
 log = logging.getLogger(__name__)
@@ -95,12 +89,10 @@ def report_config_error(
     if error_code in TICKET_ERRORS and plausible:
         try:
             fresh = rt.channel_client(corp).ticket.force_refresh(int(rt.config["GATEWAY_TICKET_COOLDOWN"]))
-        except StoreUnavailable:
-            raise
         except (UpstreamError, UpstreamUnavailable) as e:
             # The report is still recorded; the failed refresh dropped the ticket and released its cooldown, so
             # the next page view fetches a new one and the next report may refresh again.
-            log.warning("forced ticket refresh corp=%s failed: %s", corpid, e.code)
+            log.warning("forced ticket refresh corp=%s failed: %s", corpid, contract_of(e)[1])
         else:
             refreshed = fresh is not None
     trace.record(

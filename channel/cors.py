@@ -15,9 +15,9 @@ from urllib.parse import parse_qs
 import redis
 from flask import Flask
 
-from gateway.errors import GatewayError
 from gateway.runtime import Runtime, get_runtime
 from gateway.validation import origin_from_header
+from kit.errors import Failure
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def corp_allows(corpid: str, origin: str, rt: Runtime | None = None) -> bool:
         return False
     try:
         return (rt or get_runtime()).corp(corpid).allows_origin(parsed)
-    except (GatewayError, redis.exceptions.RedisError):
+    except (Failure, redis.exceptions.RedisError):
         # No grant; the response (often the error itself) stands.
         return False
 

@@ -11,7 +11,7 @@ import json
 import redis
 
 from corp.api import UserLink
-from gateway.store import corp_key
+from kit.keys import corp_key
 
 # An unlinked follower may be hired any day: recheck sooner than a linked one.
 UNLINKED_TTL_CAP = 600

@@ -9,9 +9,10 @@ from typing import Any
 from channel.links import LinkCache
 from channel.session import issue_token
 from gateway import trace
-from gateway.errors import GatewayError
+from gateway.errors import contract_of
 from gateway.runtime import Runtime
 from gateway.store import WRITE_REFUSED
+from kit.errors import Failure
 from oapi.hints import hint_for
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,10 @@ def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, 
             userid=link.userid,
             ttl=ttl,
         )
-    except GatewayError as e:
-        entry.update(step=step, outcome=e.code, errcodes=[e.errcode] if e.errcode is not None else [], hint=e.hint)
+    except Failure as e:
+        entry.update(
+            step=step, outcome=contract_of(e)[1], errcodes=[e.errcode] if e.errcode is not None else [], hint=e.hint
+        )
         best_effort("login trace", corpid, lambda: trace.record(rt.store, corpid, entry, limit=limit))
         raise
     entry.update(

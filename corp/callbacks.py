@@ -30,9 +30,10 @@ from prometheus_client import Counter
 
 from channel.links import LinkCache
 from corp.events import HANDSHAKE_TYPES, EventLog, event_ids, event_type
-from gateway.errors import DecryptFailed, GatewayError, InvalidRequest, SignatureInvalid, UnknownCorp
+from gateway.errors import DecryptFailed, GatewayError, InvalidRequest, SignatureInvalid, UnknownCorp, contract_of
 from gateway.runtime import Runtime, get_runtime
 from gateway.validation import load
+from kit.errors import Failure
 from oapi.callback_crypto import CallbackCrypto, CallbackCryptoError
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ def receive(corpid: str) -> Response:
     try:
         push = parse_push(request.args, request.get_json(force=True, silent=True))
         reply = handle_push(rt, corpid, push)
-    except GatewayError as e:
-        CALLBACKS.labels("-", e.code).inc()
+    except Failure as e:
+        CALLBACKS.labels("-", contract_of(e)[1]).inc()
         raise
     return jsonify(reply)

@@ -20,9 +20,10 @@ import requests
 from channel.signing import new_nonce, normalize_url, sign, timestamp_ms
 from corp.registry import Corp
 from gateway import trace
-from gateway.errors import GatewayError
 from gateway.runtime import Runtime
-from gateway.sealing import fingerprint
+from kit.errors import Failure
+from kit.sealing import fingerprint
+from oapi.errors import UpstreamError
 from oapi.hints import hint_for
 from oapi.tokens import ChannelTicket
 from oapi.upstream import Upstream
@@ -50,15 +51,15 @@ class CheckResult:
         return asdict(self)
 
 
-def _fetch(upstream: Upstream, api: str, params: dict[str, str], corpid: str) -> tuple[str | None, GatewayError | None]:
+def _fetch(upstream: Upstream, api: str, params: dict[str, str], corpid: str) -> tuple[str | None, Failure | None]:
     try:
         body = upstream.call(api, params, corpid=corpid, token_fetch=True)
-    except GatewayError as e:
+    except Failure as e:
         return None, e
     return str(body.get("access_token", "")), None
 
 
-def _diagnose(error: GatewayError, *, pipeline: str, swapped_works: bool, same_secret: bool) -> str:
+def _diagnose(error: Failure, *, pipeline: str, swapped_works: bool, same_secret: bool) -> str:
     errcode = error.errcode
     if errcode == 60020:
         ip = _IP_RE.search(error.errmsg or "")
@@ -94,7 +95,7 @@ def check_corp(upstream: Upstream, corp: Corp) -> list[CheckResult]:
             results.append(CheckResult(pipeline, True, 0, "OK", fingerprint(token)))
             continue
         if error is None:
-            error = GatewayError("DingTalk answered without a token")
+            error = UpstreamError("DingTalk answered without a token")
         swapped_works = False
         if error.errcode in (40001, 40089) and other_secret and other_secret != secret:
             # Try the other secret on this endpoint: the classic mix-up shows itself at once.
@@ -121,7 +122,7 @@ def check_page_config(rt: Runtime, corp: Corp) -> list[CheckResult]:
     cached = cache.peek()
     try:
         ticket = cached or cache.get()
-    except GatewayError as e:
+    except Failure as e:
         diagnosis = _diagnose(e, pipeline="channel", swapped_works=False, same_secret=False)
         return [
             CheckResult("ticket", False, e.errcode, f"No channel ticket: {diagnosis}"),

@@ -16,8 +16,8 @@ from marshmallow import ValidationError
 from corp.check import TOKEN_PIPELINES, CheckResult, check_corp, check_page_config
 from corp.registry import REPLACED, Corp
 from corp.schemas import CorpRegistrationSchema, first_error, parse_origin
-from gateway.errors import GatewayError
 from gateway.runtime import get_runtime
+from kit.errors import Failure
 
 bp = Blueprint("corp", __name__, cli_group="corp")
 
@@ -158,7 +158,7 @@ def check(corpid: str, verbose: bool) -> None:
     with logs_muted(not verbose):
         try:
             corp = rt.registry.get(corpid)
-        except GatewayError as e:
+        except Failure as e:
             fail(e.message)
             return
         results = check_corp(rt.upstream, corp)

@@ -31,9 +31,9 @@ import redis
 
 from corp.cli import bp as corp_bp
 from corp.cli import fail
-from gateway.errors import GatewayError
 from gateway.runtime import get_runtime
-from gateway.store import corp_key
+from kit.errors import Failure
+from kit.keys import corp_key
 
 STREAM_MAXLEN = 10_000
 #: DingTalk retries an unacknowledged push for hours, not days; a day of dedupe covers every retry.
@@ -246,7 +246,7 @@ def events(corpid: str, count: int, follow: bool, idle_timeout: float | None) ->
     rt = get_runtime()
     try:
         rt.registry.get(corpid)
-    except GatewayError as e:
+    except Failure as e:
         fail(e.message)
         return
     log = EventLog(rt.store, corpid)

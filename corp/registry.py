@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 import redis
 
 from gateway.errors import SecretsUnreadable, UnknownCorp
-from gateway.nearcache import NearCache
-from gateway.sealing import Sealer, SealError
-from gateway.store import REGISTRATION_FIELD, corp_key, global_key, registration_key
+from kit.keys import REGISTRATION_FIELD, corp_key, global_key, registration_key
+from kit.nearcache import NearCache
+from kit.sealing import Sealer, SealError
 
 SECRET_FIELDS = ("corp_secret", "channel_secret", "callback_token", "aes_key")
 INDEX = global_key("corps")

@@ -1,66 +1,77 @@
-"""The gateway's one exception tree; each class knows its HTTP status and contract error code.
+"""The gateway's own exception tree; each class knows its HTTP status and contract error code. DingTalk's
+failures are oapi's own tree (`oapi/errors.py`); `contract_of` gives any of them its status and code, so the one
+error handler (`gateway/handlers.py`) renders both.
 
-    GatewayError                      500 internal_error
-    ├── InvalidRequest                400 invalid_request
-    │   └── PayloadTooLarge           413 invalid_request
-    ├── NotFound                      404 not_found
-    ├── MethodNotAllowed              405 method_not_allowed
-    ├── UnknownCorp                   404 unknown_corp
-    ├── AgentMismatch                 400 agent_mismatch
-    ├── UrlNotAllowed                 403 url_not_allowed
-    ├── Unauthorized                  401 unauthorized
-    ├── TooManyRequests               429 rate_limited        (our own cooldown or lockout; Retry-After)
-    ├── SecretsUnreadable             500 internal_error      (sealed under another GATEWAY_SECRET_KEY)
-    ├── SignatureInvalid              403 signature_invalid
-    ├── DecryptFailed                 400 decrypt_failed
-    ├── UpstreamError                 502 upstream_error      (DingTalk said no; the caller cannot fix it)
-    │   ├── CodeInvalid               401 code_invalid        (auth code unknown, used or expired)
-    │   └── TokenInvalid              502 upstream_error      (33001/40001/40014/42001: refresh once, then give up)
-    └── UpstreamUnavailable           503 upstream_unavailable (sets Retry-After)
-        ├── RateLimited                                        (45009/90002/90005/90006/90018, IP block)
-        ├── LockTimeout                                        (a token refresh did not finish in time)
-        └── StoreUnavailable          503 store_unavailable    (Redis unreachable, read-only or full)
+    Failure (kit/errors.py)
+    ├── GatewayError                  500 internal_error
+    │   ├── InvalidRequest            400 invalid_request
+    │   │   └── PayloadTooLarge       413 invalid_request
+    │   ├── NotFound                  404 not_found
+    │   ├── MethodNotAllowed          405 method_not_allowed
+    │   ├── UnknownCorp               404 unknown_corp
+    │   ├── AgentMismatch             400 agent_mismatch
+    │   ├── UrlNotAllowed             403 url_not_allowed
+    │   ├── Unauthorized              401 unauthorized
+    │   ├── TooManyRequests           429 rate_limited        (our own cooldown or lockout; Retry-After)
+    │   ├── SecretsUnreadable         500 internal_error      (sealed under another GATEWAY_SECRET_KEY)
+    │   ├── SignatureInvalid          403 signature_invalid
+    │   ├── DecryptFailed             400 decrypt_failed
+    │   └── StoreUnavailable          503 store_unavailable   (Redis unreachable, full or read-only; Retry-After)
+    └── OapiError (oapi/errors.py)
+        ├── UpstreamError             502 upstream_error
+        │   ├── CodeInvalid           401 code_invalid
+        │   └── TokenInvalid          502 upstream_error
+        ├── UpstreamUnavailable       503 upstream_unavailable (Retry-After)
+        │   ├── RateLimited           503 upstream_unavailable
+        │   └── LockTimeout           503 upstream_unavailable
+        └── RegistrationGone          404 unknown_corp
 
 Foreign exceptions are wrapped where they enter (`raise UpstreamUnavailable(...) from e`), so the one error
-handler in app.py only ever sees this tree.
+handler only ever sees this tree.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from kit.errors import Failure
+from oapi.errors import CodeInvalid, OapiError, RegistrationGone, UpstreamError, UpstreamUnavailable
 
-class GatewayError(Exception):
-    """Base of every error the gateway reports to a caller."""
+
+class GatewayError(Failure):
+    """Base of the gateway's own errors."""
 
     status = 500
     code = "internal_error"
-    default_hint = "An unexpected error; the request id links to the server log."
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        hint: str | None = None,
-        errcode: int | None = None,
-        errmsg: str | None = None,
-        retry_after: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint or self.default_hint
-        self.errcode = errcode
-        self.errmsg = errmsg
-        self.retry_after = retry_after
 
-    def to_dict(self, request_id: str | None = None) -> dict[str, Any]:
-        """Render the contract's error envelope."""
-        body: dict[str, Any] = {"code": self.code, "message": self.message, "hint": self.hint}
-        if self.errcode is not None:
-            body["dingtalk"] = {"errcode": self.errcode, "errmsg": self.errmsg or ""}
-        if request_id:
-            body["request_id"] = request_id
-        return {"error": body}
+# oapi's errors in the contract, most specific class first.
+_OAPI_CONTRACT: tuple[tuple[type[OapiError], int, str], ...] = (
+    (CodeInvalid, 401, "code_invalid"),
+    (UpstreamError, 502, "upstream_error"),
+    (UpstreamUnavailable, 503, "upstream_unavailable"),
+    (RegistrationGone, 404, "unknown_corp"),
+)
+
+
+def contract_of(error: Failure) -> tuple[int, str]:
+    """The contract's HTTP status and error code for any typed error."""
+    if isinstance(error, GatewayError):
+        return error.status, error.code
+    for kind, status, code in _OAPI_CONTRACT:
+        if isinstance(error, kind):
+            return status, code
+    return 500, "internal_error"
+
+
+def envelope(error: Failure, request_id: str | None = None) -> dict[str, Any]:
+    """The contract's error envelope for any typed error."""
+    body: dict[str, Any] = {"code": contract_of(error)[1], "message": error.message, "hint": error.hint}
+    if error.errcode is not None:
+        body["dingtalk"] = {"errcode": error.errcode, "errmsg": error.errmsg or ""}
+    if request_id:
+        body["request_id"] = request_id
+    return {"error": body}
 
 
 class InvalidRequest(GatewayError):
@@ -119,9 +130,7 @@ class TooManyRequests(GatewayError):
     status = 429
     code = "rate_limited"
     default_hint = "Too many attempts; wait the number of seconds in Retry-After."
-
-    def __init__(self, message: str, *, retry_after: int | None = None, **kw: Any) -> None:
-        super().__init__(message, retry_after=retry_after or 1, **kw)
+    default_retry_after = 1
 
 
 class SecretsUnreadable(GatewayError):
@@ -145,39 +154,8 @@ class DecryptFailed(GatewayError):
     default_hint = "Check the EncodingAESKey and receiver key (corpId, appKey or suiteKey) registered for this corp."
 
 
-class UpstreamError(GatewayError):
-    status = 502
-    code = "upstream_error"
-    default_hint = "DingTalk refused the call; see `dingtalk.errcode`."
-
-
-class CodeInvalid(UpstreamError):
-    status = 401
-    code = "code_invalid"
-    default_hint = "The auth code is unknown, used or expired: the page must request a new code."
-
-
-class TokenInvalid(UpstreamError):
-    """The access token was refused; the caller refreshes once and retries once."""
-
-
-class UpstreamUnavailable(GatewayError):
+class StoreUnavailable(GatewayError):
     status = 503
-    code = "upstream_unavailable"
-    default_hint = "DingTalk is unreachable or busy; retry after the number of seconds in Retry-After."
-
-    def __init__(self, message: str, *, retry_after: int | None = None, **kw: Any) -> None:
-        super().__init__(message, retry_after=retry_after or 1, **kw)
-
-
-class RateLimited(UpstreamUnavailable):
-    default_hint = "DingTalk rate-limited this corp and API; the gateway backs off for everyone until it clears."
-
-
-class LockTimeout(UpstreamUnavailable):
-    default_hint = "Another worker is refreshing this credential and did not finish in time; retry shortly."
-
-
-class StoreUnavailable(UpstreamUnavailable):
     code = "store_unavailable"
     default_hint = "The gateway's store (Redis) is unreachable; requests recover by themselves when it is back."
+    default_retry_after = 1

@@ -15,27 +15,32 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
     StoreUnavailable,
+    contract_of,
+    envelope,
 )
 from gateway.logs import current_request_id
 from gateway.store import store_fault
 from gateway.validation import query_text
+from kit.errors import Failure
 
 log = logging.getLogger(__name__)
 
 
-def render(error: GatewayError) -> Response:
-    response = jsonify(error.to_dict(current_request_id()))
-    response.status_code = error.status
+def render(error: Failure) -> Response:
+    """The contract's JSON for any typed error: the gateway's own, or DingTalk's from oapi."""
+    response = jsonify(envelope(error, current_request_id()))
+    response.status_code = contract_of(error)[0]
     if error.retry_after:
         response.headers["Retry-After"] = str(int(error.retry_after))
     return response
 
 
 def init_app(app: Flask) -> None:
-    @app.errorhandler(GatewayError)
-    def _gateway_error(e: GatewayError) -> Response:
-        if e.status >= 500:
-            log.warning("%s %s (errcode=%s)", e.code, e.message, e.errcode)
+    @app.errorhandler(Failure)
+    def _typed_error(e: Failure) -> Response:
+        status, code = contract_of(e)
+        if status >= 500:
+            log.warning("%s %s (errcode=%s)", code, e.message, e.errcode)
         return render(e)
 
     @app.errorhandler(HTTPException)

@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests, upstream calls by API and errcode, credential fetches by corp and pipeline."""
+"""Prometheus metrics of the web layer (requests by route), and the /metrics endpoint, which also reports oapi's
+(upstream calls by API and errcode, credential fetches by corp and pipeline: oapi/metrics.py)."""
 
 from __future__ import annotations
 
@@ -24,13 +25,6 @@ HTTP_LATENCY = Histogram(
     "HTTP request latency",
     ["endpoint"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
-UPSTREAM_CALLS = Counter("dtgw_upstream_calls_total", "Calls to DingTalk", ["api", "errcode"])
-UPSTREAM_LATENCY = Histogram("dtgw_upstream_call_duration_seconds", "DingTalk call latency", ["api"])
-CREDENTIAL_FETCHES = Counter(
-    "dtgw_credential_fetches_total",
-    "Token and ticket fetches from DingTalk",
-    ["corpid", "pipeline", "outcome"],
 )
 
 

@@ -12,9 +12,10 @@ from channel.api import ChannelClient
 from channel.session import session_key
 from corp.api import CorpClient
 from corp.registry import Corp, CorpRegistry
-from gateway.nearcache import NearCache
-from gateway.sealing import Sealer
-from gateway.store import NAMESPACE, get_store
+from gateway.store import get_store
+from kit.keys import NAMESPACE
+from kit.nearcache import NearCache
+from kit.sealing import Sealer
 from oapi.tokens import CacheSettings, Credentials
 from oapi.upstream import Upstream
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from gateway.store import corp_key
+from kit.keys import corp_key
 
 KINDS = ("login", "config_error")
 

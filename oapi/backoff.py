@@ -15,8 +15,8 @@ from typing import Any
 
 import redis
 
-from gateway.errors import RateLimited
-from gateway.store import corp_key, global_key
+from kit.keys import corp_key, global_key
+from oapi.errors import RateLimited
 from oapi.hints import hint_for
 
 MAX_DELAY_MS = 60_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.errors import CodeInvalid, RateLimited, TokenInvalid, UpstreamError, UpstreamUnavailable
+from oapi.errors import CodeInvalid, RateLimited, TokenInvalid, UpstreamError, UpstreamUnavailable
 from oapi.hints import MALFORMED_HINT, hint_for
 
 TOKEN_INVALID = frozenset({33001, 40001, 40014, 42001})

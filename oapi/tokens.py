@@ -13,7 +13,7 @@ Every write checks, in the same script, that the corp's registration is still th
 `flask corp add` (replace) or `remove`, a refresh already in flight stores nothing, and a cached value of another
 registration is never used. `:gen` has a TTL too; nothing here outlives a removed corp for long.
 
-With a near cache (gateway/nearcache.py, on whenever REDIS_URL is set), `peek()` answers from process memory
+With a near cache (kit/nearcache.py, on whenever REDIS_URL is set), `peek()` answers from process memory
 while Redis reports the hash unchanged, so a page view's ticket read costs no round trip.
 
 Beside it, with the same hash tag: `:lock` (redis-py Lock), `:gen`, `:fail` (a remembered configuration error)
@@ -44,12 +44,12 @@ import redis
 from redis.exceptions import LockError
 from redis.lock import Lock
 
-from gateway.errors import GatewayError, LockTimeout, TokenInvalid, UnknownCorp, UpstreamError, UpstreamUnavailable
-from gateway.metrics import CREDENTIAL_FETCHES
-from gateway.nearcache import NearCache
-from gateway.sealing import Sealer, SealError, fingerprint
-from gateway.store import REGISTRATION_FIELD, corp_key, registration_key
+from kit.keys import REGISTRATION_FIELD, corp_key, registration_key
+from kit.nearcache import NearCache
+from kit.sealing import Sealer, SealError, fingerprint
 from oapi.errcodes import CONFIGURATION
+from oapi.errors import LockTimeout, OapiError, RegistrationGone, TokenInvalid, UpstreamError, UpstreamUnavailable
+from oapi.metrics import CREDENTIAL_FETCHES
 
 log = logging.getLogger(__name__)
 
@@ -329,9 +329,9 @@ class CredentialCache(Generic[C]):
         args = [self.registration or "", value, ex, "nx" if nx else ""]
         return int(self._set_if_registered(keys=[key, *self._guard], args=args))
 
-    def _refused(self, outcome: int) -> GatewayError:
+    def _refused(self, outcome: int) -> OapiError:
         if outcome == NOT_REGISTERED:
-            return UnknownCorp(f"Corp {self.corpid!r} is not registered with this gateway")
+            return RegistrationGone(f"Corp {self.corpid!r} is not registered with this gateway")
         return UpstreamUnavailable(
             f"The registration of corp {self.corpid} was replaced during the {self.pipeline} refresh",
             retry_after=1,

@@ -15,10 +15,10 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from gateway.errors import RateLimited, UpstreamUnavailable
-from gateway.metrics import UPSTREAM_CALLS, UPSTREAM_LATENCY
 from oapi.backoff import Backoff
 from oapi.errcodes import SYSTEM_BUSY, classify, effective_errcode
+from oapi.errors import RateLimited, UpstreamUnavailable
+from oapi.metrics import UPSTREAM_CALLS, UPSTREAM_LATENCY
 
 log = logging.getLogger(__name__)
 

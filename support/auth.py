@@ -29,8 +29,8 @@ import redis
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from gateway.errors import TooManyRequests, Unauthorized
-from gateway.sealing import derive_key
-from gateway.store import global_key
+from kit.keys import global_key
+from kit.sealing import derive_key
 
 COOKIE = "dtgw_support"
 COOKIE_PATH = "/support"

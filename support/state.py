@@ -17,8 +17,8 @@ from corp.registry import Corp
 from gateway import trace
 from gateway.errors import InvalidRequest, TooManyRequests
 from gateway.runtime import Runtime
-from gateway.sealing import fingerprint
-from gateway.store import corp_key
+from kit.keys import corp_key
+from kit.sealing import fingerprint
 from oapi.hints import hint_for
 from oapi.tokens import Credential, CredentialCache
 

@@ -112,7 +112,7 @@ ANNOUNCEMENT_GRACE = 0.5
 
 
 def test_a_forced_ticket_refresh_reaches_every_process_at_once(redis_app: Any, redis_url: str, sim_server: Any) -> None:
-    """Each worker keeps the ticket in memory (gateway/nearcache.py); after another process refreshes it, and the
+    """Each worker keeps the ticket in memory (kit/nearcache.py); after another process refreshes it, and the
     old ticket dies upstream, no worker may go on signing with the dead one."""
     sim = sim_server.sim
     sim.set_ticket_mode(DEMO_CORPID, "invalidate")

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import redis
 
-from gateway.nearcache import NearCache
-from gateway.sealing import Sealer
+from kit.nearcache import NearCache
+from kit.sealing import Sealer
 from oapi.tokens import CacheSettings, ChannelTicket, CredentialCache
 
 PREFIX = "dtgw:v1:"
@@ -171,7 +171,7 @@ def test_a_redis_that_refuses_client_tracking_means_plain_store_reads(
             redis_url + "?max_connections=2", username="notrack", password="pw", decode_responses=True
         )
         cache = NearCache(limited, PREFIX, ping_every=0.2, max_backoff=0.02)
-        with caplog.at_level(logging.WARNING, logger="gateway.nearcache"):
+        with caplog.at_level(logging.WARNING, logger="kit.nearcache"):
             assert cache.snapshot() is None
             wait_until(lambda: "near cache off" in caplog.text)
         time.sleep(0.5)  # a couple of dozen failed attempts

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.redis
 
 # How long after the command returns a worker may still answer with the old registration: the time Redis takes to
 # announce the change and the worker's listener thread to act on it (tens of ms; up to ~200 ms with CPU-bound
-# threads beside it, see gateway/nearcache.py), plus requests already in flight. Before the fix: hours after a
+# threads beside it, see kit/nearcache.py), plus requests already in flight. Before the fix: hours after a
 # replacement (the cached ticket's TTL), ~2 s after a removal (the registry's cache time).
 GRACE = 1.0
 # Every traffic thread keeps sending until it has started a request this long after the command returned.
@@ -249,7 +249,7 @@ def test_a_refresh_in_flight_for_a_replaced_registration_stores_nothing(
 ) -> None:
     """The write is checked against the registration in the same script as the generation: a fetch that started
     under the old registration and lands after the replacement is neither stored nor handed out."""
-    from gateway.errors import GatewayError
+    from kit.errors import Failure
 
     rt = get_runtime(redis_app)
     old = rt.corp(DEMO_CORPID)
@@ -260,7 +260,7 @@ def test_a_refresh_in_flight_for_a_replaced_registration_stores_nothing(
     def refresh() -> None:
         try:
             cache.get()
-        except GatewayError as e:
+        except Failure as e:
             failure.append(e)
 
     worker = threading.Thread(target=refresh)

@@ -11,8 +11,8 @@ from urllib.parse import quote
 
 import pytest
 
-from gateway.errors import LockTimeout, UpstreamUnavailable
 from gateway.runtime import get_runtime
+from oapi.errors import LockTimeout, UpstreamUnavailable
 from oapi.tokens import CacheSettings, ChannelToken, CredentialCache
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
 from tests.conftest import EMPLOYEE, EXTERNAL, ORIGIN

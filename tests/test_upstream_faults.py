@@ -16,7 +16,7 @@ import pytest
 
 from corp.registry import Corp
 from gateway.runtime import get_runtime
-from gateway.store import global_key
+from kit.keys import global_key
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORPID
 from tests.conftest import EMPLOYEE, ORIGIN, make_config, register_demo
 
