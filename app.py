@@ -9,9 +9,15 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from gateway import handlers, logs, metrics, runtime, store
+from corp.runtime import build_runtime
+from gateway import logs, store
 from gateway.config import DEFAULTS, load_config
-from gateway.jsonio import StrictJSONProvider
+from web import cors, errors, metrics
+from web.callbacks import bp as callbacks_bp
+from web.channel import bp as channel_bp
+from web.cli import bp as corp_bp
+from web.jsonio import StrictJSONProvider
+from web.runtime import EXTENSION, get_runtime
 
 log = logging.getLogger("gateway")
 
@@ -31,20 +37,16 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     sandbox = bool(config["GATEWAY_SANDBOX"])
     if sandbox and config["DINGTALK_API_BASE"] == DEFAULTS["DINGTALK_API_BASE"]:
         # Sandbox mode never calls the real DingTalk: without an explicit simulator URL, run one here.
-        from sandbox.bridge import start_simulator
+        from web.sandbox import start_simulator
 
         app.config["DINGTALK_API_BASE"] = start_simulator(app)
 
     logs.init_app(app)
     metrics.init_app(app)
     store.init_app(app)
-    runtime.init_app(app)
-    handlers.init_app(app)
+    app.extensions[EXTENSION] = build_runtime(app.config, store.get_store(app))
+    errors.init_app(app)
 
-    from channel import cors
-    from channel.views import bp as channel_bp
-    from corp.callbacks import bp as callbacks_bp
-    from corp.cli import bp as corp_bp
     from support.views import bp as support_bp
 
     app.register_blueprint(channel_bp)
@@ -53,8 +55,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(support_bp)
     app.register_blueprint(callbacks_bp)
     if sandbox:
-        from sandbox.bridge import bp as sandbox_bp
-        from sandbox.bridge import register_demo_corp
+        from web.sandbox import bp as sandbox_bp
+        from web.sandbox import register_demo_corp
 
         app.register_blueprint(sandbox_bp)
         register_demo_corp(app)
@@ -63,7 +65,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
         ok = store.ping(store.get_store(app))
-        near = runtime.get_runtime(app).near
+        near = get_runtime(app).near
         body = {
             "status": "ok" if ok else "degraded",
             "store": "ok" if ok else "unreachable",

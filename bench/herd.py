@@ -281,7 +281,7 @@ def main() -> None:
                 sim.set_latency(args.latency)
                 from app import create_app
                 from corp.registry import Corp
-                from gateway.runtime import get_runtime
+                from web.runtime import get_runtime
 
                 app = create_app(
                     {

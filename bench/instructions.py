@@ -53,8 +53,8 @@ def gateway_app(redis_url: str, api_base: str) -> Any:
     """The gateway as gunicorn serves it behind nginx, with the simulator's demo corp registered."""
     from app import create_app
     from corp.registry import Corp
-    from gateway.runtime import get_runtime
     from sandbox.demo import DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET
+    from web.runtime import get_runtime
 
     app = create_app(
         {

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from channel.signing import new_nonce, normalize_url, sign, timestamp_ms
 from corp.registry import Corp
+from corp.runtime import Runtime
 from gateway import trace
 from gateway.errors import AgentMismatch, InvalidRequest, UrlNotAllowed, contract_of
-from gateway.runtime import Runtime
 from gateway.validation import Origin, page_origin
 from oapi.errors import UpstreamError, UpstreamUnavailable
 from oapi.hints import hint_for
+from oapi.signing import new_nonce, normalize_url, sign, timestamp_ms
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from channel.links import LinkCache
 from channel.session import issue_token
+from corp.links import LinkCache
+from corp.runtime import Runtime
 from gateway import trace
 from gateway.errors import contract_of
-from gateway.runtime import Runtime
 from gateway.store import WRITE_REFUSED
 from kit.errors import Failure
 from oapi.hints import hint_for

@@ -6,8 +6,6 @@ lines without ever seeing the other keys derived from the same secret.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from typing import Any
 
@@ -15,11 +13,6 @@ import jwt
 
 ISSUER = "dingtalk-channel-gateway"
 ALGORITHM = "HS256"
-
-
-def session_key(secret_key: str) -> bytes:
-    """The JWT key derived from GATEWAY_SECRET_KEY."""
-    return hmac.new(secret_key.encode(), b"dtgw session-jwt v1", hashlib.sha256).digest()
 
 
 def issue_token(

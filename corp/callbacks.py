@@ -24,21 +24,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 from prometheus_client import Counter
 
-from channel.links import LinkCache
 from corp.events import HANDSHAKE_TYPES, EventLog, event_ids, event_type
-from gateway.errors import DecryptFailed, GatewayError, InvalidRequest, SignatureInvalid, UnknownCorp, contract_of
-from gateway.runtime import Runtime, get_runtime
+from corp.links import LinkCache
+from corp.runtime import Runtime
+from gateway.errors import DecryptFailed, GatewayError, InvalidRequest, SignatureInvalid, UnknownCorp
 from gateway.validation import load
-from kit.errors import Failure
 from oapi.callback_crypto import CallbackCrypto, CallbackCryptoError
 
 log = logging.getLogger(__name__)
-
-bp = Blueprint("callbacks", __name__)
 
 CALLBACKS = Counter("dtgw_callbacks_total", "DingTalk pushes received", ["event_type", "outcome"])
 
@@ -216,18 +212,3 @@ def handle_push(rt: Runtime, corpid: str, push: Push, *, now: float | None = Non
     CALLBACKS.labels(label, outcome).inc()
     log.info("callback corpid=%s type=%s outcome=%s", corpid, label, outcome)
     return crypto.reply(answer)
-
-
-@bp.post("/ding/callback/<corpid>")
-def receive(corpid: str) -> Response:
-    """Receive one DingTalk push."""
-    rt = get_runtime()
-    # Its own body limit, set before the body is read: pushes are larger than anything else the gateway takes.
-    request.max_content_length = int(rt.config["GATEWAY_CALLBACK_MAX_BODY"])
-    try:
-        push = parse_push(request.args, request.get_json(force=True, silent=True))
-        reply = handle_push(rt, corpid, push)
-    except Failure as e:
-        CALLBACKS.labels("-", contract_of(e)[1]).inc()
-        raise
-    return jsonify(reply)

@@ -17,14 +17,14 @@ from urllib.parse import urlsplit
 
 import requests
 
-from channel.signing import new_nonce, normalize_url, sign, timestamp_ms
 from corp.registry import Corp
+from corp.runtime import Runtime
 from gateway import trace
-from gateway.runtime import Runtime
 from kit.errors import Failure
 from kit.sealing import fingerprint
 from oapi.errors import UpstreamError
 from oapi.hints import hint_for
+from oapi.signing import new_nonce, normalize_url, sign, timestamp_ms
 from oapi.tokens import ChannelTicket
 from oapi.upstream import Upstream
 

@@ -19,20 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import click
 import redis
 
-from corp.cli import bp as corp_bp
-from corp.cli import fail
-from gateway.runtime import get_runtime
-from kit.errors import Failure
 from kit.keys import corp_key
 
 STREAM_MAXLEN = 10_000
@@ -229,37 +223,3 @@ class EventLog:
                 idle_since = time.monotonic()
             elif idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
                 return
-
-
-@corp_bp.cli.command("events")
-@click.argument("corpid")
-@click.option("-n", "--count", default=20, show_default=True, help="How many recent events to print.")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing events as they arrive (Ctrl-C stops).")
-@click.option(
-    "--idle-timeout",
-    type=float,
-    default=None,
-    help="With --follow: stop after this many seconds without a new event (default: never).",
-)
-def events(corpid: str, count: int, follow: bool, idle_timeout: float | None) -> None:
-    """Print a corp's recent DingTalk events (time, type, ids; never payloads or secrets)."""
-    rt = get_runtime()
-    try:
-        rt.registry.get(corpid)
-    except Failure as e:
-        fail(e.message)
-        return
-    log = EventLog(rt.store, corpid)
-    recent = log.recent(count)
-    if not recent and not follow:
-        click.echo(f"No events recorded for {corpid}.")
-    for event in recent:
-        click.echo(event.describe())
-    if not follow:
-        return
-    try:
-        for event in log.follow(recent[-1].id if recent else "$", idle_timeout=idle_timeout):
-            click.echo(event.describe())
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        return

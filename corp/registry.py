@@ -12,11 +12,11 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from urllib.parse import urlsplit
 
 import redis
 
 from gateway.errors import SecretsUnreadable, UnknownCorp
+from gateway.validation import Origin, UrlRefused, parse_web_url
 from kit.keys import REGISTRATION_FIELD, corp_key, global_key, registration_key
 from kit.nearcache import NearCache
 from kit.sealing import Sealer, SealError
@@ -79,23 +79,13 @@ class Corp:
         }
 
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-Origin = tuple[str, str, int]
-
-
 def origin_of(url: str) -> Origin | None:
-    """(scheme, host, port) of an absolute http(s) URL, lower-cased and with the default port filled in."""
+    """(scheme, host, port) of an absolute http(s) URL as a browser reads it (gateway/validation.py's rule, the one
+    pages are signed by), or None where that rule refuses the URL."""
     try:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        port = parts.port or _DEFAULT_PORTS.get(scheme)
-    except ValueError:
+        return parse_web_url(url).origin
+    except UrlRefused:
         return None
-    if not parts.hostname or port is None:
-        return None
-    return scheme, parts.hostname.lower(), port
 
 
 class CorpRegistry:

@@ -1,6 +1,6 @@
 """The gateway's own exception tree; each class knows its HTTP status and contract error code. DingTalk's
 failures are oapi's own tree (`oapi/errors.py`); `contract_of` gives any of them its status and code, so the one
-error handler (`gateway/handlers.py`) renders both.
+error handler (`web/errors.py`) renders both.
 
     Failure (kit/errors.py)
     ├── GatewayError                  500 internal_error

@@ -20,7 +20,7 @@ Beside it, with the same hash tag: `:lock` (redis-py Lock), `:gen`, `:fail` (a r
 and `:forced` (the forced-refresh cooldown). Every script touches one corp's keys only (Redis Cluster safe).
 
 Tickets (`fetch_invalidates`): a fetch may kill the ticket before it, and a fetch the gateway gave up on may still
-be carried out later. So a ticket fetch is never resent after a read timeout (channel/api.py), a forced refresh
+be carried out later. So a ticket fetch is never resent after a read timeout (oapi/channel.py), a forced refresh
 drops the cached ticket before it fetches, a failed one releases its cooldown, and a fetch that overlapped another
 (its lock expired while it was frozen) stores nothing and drops what is cached: what is left cached is never a
 ticket that a fetch of ours may have killed, and a dead one that a late request kills is reported by the next page.
@@ -480,7 +480,7 @@ class Credentials:
     sealer: Sealer
     settings: CacheSettings = CacheSettings()
     near: NearCache | None = None
-    # Set for one registration of a corp (gateway/runtime.py binds each client to its Corp's): see the module doc.
+    # Set for one registration of a corp (corp/runtime.py binds each client to its Corp's): see the module doc.
     registration: str | None = None
 
     def for_registration(self, registration: str) -> Credentials:

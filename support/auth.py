@@ -22,12 +22,14 @@ import hmac
 import random
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from gateway.config import DEFAULTS
 from gateway.errors import TooManyRequests, Unauthorized
 from kit.keys import global_key
 from kit.sealing import derive_key
@@ -37,9 +39,6 @@ COOKIE_PATH = "/support"
 CSRF_HEADER = "X-CSRF-Token"
 DISABLED_HINT = "console disabled: set GATEWAY_ADMIN_TOKEN"
 
-DEFAULT_SESSION_TTL = 8 * 3600
-DEFAULT_MAX_FAILURES = 5
-DEFAULT_FAIL_WINDOW = 300
 CHECK_WAIT = 2.0  # seconds an attempt waits for a free check while the limit's worth are under way
 
 
@@ -59,22 +58,25 @@ class Session:
 
 @dataclass(frozen=True)
 class Settings:
-    """The console's knobs, from the app config (tests override them)."""
+    """The console's knobs, read once from the app config (gateway/config.py has their defaults and types)."""
 
     admin_token: str | None
     secret_key: str
-    session_ttl: int = DEFAULT_SESSION_TTL
-    max_failures: int = DEFAULT_MAX_FAILURES
-    fail_window: int = DEFAULT_FAIL_WINDOW
+    session_ttl: int = DEFAULTS["GATEWAY_SUPPORT_SESSION_TTL"]
+    max_failures: int = DEFAULTS["GATEWAY_SUPPORT_MAX_FAILURES"]
+    fail_window: int = DEFAULTS["GATEWAY_SUPPORT_FAIL_WINDOW"]
+    selftest_cooldown: int = DEFAULTS["GATEWAY_SUPPORT_SELFTEST_COOLDOWN"]
 
     @classmethod
-    def from_config(cls, config: Any) -> Settings:
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        """The settings in a config load_config() built (every name present, typed as its default)."""
         return cls(
-            admin_token=config.get("GATEWAY_ADMIN_TOKEN") or None,
-            secret_key=str(config["GATEWAY_SECRET_KEY"]),
-            session_ttl=int(config.get("GATEWAY_SUPPORT_SESSION_TTL", DEFAULT_SESSION_TTL)),
-            max_failures=int(config.get("GATEWAY_SUPPORT_MAX_FAILURES", DEFAULT_MAX_FAILURES)),
-            fail_window=int(config.get("GATEWAY_SUPPORT_FAIL_WINDOW", DEFAULT_FAIL_WINDOW)),
+            admin_token=config["GATEWAY_ADMIN_TOKEN"] or None,
+            secret_key=config["GATEWAY_SECRET_KEY"],
+            session_ttl=config["GATEWAY_SUPPORT_SESSION_TTL"],
+            max_failures=config["GATEWAY_SUPPORT_MAX_FAILURES"],
+            fail_window=config["GATEWAY_SUPPORT_FAIL_WINDOW"],
+            selftest_cooldown=config["GATEWAY_SUPPORT_SELFTEST_COOLDOWN"],
         )
 
     @property

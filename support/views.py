@@ -15,23 +15,27 @@ grep command for the log files, which hold every worker's lines.
 from __future__ import annotations
 
 import logging
-import re
-from typing import Any, cast
-from urllib.parse import urlsplit
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar, cast
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect, render_template, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.wrappers import Response as BaseResponse
 
 from gateway.errors import InvalidRequest, TooManyRequests, Unauthorized
-from gateway.runtime import get_runtime
-from support import logbuffer, schemas, state
+from gateway.logs import _REQUEST_ID_RE as REQUEST_ID_RE  # the one rule for request ids
+from gateway.validation import UrlRefused, origin_from_header, parse_web_url
+from support import logbuffer, pipelines, schemas, signatures, traces
 from support.auth import COOKIE, COOKIE_PATH, CSRF_HEADER, Guard, Session, Settings
+from support.selftest import self_test
+from web.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 bp = Blueprint("support", __name__, url_prefix="/support")
 EXTENSION = "dtgw.support"
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @bp.record_once
@@ -59,9 +63,15 @@ def _same_origin_post() -> bool:
     origin = request.headers.get("Origin")
     if not origin or origin == "null":
         return origin is None
-    here = urlsplit(request.host_url)
-    there = urlsplit(origin)
-    return (there.scheme, there.netloc) == (here.scheme, here.netloc)
+    try:
+        here = parse_web_url(request.host_url).origin
+    except UrlRefused:
+        return False
+    return origin_from_header(origin) == here
+
+
+def _disabled_notice() -> tuple[str, int]:
+    return render_template("support_disabled.html"), 404
 
 
 def current_session() -> Session | None:
@@ -95,6 +105,33 @@ def require_admin() -> None:
     g.support_auth = "cookie"
 
 
+def admin_only(view: Callable[P, R]) -> Callable[P, R]:
+    """Run `view` only for an admitted request (`require_admin`); else the contract's 401, or 429 when locked out."""
+
+    @wraps(view)
+    def admitted(*args: P.args, **kwargs: P.kwargs) -> R:
+        require_admin()
+        return view(*args, **kwargs)
+
+    return admitted
+
+
+def admin_page(view: Callable[P, Any]) -> Callable[P, Any]:
+    """`admin_only` for an HTML page: the disabled notice (404), or the login form (401) when the request
+    brings no credentials at all; a wrong token is refused as `admin_only` refuses it."""
+    admitted = admin_only(view)
+
+    @wraps(view)
+    def page_view(*args: P.args, **kwargs: P.kwargs) -> Any:
+        if not guard().settings.enabled:
+            return _disabled_notice()
+        if current_session() is None and not request.headers.get("Authorization"):
+            return render_template("support_login.html", error=None), 401
+        return admitted(*args, **kwargs)
+
+    return page_view
+
+
 @bp.after_request
 def _headers(response: Response) -> Response:
     # Console answers hold operational detail: never cached, never framed, no referrer to other sites.
@@ -109,6 +146,12 @@ def _headers(response: Response) -> Response:
     return response
 
 
+def check_request_id(request_id: str) -> None:
+    """Refuse what cannot be a request id (`invalid_request`): the log lookup takes nothing else."""
+    if not REQUEST_ID_RE.match(request_id):
+        raise InvalidRequest("request_id: not a request id")
+
+
 def _json_body() -> Any:
     """The request's JSON, or None when it is not JSON (the schema's loader turns anything but an object into
     invalid_request). Depth bombs and lone surrogates are refused by the app's JSON provider (get_json -> None)."""
@@ -121,7 +164,7 @@ def _json_body() -> Any:
 def page() -> tuple[str, int]:
     gd = guard()
     if not gd.settings.enabled:
-        return render_template("support_disabled.html"), 404
+        return _disabled_notice()
     session = current_session()
     if session is None:
         return render_template("support_login.html", error=None), 200
@@ -133,7 +176,7 @@ def login() -> Any:
     response: BaseResponse
     gd = guard()
     if not gd.settings.enabled:
-        return render_template("support_disabled.html"), 404
+        return _disabled_notice()
     if not _same_origin_post():
         return render_template("support_login.html", error="请求来源不符 (cross-origin login refused)"), 403
     try:
@@ -172,38 +215,32 @@ def logout() -> Any:
 
 
 @bp.get("/logs/<request_id>")
+@admin_page
 def log_page(request_id: str) -> Any:
-    if not guard().settings.enabled:
-        return render_template("support_disabled.html"), 404
-    if current_session() is None and not request.headers.get("Authorization"):
-        return render_template("support_login.html", error=None), 401
-    require_admin()
-    if not _REQUEST_ID_RE.match(request_id):
-        raise InvalidRequest("request_id: not a request id")
+    check_request_id(request_id)
     return render_template("support_logs.html", **logbuffer.report(request_id))
 
 
 # -- JSON API --------------------------------------------------------------------------------------------------
 @bp.get("/api/corps")
+@admin_only
 def api_corps() -> Response:
-    require_admin()
-    return jsonify({"corps": state.corps_overview(get_runtime())})
+    return jsonify({"corps": traces.corps_overview(get_runtime())})
 
 
 @bp.get("/api/corps/<corpid>")
+@admin_only
 def api_corp(corpid: str) -> Response:
-    require_admin()
-    return jsonify(state.corp_state(get_runtime(), corpid))
+    return jsonify(pipelines.corp_state(get_runtime(), corpid))
 
 
 @bp.post("/api/corps/<corpid>/refresh/<pipeline>")
+@admin_only
 def api_refresh(corpid: str, pipeline: str) -> Response:
     """200 with the new state, or 429 rate_limited (Retry-After) while the pipeline's cooldown runs."""
-    require_admin()
-    if pipeline not in state.PIPELINES:
-        raise InvalidRequest(f"pipeline: must be one of {', '.join(state.PIPELINES)}")
+    pipelines.check_pipeline(pipeline)  # before the corp: a bad name is 400 whatever the corp
     try:
-        result = state.refresh(get_runtime(), corpid, pipeline)
+        result = pipelines.refresh(get_runtime(), corpid, pipeline)
     except TooManyRequests:
         log.info("support refresh corp=%s pipeline=%s refused (cooldown)", corpid, pipeline)
         raise
@@ -212,22 +249,22 @@ def api_refresh(corpid: str, pipeline: str) -> Response:
 
 
 @bp.get("/api/corps/<corpid>/trace")
+@admin_only
 def api_trace(corpid: str) -> Response:
-    require_admin()
     outcome = request.args.get("outcome") or None
     try:
         count = int(request.args.get("count", "50"))
     except ValueError:
         raise InvalidRequest("count: must be a number") from None
-    return jsonify(state.recent_trace(get_runtime(), corpid, outcome=outcome, count=count))
+    return jsonify(traces.recent_trace(get_runtime(), corpid, outcome=outcome, count=count))
 
 
 @bp.post("/api/corps/<corpid>/signature-check")
+@admin_only
 def api_signature_check(corpid: str) -> Response:
-    require_admin()
     fields = schemas.load(schemas.SIGNATURE_CHECK, _json_body())
     return jsonify(
-        state.check_signature(
+        signatures.check_signature(
             get_runtime(),
             corpid,
             url=fields["url"],
@@ -239,15 +276,14 @@ def api_signature_check(corpid: str) -> Response:
 
 
 @bp.post("/api/corps/<corpid>/self-test")
+@admin_only
 def api_self_test(corpid: str) -> Response:
-    require_admin()
     log.info("support self-test corp=%s", corpid)
-    return jsonify(state.self_test(get_runtime(), corpid))
+    return jsonify(self_test(get_runtime(), corpid, pause=guard().settings.selftest_cooldown))
 
 
 @bp.get("/api/logs/<request_id>")
+@admin_only
 def api_logs(request_id: str) -> Response:
-    require_admin()
-    if not _REQUEST_ID_RE.match(request_id):
-        raise InvalidRequest("request_id: not a request id")
+    check_request_id(request_id)
     return jsonify(logbuffer.report(request_id))

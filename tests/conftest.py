@@ -127,7 +127,7 @@ def sim(sim_server: SimulatorServer) -> Simulator:
 
 
 def get_runtime_of(app: Any) -> Any:
-    from gateway.runtime import get_runtime
+    from web.runtime import get_runtime
 
     return get_runtime(app)
 
@@ -149,7 +149,7 @@ def make_config(sim_server: SimulatorServer, **overrides: Any) -> dict[str, Any]
 def register_demo(app: Any, *, origins: tuple[str, ...] = (ORIGIN,), **kw: Any) -> None:
     """Register the simulator's demo corp in the app's registry."""
     from corp.registry import Corp
-    from gateway.runtime import get_runtime
+    from web.runtime import get_runtime
 
     fields: dict[str, Any] = {
         "corpid": DEMO_CORPID,

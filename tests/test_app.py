@@ -239,14 +239,14 @@ def test_secrets_sealed_under_another_key_get_a_hint_not_a_500(sim_server: Any) 
 
     old = create_app(make_config(sim_server))
     register_demo(old)
-    from gateway.runtime import get_runtime
+    from web.runtime import get_runtime
 
     # The same store, read by a deployment whose GATEWAY_SECRET_KEY was changed.
     new = create_app(make_config(sim_server, GATEWAY_SECRET_KEY="a-rotated-key-0123456789"))
-    new.extensions["dtgw.redis"] = get_runtime(old).store
-    from gateway import runtime
+    from corp.runtime import build_runtime
+    from web.runtime import EXTENSION
 
-    runtime.init_app(new)
+    new.extensions[EXTENSION] = build_runtime(new.config, get_runtime(old).store)
     resp = new.test_client().get(
         "/channel/config?corpid=dingdemo0001&agentid=1000001&url=https%3A%2F%2Fh5.example.com%2F"
     )

@@ -23,11 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from corp.events import stream_key
-from gateway.runtime import get_runtime
 from sandbox.demo import DEMO_CORPID
 from sandbox.server import SimulatorServer
 from sandbox.state import Simulator
 from tests.conftest import EMPLOYEE, EXTERNAL, TEST_SECRET_KEY, make_config, register_demo, store_dump
+from web.runtime import get_runtime
 
 CALLBACK_TOKEN = "cbT0ken-for-tests"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"

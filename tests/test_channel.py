@@ -10,11 +10,12 @@ from urllib.parse import quote
 import jwt
 import pytest
 
-from channel.session import ISSUER, session_key, verify_token
+from channel.session import ISSUER, verify_token
 from gateway import trace
-from gateway.runtime import get_runtime
+from kit.sealing import session_jwt_key
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
 from tests.conftest import EMPLOYEE, EXTERNAL, ORIGIN, TEST_SECRET_KEY, UNLINKED
+from web.runtime import get_runtime
 
 CFG = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}"
 
@@ -167,7 +168,7 @@ def test_cors_grants_on_errors_follow_the_named_corp(client: Any) -> None:
 
 
 def test_config_queries_are_validated_once_per_distinct_query(client: Any) -> None:
-    from channel.views import config_query
+    from web.channel import config_query
 
     config_query.cache_clear()
     url = f"{CFG}&url={quote(ORIGIN + '/')}"
@@ -258,7 +259,7 @@ def test_login_outcomes(client: Any, sim: Any, person: dict, userid: Any, contac
     body = resp.json
     assert (body["userid"], body["contact_type"], body["linked"]) == (userid, contact_type, linked)
     assert body["unionid"] == person["unionid"] and body["openid"] == person["openid"]
-    claims = verify_token(session_key(TEST_SECRET_KEY), body["token"])
+    claims = verify_token(session_jwt_key(TEST_SECRET_KEY), body["token"])
     assert claims["sub"] == (userid or f"unionid:{person['unionid']}")
     assert claims["exp"] - claims["iat"] == body["expires_in"] == 7200
 
@@ -517,8 +518,8 @@ def test_no_secret_token_ticket_or_code_in_responses_or_logs(
 
 
 def test_a_login_in_flight_cannot_restore_a_link_a_leave_event_dropped(app: Any) -> None:
-    from channel.links import LinkCache
-    from corp.api import UserLink
+    from corp.links import LinkCache
+    from oapi.corp import UserLink
 
     links = LinkCache(get_runtime(app).store, DEMO_CORPID, 3600)
     looked_up = UserLink("manager0001", 0)  # a login looked this up before the event arrived...

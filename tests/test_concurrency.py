@@ -12,9 +12,9 @@ from urllib.parse import quote
 import pytest
 
 from bench.herd import PAGE, run_herd, run_traffic
-from gateway.runtime import get_runtime
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID, DEMO_PEOPLE
 from tests.conftest import EMPLOYEE, TEST_SECRET_KEY, RedisServer, free_port, make_config, register_demo
+from web.runtime import get_runtime
 
 pytestmark = pytest.mark.redis
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from gateway.runtime import get_runtime
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
 from tests.conftest import store_dump
+from web.runtime import get_runtime
 
 AES_KEY = "4g5j64qlyl3zvetqxz5jiocdr586fn2zvjpa8zls3ij"
 GOOD = [

@@ -8,7 +8,7 @@ import pytest
 from werkzeug.test import Client
 from werkzeug.wrappers import Response
 
-from channel.cors import CORPID_KEY, ChannelCors, add_vary_origin, request_corpid
+from web.cors import CORPID_KEY, ChannelCors, add_vary_origin, request_corpid
 
 ORIGIN = "https://h5.example.com"
 

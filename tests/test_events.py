@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corp.events import DEDUPE_TTL, Event, EventLog, dedupe_id, event_ids, stream_key
-from gateway.runtime import get_runtime
 from sandbox.demo import DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
 from tests.conftest import TEST_SECRET_KEY, register_demo
+from web.runtime import get_runtime
 
 CORPID = "dingcorp01"
 LEAVE = {"EventType": "user_leave_org", "UserId": ["u1", "u2"], "TimeStamp": "1700000000000"}

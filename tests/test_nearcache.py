@@ -275,8 +275,8 @@ def test_config_requests_read_the_ticket_from_memory(
     sim_server: Any, redis_url: str, real_redis: redis.Redis, enabled: bool
 ) -> None:
     from app import create_app
-    from gateway.runtime import get_runtime
     from tests.conftest import make_config, register_demo
+    from web.runtime import get_runtime
 
     app = create_app(
         make_config(sim_server, REDIS_URL=redis_url, GATEWAY_NEAR_CACHE=enabled, GATEWAY_CORP_CACHE_TTL=60)

@@ -404,8 +404,8 @@ def callback_corp(stack: Any, redis_url: str) -> str:
     from app import create_app
     from corp.registry import Corp
     from gateway.config import SANDBOX_SECRET_KEY
-    from gateway.runtime import get_runtime
     from tests.test_callbacks import AES_KEY, CALLBACK_TOKEN
+    from web.runtime import get_runtime
 
     app = create_app(
         {"REDIS_URL": redis_url, "GATEWAY_SECRET_KEY": SANDBOX_SECRET_KEY, "DINGTALK_API_BASE": stack.api_base}

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from corp.registry import Corp
-from gateway.runtime import get_runtime
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
+from web.runtime import get_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "static"

@@ -23,11 +23,11 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from channel.session import verify_token
 from corp.registry import Corp
 from gateway import trace
-from gateway.runtime import get_runtime
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID, DEMO_PEOPLE
 from sandbox.server import SimulatorServer
 from sandbox.state import Simulator
 from tests.conftest import SHOTS
+from web.runtime import get_runtime
 
 pytestmark = pytest.mark.browser
 

@@ -16,10 +16,10 @@ from urllib.parse import quote
 import pytest
 
 from bench.herd import PAGE, run_traffic
-from channel.signing import normalize_url, sign
-from gateway.runtime import get_runtime
+from oapi.signing import normalize_url, sign
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
 from tests.conftest import EMPLOYEE, ORIGIN, TEST_SECRET_KEY
+from web.runtime import get_runtime
 
 pytestmark = pytest.mark.redis
 

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from channel.signing import new_nonce, normalize_url, sign, timestamp_ms
+from oapi.signing import new_nonce, normalize_url, sign, timestamp_ms
 
 TICKET = "sM4AOVdWfPE4DxkXGEs8VMCPGGVi4C3VM0P37wVUCFvkVAy_90u5h9nbSlYy3-Sl-HhTdfl2fzFy1AOcHKP7qg"
 NONCE = "Wm3WZYTPz0wzccnW"

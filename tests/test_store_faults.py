@@ -17,10 +17,10 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from gateway.runtime import get_runtime
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID
 from tests.conftest import CI, EMPLOYEE, EXTERNAL, ORIGIN, RedisServer, free_port, make_config, register_demo
 from tests.test_callbacks import AES_KEY, CALLBACK_TOKEN, LEAVE, Sender
+from web.runtime import get_runtime
 
 pytestmark = pytest.mark.redis
 

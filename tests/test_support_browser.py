@@ -14,10 +14,10 @@ import pytest
 from werkzeug.serving import make_server
 
 from corp.registry import Corp
-from gateway.runtime import get_runtime
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
 from sandbox.server import SimulatorServer
 from tests.conftest import ORIGIN, SHOTS, UNLINKED, make_config, need_chromium, register_demo
+from web.runtime import get_runtime
 
 pytestmark = pytest.mark.browser
 
@@ -128,7 +128,7 @@ def test_console_in_a_browser(live: tuple[str, Any], browser: Any, sim_server: S
     page.fill("#sig-signature", config["signature"])
     page.click("#sig-submit")
     expect(page.locator("#sig-verdict")).to_contain_text("ticket stale")
-    from channel.signing import sign
+    from oapi.signing import sign
 
     ticket = get_runtime(app).channel_client(get_runtime(app).corp(DEMO_CORPID)).ticket.peek()
     assert ticket is not None

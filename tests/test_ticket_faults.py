@@ -22,9 +22,9 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from gateway.runtime import get_runtime
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID
 from tests.conftest import make_config
+from web.runtime import get_runtime
 
 pytestmark = pytest.mark.redis
 

@@ -11,11 +11,11 @@ from urllib.parse import quote
 
 import pytest
 
-from gateway.runtime import get_runtime
 from oapi.errors import LockTimeout, UpstreamUnavailable
 from oapi.tokens import CacheSettings, ChannelToken, CredentialCache
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
 from tests.conftest import EMPLOYEE, EXTERNAL, ORIGIN
+from web.runtime import get_runtime
 
 CFG = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote(ORIGIN + '/')}"
 
@@ -129,7 +129,7 @@ def test_persistent_invalid_token_costs_exactly_two_calls(client: Any, sim: Any)
     assert login(client, sim).status_code == 200  # warm the caches
     sim.reset_calls()
     sim.inject("user/getUseridByUnionid", 40014, times=100)
-    from gateway.runtime import get_runtime as _rt
+    from web.runtime import get_runtime as _rt
 
     # Drop the cached mapping so the lookup really happens.
     rt = _rt(client.application)

@@ -15,9 +15,9 @@ import pytest
 
 from channel.config import page_url
 from gateway import trace
-from gateway.runtime import get_runtime
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID
 from tests.conftest import ORIGIN
+from web.runtime import get_runtime
 
 CFG = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}"
 
@@ -237,7 +237,7 @@ def test_every_origin_header_granted_is_the_browsers_own_serialisation(browser: 
         )
     finally:
         page.close()
-    from channel.cors import corp_allows
+    from web.cors import corp_allows
 
     granted = [(h, o) for h, o in zip(headers, origins, strict=True) if corp_allows("dingcors01", h, get_runtime(app))]
     # Old code: 678 of these 41,472 strings were granted (and echoed back verbatim); only the 4 registered

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
-from corp.registry import Corp
 from oapi.errcodes import effective_errcode, expires_in, malformed, text_field
 from oapi.tokens import CorpToken, Credentials, with_token
 from oapi.upstream import Upstream
@@ -12,6 +12,17 @@ from oapi.upstream import Upstream
 NO_SUCH_USER = 60121
 API_USERID = "user/getUseridByUnionid"
 CONTACT_TYPES = (0, 1)  # employee, external contact
+
+
+class CorpApp(Protocol):
+    """The registration this client calls DingTalk for (corpid + corpSecret): corp/registry.py's
+    Corp is one. A Protocol, so oapi knows nothing of the registry that stores it."""
+
+    @property
+    def corpid(self) -> str: ...
+
+    @property
+    def corp_secret(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -29,7 +40,7 @@ class UserLink:
 class CorpClient:
     """Calls made with corpid + corpSecret."""
 
-    def __init__(self, corp: Corp, upstream: Upstream, credentials: Credentials) -> None:
+    def __init__(self, corp: CorpApp, upstream: Upstream, credentials: Credentials) -> None:
         self.corp = corp
         self._upstream = upstream
         self.token = credentials.cache(corp.corpid, "corp:token", CorpToken, self._fetch_token)

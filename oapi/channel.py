@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
-from corp.registry import Corp
 from oapi.errcodes import expires_in, text_field
 from oapi.tokens import ChannelTicket, ChannelToken, Credentials, with_token
 from oapi.upstream import Upstream
+
+
+class ChannelApp(Protocol):
+    """The registration this client calls DingTalk for (corpid + channelSecret): corp/registry.py's
+    Corp is one. A Protocol, so oapi knows nothing of the registry that stores it."""
+
+    @property
+    def corpid(self) -> str: ...
+
+    @property
+    def channel_secret(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -21,7 +32,7 @@ class Follower:
 class ChannelClient:
     """Calls made with corpid + channelSecret."""
 
-    def __init__(self, corp: Corp, upstream: Upstream, credentials: Credentials) -> None:
+    def __init__(self, corp: ChannelApp, upstream: Upstream, credentials: Credentials) -> None:
         self.corp = corp
         self._upstream = upstream
         self.token = credentials.cache(corp.corpid, "channel:token", ChannelToken, self._fetch_token)

@@ -10,8 +10,8 @@ import json
 
 import redis
 
-from corp.api import UserLink
 from kit.keys import corp_key
+from oapi.corp import UserLink
 
 # An unlinked follower may be hired any day: recheck sooner than a linked one.
 UNLINKED_TTL_CAP = 600

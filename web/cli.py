@@ -14,10 +14,11 @@ from flask import Blueprint, current_app
 from marshmallow import ValidationError
 
 from corp.check import TOKEN_PIPELINES, CheckResult, check_corp, check_page_config
+from corp.events import EventLog
 from corp.registry import REPLACED, Corp
 from corp.schemas import CorpRegistrationSchema, first_error, parse_origin
-from gateway.runtime import get_runtime
 from kit.errors import Failure
+from web.runtime import get_runtime
 
 bp = Blueprint("corp", __name__, cli_group="corp")
 
@@ -193,3 +194,37 @@ def logs_muted(muted: bool) -> Iterator[None]:
         yield
     finally:
         logging.disable(previous)
+
+
+@bp.cli.command("events")
+@click.argument("corpid")
+@click.option("-n", "--count", default=20, show_default=True, help="How many recent events to print.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing events as they arrive (Ctrl-C stops).")
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=None,
+    help="With --follow: stop after this many seconds without a new event (default: never).",
+)
+def events(corpid: str, count: int, follow: bool, idle_timeout: float | None) -> None:
+    """Print a corp's recent DingTalk events (time, type, ids; never payloads or secrets)."""
+    rt = get_runtime()
+    try:
+        rt.registry.get(corpid)
+    except Failure as e:
+        fail(e.message)
+        return
+    log = EventLog(rt.store, corpid)
+    recent = log.recent(count)
+    if not recent and not follow:
+        click.echo(f"No events recorded for {corpid}.")
+    for event in recent:
+        click.echo(event.describe())
+    if not follow:
+        return
+    try:
+        for event in log.follow(recent[-1].id if recent else "$", idle_timeout=idle_timeout):
+            click.echo(event.describe())
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return

@@ -8,13 +8,13 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, render_template, request
 
 from channel.config import report_config_error, signed_config
-from channel.cors import CORPID_KEY, corp_allows
 from channel.login import login
 from channel.schemas import ConfigErrorBody, ConfigQuery, LoginBody
 from gateway.errors import InvalidRequest, UnknownCorp
 from gateway.logs import current_request_id
-from gateway.runtime import get_runtime
 from gateway.validation import load, parse_query
+from web.cors import CORPID_KEY, corp_allows
+from web.runtime import get_runtime
 
 bp = Blueprint("channel", __name__, url_prefix="/channel")
 

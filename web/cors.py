@@ -15,9 +15,10 @@ from urllib.parse import parse_qs
 import redis
 from flask import Flask
 
-from gateway.runtime import Runtime, get_runtime
+from corp.runtime import Runtime
 from gateway.validation import origin_from_header
 from kit.errors import Failure
+from web.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 

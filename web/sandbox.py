@@ -15,9 +15,9 @@ from flask import Blueprint, Flask, Response, jsonify, request
 
 from corp.registry import Corp
 from gateway.errors import InvalidRequest
-from gateway.runtime import get_runtime
 from oapi.errors import UpstreamUnavailable
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID, DEMO_PEOPLE
+from web.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 bp = Blueprint("sandbox", __name__, url_prefix="/sandbox")

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from flask import Flask, current_app
 
-from channel.api import ChannelClient
-from channel.session import session_key
-from corp.api import CorpClient
 from corp.registry import Corp, CorpRegistry
-from gateway.store import get_store
 from kit.keys import NAMESPACE
 from kit.nearcache import NearCache
-from kit.sealing import Sealer
+from kit.sealing import Sealer, session_jwt_key
+from oapi.channel import ChannelClient
+from oapi.corp import CorpClient
 from oapi.tokens import CacheSettings, Credentials
 from oapi.upstream import Upstream
-
-EXTENSION = "dtgw.runtime"
 
 
 @dataclass
@@ -68,14 +64,12 @@ class Runtime:
         return client
 
 
-def init_app(app: Flask) -> None:
-    """Build the runtime from app.config (after the store is attached)."""
-    config = app.config
-    store = get_store(app)
+def build_runtime(config: Mapping[str, Any], store: redis.Redis) -> Runtime:
+    """Build the runtime from the settings and the store (app.py composes; nothing here knows Flask)."""
     sealer = Sealer(config["GATEWAY_SECRET_KEY"])
     # Only over a real Redis: the in-process store is already local, and fakeredis has no CLIENT TRACKING.
     near = NearCache(store, NAMESPACE + ":") if config.get("REDIS_URL") and config["GATEWAY_NEAR_CACHE"] else None
-    app.extensions[EXTENSION] = Runtime(
+    return Runtime(
         config=dict(config),
         store=store,
         sealer=sealer,
@@ -98,9 +92,5 @@ def init_app(app: Flask) -> None:
             ),
             near,
         ),
-        session_key=session_key(config["GATEWAY_SECRET_KEY"]),
+        session_key=session_jwt_key(config["GATEWAY_SECRET_KEY"]),
     )
-
-
-def get_runtime(app: Flask | None = None) -> Runtime:
-    return (app or current_app).extensions[EXTENSION]
