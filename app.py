@@ -47,7 +47,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.extensions[EXTENSION] = build_runtime(app.config, store.get_store(app))
     errors.init_app(app)
 
-    from support.views import bp as support_bp
+    from web.support import bp as support_bp
 
     app.register_blueprint(channel_bp)
     cors.init_app(app)

@@ -11,9 +11,6 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
-from gateway.errors import InvalidRequest
-from gateway.validation import load as load_validated
-
 
 class Text(fields.Field[str]):
     """A non-empty string, stripped (a JSON number is taken as its decimal text), UTF-8 encodable, bounded."""
@@ -47,13 +44,6 @@ class SignatureCheckBody(Schema):
     nonceStr = Text(max_length=256)  # noqa: N815 - dd.config's field names
     timeStamp = Text(max_length=32)  # noqa: N815
     signature = Text(max_length=128)
-
-
-def load(schema: Schema, data: Any) -> dict[str, Any]:
-    """Validate a JSON object body (anything else is `invalid_request`)."""
-    if not isinstance(data, dict):
-        raise InvalidRequest("The body must be a JSON object", hint="Send Content-Type: application/json.")
-    return load_validated(schema, data)
 
 
 SIGNATURE_CHECK = SignatureCheckBody()

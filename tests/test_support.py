@@ -16,7 +16,7 @@ from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, D
 from sandbox.server import SimulatorServer
 from sandbox.state import DEFAULT_BLOCKED_IP
 from support.auth import COOKIE
-from tests.conftest import EMPLOYEE, ORIGIN, UNLINKED, make_config, register_demo
+from tests.helpers import EMPLOYEE, ORIGIN, UNLINKED, make_config, register_demo
 
 ADMIN_TOKEN = "support-admin-token-0123456789abcdef"
 BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -226,6 +226,55 @@ def test_rotating_admin_token_ends_sessions(sim_server: SimulatorServer) -> None
     other = rotated.test_client()
     other.set_cookie(COOKIE, value, path="/support")
     assert other.get(f"{API}/corps").status_code == 401
+
+
+def test_every_api_route_is_admin_only(sapp: Any, sclient: Any) -> None:
+    """The JSON API's views all go through admin_only: nothing under /support/api answers without credentials."""
+    args = {"corpid": DEMO_CORPID, "pipeline": "corp_token", "request_id": "some-request"}
+    routes = [r for r in sapp.url_map.iter_rules() if r.rule.startswith("/support/api/")]
+    assert routes
+    for rule in routes:
+        path = rule.rule.replace("<", "{").replace(">", "}").format(**args)
+        (method,) = rule.methods - {"HEAD", "OPTIONS"}
+        refused = sclient.open(path, method=method)
+        assert refused.status_code == 401 and refused.get_json()["error"]["code"] == "unauthorized", path
+        assert refused.headers["Cache-Control"] == "no-store"
+        wrong = sclient.open(path, method=method, headers={"Authorization": "Bearer not-the-token"})
+        assert wrong.status_code == 401, path
+        runtime(sapp).store.delete("dtgw:v1:support:fail:127.0.0.1")  # one wrong token per route: no lockout
+        assert sclient.open(path, method=method, headers=BEARER, json={}).status_code != 401, path
+
+
+@pytest.mark.parametrize(
+    ("host", "origin", "admitted"),
+    [
+        ("localhost", "http://localhost", True),
+        ("localhost:80", "http://localhost", True),  # a browser never writes the default port in Origin
+        ("localhost:8080", "http://localhost:8080", True),
+        ("localhost", "http://localhost:80", False),  # not how a browser serialises an origin
+        ("localhost", "https://localhost", False),
+        ("localhost", "http://evil.example", False),
+        ("localhost", "null", False),
+    ],
+)
+def test_login_form_origin_check_reads_origins_as_browsers_do(
+    sclient: Any, host: str, origin: str, admitted: bool
+) -> None:
+    response = sclient.post("/support/login", data={"token": ADMIN_TOKEN}, headers={"Host": host, "Origin": origin})
+    assert response.status_code == (303 if admitted else 403)
+
+
+def test_settings_defaults_are_the_gateway_config_defaults() -> None:
+    from gateway.config import DEFAULTS
+    from support.auth import Settings
+
+    settings = Settings(admin_token="x", secret_key="k")
+    assert (settings.session_ttl, settings.max_failures, settings.fail_window, settings.selftest_cooldown) == (
+        DEFAULTS["GATEWAY_SUPPORT_SESSION_TTL"],
+        DEFAULTS["GATEWAY_SUPPORT_MAX_FAILURES"],
+        DEFAULTS["GATEWAY_SUPPORT_FAIL_WINDOW"],
+        DEFAULTS["GATEWAY_SUPPORT_SELFTEST_COOLDOWN"],
+    )
 
 
 # -- pipelines -------------------------------------------------------------------------------------------------
@@ -496,6 +545,61 @@ def test_signature_checker_stale_ticket_and_no_ticket(sapp: Any, sclient: Any, t
     assert sim.calls() == calls and channel_client(sapp).ticket.peek() is None
     missing = sclient.post(f"{API}/corps/{DEMO_CORPID}/signature-check", headers=BEARER, json={"url": "x"})
     assert missing.status_code == 400 and missing.get_json()["error"]["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        (f"{ORIGIN}/app", None),
+        (f"{ORIGIN}:443/app", "explicit port :443 (the default one)"),
+        ("HTTPS://H5.example.com/app", None),
+        (f"{ORIGIN}:8443/app", "explicit port :8443."),
+        ("https://other.example/app", None),
+        ("https://evil.example\\@h5.example.com/app", "backslash"),
+        ("https://user@h5.example.com/app", "user name or password"),
+        ("ftp://h5.example.com/app", "http:// or https://"),
+        ("https://h5.example.com:99999/app", "not a number from 1 to 65535"),
+        ("https://127.1/app", "IPv4"),
+    ],
+)
+def test_signature_checker_reads_the_url_by_the_rule_the_gateway_signs_by(
+    sclient: Any, ticket: str, url: str, says: str | None
+) -> None:
+    """The checker says the gateway refuses to sign a URL (unreadable, or outside the corp's origins) exactly when
+    /channel/config refuses it."""
+    from urllib.parse import quote
+
+    result = signature_check(sclient, url=url, nonceStr=NONCE, timeStamp=STAMP, signature="ab" * 20)
+    config = sclient.get(f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote(url, safe='')}")
+    refused = [f for f in result["findings"] if "gateway refuses to sign" in f["detail"]]
+    if config.status_code == 200:
+        assert refused == []
+    else:
+        error = config.get_json()["error"]
+        assert len(refused) == 1
+        finding = refused[0]
+        if error["code"] == "url_not_allowed":
+            assert finding["part"] == "origin"
+        else:
+            assert error["code"] == "invalid_request" and finding["part"] == "url"
+            assert error["message"] in finding["detail"]
+    if says:
+        assert any(says in f["detail"] for f in result["findings"]), result["findings"]
+
+
+def test_signature_checker_names_a_missing_or_extra_slash_and_another_scheme(sclient: Any, ticket: str) -> None:
+    for given, signed, says in [
+        (ORIGIN, f"{ORIGIN}/", "its path '/' differs from '(empty)' (trailing slash?)"),
+        (f"{ORIGIN}/?a=1", f"{ORIGIN}?a=1", "its path '(empty)' differs from '/' (trailing slash?)"),
+        (f"{ORIGIN}/app", "http://h5.example.com/app", "it uses http:// where the page has https://"),
+        ("https://[::1]/app", "https://[::1]:443/app", "it has an explicit :443 the page URL does not have"),
+        ("https://[::1]:8443/app", "https://[::1]/app", "signed without the explicit :8443"),
+    ]:
+        signature = sign(ticket, NONCE, STAMP, signed)
+        result = signature_check(sclient, url=given, nonceStr=NONCE, timeStamp=STAMP, signature=signature)
+        assert result["verdict"] == "url", result
+        differing = next(f for f in result["findings"] if f["part"] == "url" and f["status"] == "differs")
+        assert differing["signed"] == signed and says in differing["detail"]
 
 
 SIG_FIELDS = {"url": f"{ORIGIN}/app", "nonceStr": NONCE, "timeStamp": STAMP, "signature": "ab" * 20}

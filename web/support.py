@@ -7,7 +7,7 @@ Every API error is the contract's envelope, rendered by the app's one error hand
 a self-test run too soon and the admin-token lockout raise `TooManyRequests` (429 rate_limited, Retry-After).
 Only the HTML login form renders its own refusal (a human message, same status).
 
-Log lines by request id come from a per-process buffer (support.logbuffer): under gunicorn each worker keeps its
+Log lines by request id come from a per-process buffer (support/logbuffer.py): under gunicorn each worker keeps its
 own, so a request served by another worker shows no lines here. The log page and /api/logs say so and give the
 grep command for the log files, which hold every worker's lines.
 """
@@ -24,8 +24,8 @@ from flask.blueprints import BlueprintSetupState
 from werkzeug.wrappers import Response as BaseResponse
 
 from gateway.errors import InvalidRequest, TooManyRequests, Unauthorized
-from gateway.logs import _REQUEST_ID_RE as REQUEST_ID_RE  # the one rule for request ids
-from gateway.validation import UrlRefused, origin_from_header, parse_web_url
+from gateway.logs import REQUEST_ID_RE
+from gateway.validation import UrlRefused, json_object, load, origin_from_header, parse_web_url
 from support import logbuffer, pipelines, schemas, signatures, traces
 from support.auth import COOKIE, COOKIE_PATH, CSRF_HEADER, Guard, Session, Settings
 from support.selftest import self_test
@@ -153,7 +153,7 @@ def check_request_id(request_id: str) -> None:
 
 
 def _json_body() -> Any:
-    """The request's JSON, or None when it is not JSON (the schema's loader turns anything but an object into
+    """The request's JSON, or None when it is not JSON (json_object() turns anything but an object into
     invalid_request). Depth bombs and lone surrogates are refused by the app's JSON provider (get_json -> None)."""
     return request.get_json(silent=True) if request.is_json else None
 
@@ -262,7 +262,7 @@ def api_trace(corpid: str) -> Response:
 @bp.post("/api/corps/<corpid>/signature-check")
 @admin_only
 def api_signature_check(corpid: str) -> Response:
-    fields = schemas.load(schemas.SIGNATURE_CHECK, _json_body())
+    fields = load(schemas.SIGNATURE_CHECK, json_object(_json_body()))
     return jsonify(
         signatures.check_signature(
             get_runtime(),
