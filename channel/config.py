@@ -14,7 +14,7 @@ from gateway.errors import AgentMismatch, InvalidRequest, UrlNotAllowed, contrac
 from gateway.validation import Origin, page_origin
 from oapi.errors import UpstreamError, UpstreamUnavailable
 from oapi.hints import hint_for
-from oapi.signing import new_nonce, normalize_url, sign, timestamp_ms
+from oapi.signing import normalize_url, sign_config
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +58,9 @@ def signed_config(rt: Runtime, corpid: str, agentid: str, url: str) -> dict[str,
         scheme, host, port = page.origin
         raise UrlNotAllowed(f"{scheme}://{host}:{port} is not a registered origin of corp {corpid}")
     ticket = rt.channel_client(corp).ticket.get()
-    nonce, stamp = new_nonce(), timestamp_ms()
-    return {
-        "corpId": corp.corpid,
-        "agentId": corp.agent_id,
-        "timeStamp": stamp,
-        "nonceStr": nonce,
-        "signature": sign(ticket.value, nonce, stamp, page.signed, corp.sign_hash),
-        "type": 1,
-        "url": page.signed,
-    }
+    return sign_config(
+        corpid=corp.corpid, agent_id=corp.agent_id, ticket=ticket.value, url=page.signed, algorithm=corp.sign_hash
+    )
 
 
 def report_config_error(

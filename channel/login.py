@@ -13,6 +13,7 @@ from gateway import trace
 from gateway.errors import contract_of
 from gateway.store import WRITE_REFUSED
 from kit.errors import Failure
+from oapi.corp import NO_SUCH_USER
 from oapi.hints import hint_for
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,8 @@ def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, 
     entry.update(
         step=step,
         outcome="linked" if link.linked else "not_linked",
-        errcodes=[] if link.linked else [60121],
-        hint=None if link.linked else hint_for(60121),
+        errcodes=[] if link.linked else [NO_SUCH_USER],
+        hint=None if link.linked else hint_for(NO_SUCH_USER),
         userid=link.userid,
         unionid=follower.unionid,
         contact_type=link.contact_type,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
-CORPID = validate.Regexp(r"^[A-Za-z0-9_.\-]{1,64}$", error="must be 1-64 of A-Z a-z 0-9 _ . -")
+from gateway.validation import AGENT_ID_RE, CORPID_RE, CORPID_SHAPE
+
+CORPID = validate.Regexp(CORPID_RE, error=f"must be {CORPID_SHAPE}")
 
 
 class ConfigQuery(Schema):
@@ -13,7 +15,7 @@ class ConfigQuery(Schema):
         unknown = EXCLUDE
 
     corpid = fields.String(required=True, validate=CORPID)
-    agentid = fields.String(required=True, validate=validate.Regexp(r"^[0-9]{1,20}$", error="must be a number"))
+    agentid = fields.String(required=True, validate=validate.Regexp(AGENT_ID_RE, error="must be a number"))
     url = fields.String(load_default=None, validate=validate.Length(min=1, max=4096))
 
 

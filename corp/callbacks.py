@@ -31,7 +31,7 @@ from corp.events import HANDSHAKE_TYPES, EventLog, event_ids, event_type
 from corp.links import LinkCache
 from corp.runtime import Runtime
 from gateway.errors import DecryptFailed, GatewayError, InvalidRequest, SignatureInvalid, UnknownCorp
-from gateway.validation import load
+from gateway.validation import json_object, load
 from oapi.callback_crypto import CallbackCrypto, CallbackCryptoError
 
 log = logging.getLogger(__name__)
@@ -127,11 +127,11 @@ def parse_push(args: Any, body: Any) -> Push:
     query = load(
         PushQuery(), dict(args.items()) if hasattr(args, "items") else args, what="callback query", hint=_PUSH_HINT
     )
-    if not isinstance(body, dict):
-        raise InvalidRequest(
-            "The callback body is not a JSON object",
-            hint='DingTalk pushes a JSON body {"encrypt": "…"}; check that nothing in front rewrites it.',
-        )
+    body = json_object(
+        body,
+        what="callback body",
+        hint='DingTalk pushes a JSON body {"encrypt": "…"}; check that nothing in front rewrites it.',
+    )
     data = load(PushBody(), body, what="callback body", hint=_PUSH_HINT)
     return Push(
         signature=query["signature"] or query["msg_signature"],

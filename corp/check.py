@@ -22,13 +22,16 @@ from corp.runtime import Runtime
 from gateway import trace
 from kit.errors import Failure
 from kit.sealing import fingerprint
-from oapi.errors import UpstreamError
+from oapi.channel import ChannelClient
+from oapi.client import AppClient
+from oapi.corp import CorpClient
 from oapi.hints import hint_for
-from oapi.signing import new_nonce, normalize_url, sign, timestamp_ms
-from oapi.tokens import ChannelTicket
+from oapi.signing import normalize_url, sign_config
+from oapi.tokens import CHANNEL_TOKEN, CORP_TOKEN, ChannelTicket
 from oapi.upstream import Upstream
 
-TOKEN_PIPELINES = ("corp", "channel")
+TOKEN_PIPELINES = (CORP_TOKEN.app, CHANNEL_TOKEN.app)  # what a check result names a token pipeline by
+SECRET_REFUSED = frozenset({40001, 40089})  # gettoken's answers to a wrong secret (oapi/hints.py)
 BAD_AGENT_ID = 52019
 # Hosts that are DingTalk itself, where no client-side judge exists (and none is asked).
 _DINGTALK_HOSTS = frozenset({"oapi.dingtalk.com"})
@@ -51,12 +54,13 @@ class CheckResult:
         return asdict(self)
 
 
-def _fetch(upstream: Upstream, api: str, params: dict[str, str], corpid: str) -> tuple[str | None, Failure | None]:
+def _fetch(client: type[AppClient[Any]], upstream: Upstream, corpid: str, secret: str) -> tuple[str, Failure | None]:
+    """A fresh token of `client`'s app fetched with `secret` (its fingerprint is shown), or the failure."""
     try:
-        body = upstream.call(api, params, corpid=corpid, token_fetch=True)
+        token, _ = client.fetch_token(upstream, corpid, secret)
     except Failure as e:
-        return None, e
-    return str(body.get("access_token", "")), None
+        return "", e
+    return token, None
 
 
 def _diagnose(error: Failure, *, pipeline: str, swapped_works: bool, same_secret: bool) -> str:
@@ -65,13 +69,13 @@ def _diagnose(error: Failure, *, pipeline: str, swapped_works: bool, same_secret
         ip = _IP_RE.search(error.errmsg or "")
         where = f" Add {ip.group(1)} to the app's IP whitelist." if ip else " Add the gateway's egress IP."
         return "The gateway's IP is not on the app's whitelist." + where
-    if errcode in (40001, 40089) and swapped_works:
-        other = "channel secret" if pipeline == "corp" else "corp secret"
+    if errcode in SECRET_REFUSED and swapped_works:
+        other = "channel secret" if pipeline == CORP_TOKEN.app else "corp secret"
         return (
             f"The {pipeline} secret is wrong, but the registered {other} works here: the two secrets are "
             "swapped (a channel secret given as corp secret, or the reverse). Re-register them."
         )
-    if errcode in (40001, 40089) and same_secret:
+    if errcode in SECRET_REFUSED and same_secret:
         return "The same secret was registered as corp secret and channel secret; they are different secrets."
     if errcode == 40089:
         return "Wrong corpid or secret: check CORPID and the " + pipeline + " secret in the developer console."
@@ -84,23 +88,21 @@ def _diagnose(error: Failure, *, pipeline: str, swapped_works: bool, same_secret
 
 def check_corp(upstream: Upstream, corp: Corp) -> list[CheckResult]:
     """Fetch both tokens fresh (never from the cache) and explain any failure."""
-    plans = [
-        ("corp", "gettoken", "corpsecret", corp.corp_secret, corp.channel_secret),
-        ("channel", "channel/get_channel_token", "channel_secret", corp.channel_secret, corp.corp_secret),
+    plans: list[tuple[type[AppClient[Any]], str, str]] = [
+        (CorpClient, corp.corp_secret, corp.channel_secret),
+        (ChannelClient, corp.channel_secret, corp.corp_secret),
     ]
     results: list[CheckResult] = []
-    for pipeline, api, param, secret, other_secret in plans:
-        token, error = _fetch(upstream, api, {"corpid": corp.corpid, param: secret}, corp.corpid)
-        if error is None and token is not None:
+    for client, secret, other_secret in plans:
+        pipeline = client.token_pipeline.app
+        token, error = _fetch(client, upstream, corp.corpid, secret)
+        if error is None:
             results.append(CheckResult(pipeline, True, 0, "OK", fingerprint(token)))
             continue
-        if error is None:
-            error = UpstreamError("DingTalk answered without a token")
         swapped_works = False
-        if error.errcode in (40001, 40089) and other_secret and other_secret != secret:
+        if error.errcode in SECRET_REFUSED and other_secret and other_secret != secret:
             # Try the other secret on this endpoint: the classic mix-up shows itself at once.
-            swapped, _ = _fetch(upstream, api, {"corpid": corp.corpid, param: other_secret}, corp.corpid)
-            swapped_works = swapped is not None
+            swapped_works = _fetch(client, upstream, corp.corpid, other_secret)[1] is None
         results.append(
             CheckResult(
                 pipeline,
@@ -123,7 +125,7 @@ def check_page_config(rt: Runtime, corp: Corp) -> list[CheckResult]:
     try:
         ticket = cached or cache.get()
     except Failure as e:
-        diagnosis = _diagnose(e, pipeline="channel", swapped_works=False, same_secret=False)
+        diagnosis = _diagnose(e, pipeline=CHANNEL_TOKEN.app, swapped_works=False, same_secret=False)
         return [
             CheckResult("ticket", False, e.errcode, f"No channel ticket: {diagnosis}"),
             CheckResult("agent", False, None, "Not checked: it needs a channel ticket.", skipped=True),
@@ -138,16 +140,9 @@ def check_page_config(rt: Runtime, corp: Corp) -> list[CheckResult]:
 
 def _check_agent(rt: Runtime, corp: Corp, ticket: ChannelTicket) -> CheckResult:
     url = normalize_url(corp.origins[0] + "/")
-    nonce, stamp = new_nonce(), timestamp_ms()
-    config = {
-        "corpId": corp.corpid,
-        "agentId": corp.agent_id,
-        "timeStamp": stamp,
-        "nonceStr": nonce,
-        "signature": sign(ticket.value, nonce, stamp, url, corp.sign_hash),
-        "type": 1,
-        "url": url,
-    }
+    config = sign_config(
+        corpid=corp.corpid, agent_id=corp.agent_id, ticket=ticket.value, url=url, algorithm=corp.sign_hash
+    )
     verdict = _client_verdict(rt.upstream, config)
     if verdict is None:
         return _agent_from_page_reports(rt, corp)

@@ -20,6 +20,7 @@ from gateway.validation import Origin, UrlRefused, parse_web_url
 from kit.keys import REGISTRATION_FIELD, corp_key, global_key, registration_key
 from kit.nearcache import NearCache
 from kit.sealing import Sealer, SealError
+from oapi.signing import DEFAULT_HASH
 
 SECRET_FIELDS = ("corp_secret", "channel_secret", "callback_token", "aes_key")
 INDEX = global_key("corps")
@@ -38,7 +39,7 @@ class Corp:
     corpid: str
     agent_id: str
     origins: tuple[str, ...]
-    sign_hash: str = "sha1"
+    sign_hash: str = DEFAULT_HASH
     landing_url: str | None = None
     callback_key: str | None = None
     corp_secret: str = field(default="", repr=False)
@@ -203,7 +204,7 @@ class CorpRegistry:
             corpid=raw["corpid"],
             agent_id=raw["agent_id"],
             origins=tuple(json.loads(raw.get("origins") or "[]")),
-            sign_hash=raw.get("sign_hash") or "sha1",
+            sign_hash=raw.get("sign_hash") or DEFAULT_HASH,
             landing_url=raw.get("landing_url") or None,
             callback_key=raw.get("callback_key") or None,
             corp_secret=opened["corp_secret"] or "",

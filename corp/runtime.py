@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -13,9 +13,12 @@ from kit.keys import NAMESPACE
 from kit.nearcache import NearCache
 from kit.sealing import Sealer, session_jwt_key
 from oapi.channel import ChannelClient
+from oapi.client import AppClient
 from oapi.corp import CorpClient
 from oapi.tokens import CacheSettings, Credentials
 from oapi.upstream import Upstream
+
+A = TypeVar("A", bound=AppClient[Any])
 
 
 @dataclass
@@ -50,17 +53,17 @@ class Runtime:
         return self.registry.get(corpid)
 
     def channel_client(self, corp: Corp) -> ChannelClient:
-        client = self._channel_clients.get(corp.corpid)
-        if client is None or client.corp is not corp:
-            client = ChannelClient(corp, self.upstream, self.credentials.for_registration(corp.registration))
-            self._channel_clients[corp.corpid] = client
-        return client
+        return self._client(self._channel_clients, ChannelClient, corp)
 
     def corp_client(self, corp: Corp) -> CorpClient:
-        client = self._corp_clients.get(corp.corpid)
+        return self._client(self._corp_clients, CorpClient, corp)
+
+    def _client(self, clients: dict[str, A], make: Callable[[Corp, Upstream, Credentials], A], corp: Corp) -> A:
+        """The client of `corp`'s current registration, built on first use and again once the registration changes."""
+        client = clients.get(corp.corpid)
         if client is None or client.corp is not corp:
-            client = CorpClient(corp, self.upstream, self.credentials.for_registration(corp.registration))
-            self._corp_clients[corp.corpid] = client
+            client = make(corp, self.upstream, self.credentials.for_registration(corp.registration))
+            clients[corp.corpid] = client
         return client
 
 

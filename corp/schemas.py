@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
-from gateway.validation import UrlRefused, canonical_origin
+from gateway.validation import AGENT_ID_RE, CORPID_RE, CORPID_SHAPE, UrlRefused, canonical_origin, parse_web_url
+from oapi.callback_crypto import AES_KEY_RE
+from oapi.signing import DEFAULT_HASH, HASHES
 
-CORPID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-AES_KEY_RE = re.compile(r"^[A-Za-z0-9]{43}$")
-AGENT_ID_RE = re.compile(r"^[0-9]{1,20}$")
 _SIGNED_INTEGER_RE = re.compile(r"^\s*[+-]?[0-9]+\s*$")
 
 
@@ -30,14 +28,12 @@ def parse_origin(value: str) -> str:
 class CorpRegistrationSchema(Schema):
     """What `flask corp add` accepts."""
 
-    corpid = fields.String(
-        required=True, validate=validate.Regexp(CORPID_RE, error="corpid must be 1-64 of A-Z a-z 0-9 _ . -")
-    )
+    corpid = fields.String(required=True, validate=validate.Regexp(CORPID_RE, error=f"corpid must be {CORPID_SHAPE}"))
     corp_secret = fields.String(required=True, validate=validate.Length(min=1, max=256))
     channel_secret = fields.String(required=True, validate=validate.Length(min=1, max=256))
     agent_id = fields.String(required=True)
     origins = fields.List(fields.String(), required=True, validate=validate.Length(min=1))
-    sign_hash = fields.String(load_default="sha1", validate=validate.OneOf(["sha1", "sha256"]))
+    sign_hash = fields.String(load_default=DEFAULT_HASH, validate=validate.OneOf(list(HASHES)))
     callback_token = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=256))
     aes_key = fields.String(
         load_default=None,
@@ -69,9 +65,11 @@ class CorpRegistrationSchema(Schema):
     def _landing(self, value: str | None, **_: Any) -> None:
         if value is None:
             return
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValidationError("landing url must be an absolute http(s) URL")
+        # Read as the browser that navigates there reads it (gateway.validation), not as urlsplit does.
+        try:
+            parse_web_url(value)
+        except UrlRefused as e:
+            raise ValidationError(f"landing url {e.reason}") from None
 
 
 def first_error(err: ValidationError) -> str:

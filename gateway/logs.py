@@ -13,7 +13,9 @@ from gunicorn.glogging import Logger as GunicornLogger
 
 from gateway.trace import redact_url
 
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+# What a request id may be: taken from X-Request-Id only if it fits, and the only thing the log lookup accepts.
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_REQUEST_ID_RE = REQUEST_ID_RE  # the old private name, still imported by web/support.py (being reworked)
 ENVIRON_KEY = "dtgw.request_id"
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
@@ -78,7 +80,7 @@ class RequestIds:
         given = environ.get("HTTP_X_REQUEST_ID", "")
         # An id only has to be unique, not unguessable: `random` (reseeded in every forked worker) needs no
         # os.urandom call, which in a threaded worker gives up the GIL on every request.
-        request_id = given if given and _REQUEST_ID_RE.match(given) else f"{random.getrandbits(128):032x}"
+        request_id = given if given and REQUEST_ID_RE.match(given) else f"{random.getrandbits(128):032x}"
         environ[ENVIRON_KEY] = request_id
 
         def stamped(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

@@ -1,5 +1,5 @@
-"""One way to validate input: a marshmallow schema, whose field errors become one `invalid_request`; and the
-one rule for page URLs and origins (below)."""
+"""One way to validate input: a marshmallow schema, whose field errors become one `invalid_request`; the one
+rule for a body that must be a JSON object, for corpids and agentids, and for page URLs and origins (below)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,19 @@ from marshmallow import Schema, ValidationError
 from werkzeug.datastructures import MultiDict
 
 from gateway.errors import InvalidRequest
+
+# The one rule for corpids and agentids, wherever one comes in (a page's query or body, `flask corp add`).
+CORPID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+CORPID_SHAPE = "1-64 of A-Z a-z 0-9 _ . -"
+AGENT_ID_RE = re.compile(r"^[0-9]{1,20}$")
+JSON_OBJECT_HINT = "Send Content-Type: application/json with a JSON object body."
+
+
+def json_object(data: Any, *, what: str = "body", hint: str = JSON_OBJECT_HINT) -> dict[str, Any]:
+    """`data` (a parsed JSON body, None if it was not JSON) if it is an object; else `invalid_request`."""
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"The {what} is not a JSON object", hint=hint)
+    return data
 
 
 def load(schema: Schema, data: Any, *, what: str = "request", hint: str | None = None) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Literal
 from Crypto.Cipher import AES
 
 __all__ = [
+    "AES_KEY_RE",
     "MAX_ENCRYPT_LENGTH",
     "BadAesKey",
     "BadPlaintext",
@@ -54,7 +55,8 @@ Kind = Literal["signature_invalid", "decrypt_failed"]
 #: Longest ``encrypt`` string accepted; real pushes are a few KiB.
 MAX_ENCRYPT_LENGTH = 1 << 20
 
-_AES_KEY_PATTERN = re.compile(r"[A-Za-z0-9]{43}")
+#: What an EncodingAESKey looks like (the one rule: `flask corp add` checks it too). Anchored, so `.match` suffices.
+AES_KEY_RE = re.compile(r"\A[A-Za-z0-9]{43}\Z")
 _PAD_BLOCK = 32
 _RANDOM_LENGTH = 16
 _HEADER_LENGTH = _RANDOM_LENGTH + 4
@@ -125,7 +127,7 @@ class CallbackCrypto:
     __slots__ = ("_iv", "_key", "_receiver_key", "_token")
 
     def __init__(self, token: str, encoding_aes_key: str, receiver_key: str) -> None:
-        if not isinstance(encoding_aes_key, str) or not _AES_KEY_PATTERN.fullmatch(encoding_aes_key):
+        if not isinstance(encoding_aes_key, str) or not AES_KEY_RE.match(encoding_aes_key):
             raise BadAesKey("EncodingAESKey must be exactly 43 characters of [A-Za-z0-9]")
         key = base64.b64decode(encoding_aes_key + "=")
         if len(key) != 32:

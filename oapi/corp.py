@@ -5,21 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from oapi.errcodes import effective_errcode, expires_in, malformed, text_field
-from oapi.tokens import CorpToken, Credentials, with_token
+from oapi.client import App, AppClient
+from oapi.errcodes import effective_errcode, malformed, text_field
+from oapi.tokens import CORP_TOKEN, CorpToken, Credentials
 from oapi.upstream import Upstream
 
-NO_SUCH_USER = 60121
+NO_SUCH_USER = 60121  # no user with this unionid in the corp: unlinked, not an error
 API_USERID = "user/getUseridByUnionid"
 CONTACT_TYPES = (0, 1)  # employee, external contact
 
 
-class CorpApp(Protocol):
-    """The registration this client calls DingTalk for (corpid + corpSecret): corp/registry.py's
-    Corp is one. A Protocol, so oapi knows nothing of the registry that stores it."""
-
-    @property
-    def corpid(self) -> str: ...
+class CorpApp(App, Protocol):
+    """A registration with this app's secret (corpid + corpSecret)."""
 
     @property
     def corp_secret(self) -> str: ...
@@ -37,38 +34,25 @@ class UserLink:
         return self.userid is not None
 
 
-class CorpClient:
+class CorpClient(AppClient[CorpToken]):
     """Calls made with corpid + corpSecret."""
 
-    def __init__(self, corp: CorpApp, upstream: Upstream, credentials: Credentials) -> None:
-        self.corp = corp
-        self._upstream = upstream
-        self.token = credentials.cache(corp.corpid, "corp:token", CorpToken, self._fetch_token)
+    token_pipeline = CORP_TOKEN
+    secret_param = "corpsecret"
+    corp: CorpApp
 
-    def _fetch_token(self) -> tuple[str, int | None]:
-        body = self._upstream.call(
-            "gettoken",
-            {"corpid": self.corp.corpid, "corpsecret": self.corp.corp_secret},
-            corpid=self.corp.corpid,
-            token_fetch=True,
-        )
-        return text_field("gettoken", body, "access_token"), expires_in("gettoken", body)
+    def __init__(self, corp: CorpApp, upstream: Upstream, credentials: Credentials) -> None:
+        super().__init__(corp, CorpToken, upstream, credentials)
+
+    def secret(self) -> str:
+        return self.corp.corp_secret
 
     def userid_for_unionid(self, unionid: str) -> UserLink:
         """Map a unionid to the corp's userid; a follower with no user record is unlinked, not an error."""
-
-        def call(token: CorpToken) -> dict:
-            return self._upstream.call(
-                API_USERID,
-                {"access_token": token.value, "unionid": unionid},
-                corpid=self.corp.corpid,
-                accept=frozenset({NO_SUCH_USER}),
-            )
-
-        body = with_token(self.token, call)
+        body = self.call(API_USERID, {"unionid": unionid}, accept=frozenset({NO_SUCH_USER}))
         if effective_errcode(body) == NO_SUCH_USER:
             return UserLink(None, None)
-        # A success without a userid is not "no such user" (that is 60121): it is an answer we cannot use.
+        # A success without a userid is not "no such user" (that is NO_SUCH_USER): it is an answer we cannot use.
         userid = text_field(API_USERID, body, "userid")
         contact = body.get("contactType")
         if contact is not None and (type(contact) is not int or contact not in CONTACT_TYPES):  # JSON true is no 1

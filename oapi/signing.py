@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from typing import Any
 from urllib.parse import unquote_plus
 
 HASHES = {"sha1": hashlib.sha1, "sha256": hashlib.sha256}
+DEFAULT_HASH = "sha1"  # what a registration signs with unless it says otherwise
 
 
 def normalize_url(url: str) -> str:
@@ -27,10 +29,26 @@ def normalize_url(url: str) -> str:
     return base + "?" + unquote_plus(query)
 
 
-def sign(ticket: str, nonce: str, timestamp: str, url: str, algorithm: str = "sha1") -> str:
+def sign(ticket: str, nonce: str, timestamp: str, url: str, algorithm: str = DEFAULT_HASH) -> str:
     """Lower-case hex digest of `jsapi_ticket=…&noncestr=…&timestamp=…&url=…` (url already normalised)."""
     plain = f"jsapi_ticket={ticket}&noncestr={nonce}&timestamp={timestamp}&url={url}"
     return HASHES[algorithm](plain.encode("utf-8")).hexdigest()
+
+
+def sign_config(*, corpid: str, agent_id: str, ticket: str, url: str, algorithm: str = DEFAULT_HASH) -> dict[str, Any]:
+    """Sign the service window's dd.config (`type: 1`) for `url` (already normalised) with a fresh nonce and time.
+
+    The page's config and `flask corp check`'s probe of the agent id are both built here."""
+    nonce, stamp = new_nonce(), timestamp_ms()
+    return {
+        "corpId": corpid,
+        "agentId": agent_id,
+        "timeStamp": stamp,
+        "nonceStr": nonce,
+        "signature": sign(ticket, nonce, stamp, url, algorithm),
+        "type": 1,
+        "url": url,
+    }
 
 
 def new_nonce() -> str:

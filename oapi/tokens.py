@@ -161,6 +161,33 @@ C = TypeVar("C", bound=Credential)
 
 
 @dataclass(frozen=True)
+class Pipeline:
+    """One of a corp's credential pipelines, with the one set of names every part of the gateway uses for it.
+
+    `key` names it in the store (`dtgw:v1:{CORPID}:channel:token`), in log lines and in metric labels; `name` in the
+    support console and its API (`channel_token`); `app` is the app whose secret it comes from, which is how
+    `flask corp check` names the token pipelines (`channel`, `corp`); `api` is the DingTalk API that fetches it.
+    """
+
+    key: str
+    api: str
+
+    @property
+    def name(self) -> str:
+        return self.key.replace(":", "_")
+
+    @property
+    def app(self) -> str:
+        return self.key.partition(":")[0]
+
+
+CHANNEL_TOKEN = Pipeline("channel:token", "channel/get_channel_token")
+CORP_TOKEN = Pipeline("corp:token", "gettoken")
+CHANNEL_TICKET = Pipeline("channel:ticket", "channel/get_channel_jsapi_ticket")
+PIPELINES = (CHANNEL_TOKEN, CORP_TOKEN, CHANNEL_TICKET)  # in the order the console lists them
+
+
+@dataclass(frozen=True)
 class CacheSettings:
     """Timing knobs, from the app config."""
 
@@ -490,7 +517,7 @@ class Credentials:
     def cache(
         self, corpid: str, pipeline: str, kind: type[C], fetch: Fetch, *, fetch_invalidates: bool = False
     ) -> CredentialCache[C]:
-        """The cache of one corp's one pipeline (`channel:token`, `channel:ticket`, `corp:token`)."""
+        """The cache of one corp's one pipeline, by its `Pipeline.key` (`channel:token`, `channel:ticket`, …)."""
         return CredentialCache(
             self.store,
             self.sealer,

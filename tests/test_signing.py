@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from oapi.signing import new_nonce, normalize_url, sign, timestamp_ms
+from oapi.signing import new_nonce, normalize_url, sign, sign_config, timestamp_ms
 
 TICKET = "sM4AOVdWfPE4DxkXGEs8VMCPGGVi4C3VM0P37wVUCFvkVAy_90u5h9nbSlYy3-Sl-HhTdfl2fzFy1AOcHKP7qg"
 NONCE = "Wm3WZYTPz0wzccnW"
@@ -56,3 +56,17 @@ def test_nonce_is_fresh_and_timestamp_in_ms() -> None:
     assert len(nonces) == 200
     assert all(len(n) == 16 and n.isalnum() for n in nonces)
     assert len(timestamp_ms()) == 13
+
+
+@pytest.mark.parametrize("algorithm", ["sha1", "sha256"])
+def test_sign_config_signs_what_it_returns(algorithm: str) -> None:
+    url = "https://h5.example.com/app?x=1"
+    config = sign_config(corpid="dingcorp", agent_id="1000001", ticket=TICKET, url=url, algorithm=algorithm)
+    assert {k: config[k] for k in ("corpId", "agentId", "type", "url")} == {
+        "corpId": "dingcorp",
+        "agentId": "1000001",
+        "type": 1,
+        "url": url,
+    }
+    assert config["signature"] == sign(TICKET, config["nonceStr"], config["timeStamp"], url, algorithm)
+    assert sign_config(corpid="c", agent_id="1", ticket=TICKET, url=url)["nonceStr"] != config["nonceStr"]

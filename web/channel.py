@@ -12,7 +12,7 @@ from channel.login import login
 from channel.schemas import ConfigErrorBody, ConfigQuery, LoginBody
 from gateway.errors import InvalidRequest, UnknownCorp
 from gateway.logs import current_request_id
-from gateway.validation import load, parse_query
+from gateway.validation import JSON_OBJECT_HINT, json_object, load, parse_query
 from web.cors import CORPID_KEY, corp_allows
 from web.runtime import get_runtime
 
@@ -28,13 +28,8 @@ CONFIG_ERROR_BODY = ConfigErrorBody()
 def json_body() -> Any:
     """The request's JSON body, or `invalid_request` saying what is wrong with it."""
     if not request.is_json:
-        raise InvalidRequest(
-            "The body must be JSON", hint="Send Content-Type: application/json with a JSON object body."
-        )
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise InvalidRequest("The body is not a JSON object", hint='Send a JSON object, e.g. {"corpid": …}.')
-    return data
+        raise InvalidRequest("The body must be JSON", hint=JSON_OBJECT_HINT)
+    return json_object(request.get_json(silent=True), hint='Send a JSON object, e.g. {"corpid": …}.')
 
 
 @bp.route("/config", methods=["OPTIONS"])

@@ -18,6 +18,8 @@ from corp.events import EventLog
 from corp.registry import REPLACED, Corp
 from corp.schemas import CorpRegistrationSchema, first_error, parse_origin
 from kit.errors import Failure
+from oapi.signing import DEFAULT_HASH, HASHES
+from oapi.tokens import CHANNEL_TOKEN
 from web.runtime import get_runtime
 
 bp = Blueprint("corp", __name__, cli_group="corp")
@@ -43,8 +45,8 @@ def require_shared_store() -> None:
 @click.option("--origin", "origins", multiple=True, help="scheme://host[:port] of the H5 pages (repeatable).")
 @click.option(
     "--sign-hash",
-    type=click.Choice(["sha1", "sha256"]),
-    default="sha1",
+    type=click.Choice(list(HASHES)),
+    default=DEFAULT_HASH,
     show_default=True,
     help="Hash of the dd.config signature.",
 )
@@ -163,7 +165,7 @@ def check(corpid: str, verbose: bool) -> None:
             fail(e.message)
             return
         results = check_corp(rt.upstream, corp)
-        if all(r.ok for r in results if r.pipeline == "channel"):
+        if all(r.ok for r in results if r.pipeline == CHANNEL_TOKEN.app):
             results += check_page_config(rt, corp)
         else:
             skipped = "Not checked, nor the agent id: both need the channel token."

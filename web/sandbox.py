@@ -14,7 +14,7 @@ import requests
 from flask import Blueprint, Flask, Response, jsonify, request
 
 from corp.registry import Corp
-from gateway.errors import InvalidRequest
+from gateway.validation import json_object
 from oapi.errors import UpstreamUnavailable
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID, DEMO_PEOPLE
 from web.runtime import get_runtime
@@ -61,10 +61,7 @@ def _forward(path: str, body: dict[str, Any]) -> Response:
 
 
 def _body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise InvalidRequest("The body must be a JSON object")
-    return data
+    return json_object(request.get_json(silent=True))
 
 
 @bp.get("/people")
