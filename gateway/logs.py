@@ -15,7 +15,6 @@ from gateway.trace import redact_url
 
 # What a request id may be: taken from X-Request-Id only if it fits, and the only thing the log lookup accepts.
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
-_REQUEST_ID_RE = REQUEST_ID_RE  # the old private name, still imported by web/support.py (being reworked)
 ENVIRON_KEY = "dtgw.request_id"
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
