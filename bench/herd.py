@@ -1,6 +1,7 @@
-"""Thundering herd on a cold cache: P processes x T threads ask for the same corp's config (or log in) at once.
+"""Thundering herd on a cold cache: P processes x T threads ask for the same corp's config at once.
 
-Used by the concurrency tests (tests/test_concurrency.py) and as a benchmark:
+The herd itself is sandbox/traffic.py's `run_herd`, which the concurrency tests (tests/test_concurrency.py) run
+too; this is its benchmark:
 
     python -m bench.herd --processes 4 --threads 32 [--ticket-mode invalidate|renew] [--latency 0.05]
 
@@ -12,251 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import threading
-import time
-from collections.abc import Callable
-from typing import Any
-from urllib.parse import quote
 
-PAGE = "https://h5.example.com/herd?x=1"
+import redis
 
-
-def _request(client: Any, kind: str, settings: dict[str, Any], code: str) -> Any:
-    """One request of the herd or the traffic: the page's config, or a login with `code`."""
-    corpid, agentid = settings["_corpid"], settings.get("_agentid")
-    if kind == "config":
-        return client.get(f"/channel/config?corpid={corpid}&agentid={agentid}&url={quote(PAGE, safe='')}")
-    return client.post("/channel/login", json={"corpid": corpid, "code": code})
-
-
-def _run_together(pool: list[threading.Thread], barrier: Any, timeout: float) -> None:
-    """Start every thread once all processes are at the barrier, and wait for them."""
-    barrier.wait(timeout=120)
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(timeout)
-
-
-def _worker(
-    index: int,
-    settings: dict[str, Any],
-    kind: str,
-    threads: int,
-    codes: list[str],
-    barrier: Any,
-    out: Any,
-) -> None:
-    """One OS process: build the app, wait for everyone, fire `threads` requests at once."""
-    from app import create_app
-
-    app = create_app(settings)
-    results: list[dict[str, Any]] = [{} for _ in range(threads)]
-    local = threading.Barrier(threads)
-
-    def one(i: int) -> None:
-        client = app.test_client()
-        local.wait()
-        started = time.time()
-        resp = _request(client, kind, settings, codes[i] if kind == "login" else "")
-        results[i] = {"status": resp.status_code, "body": resp.get_json(), "start": started, "end": time.time()}
-
-    pool = [threading.Thread(target=one, args=(i,)) for i in range(threads)]
-    _run_together(pool, barrier, 120)
-    out.put((index, results))
-
-
-def _traffic_worker(
-    index: int,
-    settings: dict[str, Any],
-    kind: str,
-    threads: int,
-    jobs: list[str],
-    reserve: int,
-    after: float,
-    done: Any,
-    acted: Any,
-    acted_at: Any,
-    barrier: Any,
-    out: Any,
-) -> None:
-    """One OS process of traffic: `threads` threads send requests (logins with `jobs`' codes, or configs), counting
-    into `done`, until the action has happened and some traffic has run past it.
-
-    The traffic is defined by what it must contain, never by how fast a machine gets through it: a login thread
-    holds back its last `reserve` codes until the action is done, and a config thread keeps going until it has
-    started a request `after` seconds past the action. So a loaded machine runs longer, never a different test.
-    """
-    from app import create_app
-
-    app = create_app(settings)
-    results: list[dict[str, Any]] = []
-    lock = threading.Lock()
-    chunks = [jobs[i::threads] for i in range(threads)]
-    deadline = time.monotonic() + TRAFFIC_DEADLINE
-
-    def loop(chunk: list[str]) -> None:
-        client = app.test_client()
-
-        def one(code: str) -> float:
-            started = time.time()
-            resp = _request(client, kind, settings, code)
-            row = {"status": resp.status_code, "start": started, "end": time.time()}
-            if kind == "config":
-                row["body"] = resp.get_json()
-            with lock:
-                results.append(row)
-            with done.get_lock():
-                done.value += 1
-            return started
-
-        if kind == "config":
-            while time.monotonic() < deadline:
-                started = one("")
-                if acted.is_set() and started >= acted_at.value + after:
-                    return
-            return
-        split = max(len(chunk) - reserve, 0)
-        for code in chunk[:split]:
-            one(code)
-        acted.wait(timeout=max(deadline - time.monotonic(), 0))
-        for code in chunk[split:]:
-            one(code)
-
-    pool = [threading.Thread(target=loop, args=(chunk,)) for chunk in chunks]
-    _run_together(pool, barrier, TRAFFIC_DEADLINE)
-    out.put((index, results))
-
-
-# A bound on how long traffic may run, however loaded the machine: a stuck run fails instead of hanging CI.
-TRAFFIC_DEADLINE = 240.0
-
-
-def run_traffic(
-    *,
-    settings: dict[str, Any],
-    processes: int,
-    threads: int,
-    at: int,
-    action: Callable[[], Any],
-    kind: str = "login",
-    jobs: list[str] | None = None,
-    reserve: int = 5,
-    after: float = 1.0,
-) -> list[dict[str, Any]]:
-    """Traffic from several processes; run `action` once `at` requests have finished; return every request's result
-    (status, start and end times, and for configs the body).
-
-    Guarantees, on any machine: at least `at` requests ended before the action began; after it returned, every
-    login thread sends its last `reserve` codes, and every config thread starts at least one request `after`
-    seconds or more past it (so requests exist on both sides of any window shorter than `after`).
-    """
-    jobs = jobs or []
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(processes + 1)
-    out = ctx.Queue()
-    done = ctx.Value("i", 0)
-    acted = ctx.Event()
-    acted_at = ctx.Value("d", 0.0)
-    per = len(jobs) // processes
-    if kind == "login":
-        held = processes * threads * reserve
-        if per * processes - held < at:
-            raise ValueError(f"{len(jobs)} codes cannot reach {at} logins before the action with {held} held back")
-    procs = [
-        ctx.Process(
-            target=_traffic_worker,
-            args=(
-                i,
-                settings,
-                kind,
-                threads,
-                jobs[i * per : (i + 1) * per],
-                reserve,
-                after,
-                done,
-                acted,
-                acted_at,
-                barrier,
-                out,
-            ),
-            daemon=True,
-        )
-        for i in range(processes)
-    ]
-    for p in procs:
-        p.start()
-    barrier.wait(timeout=120)
-    deadline = time.monotonic() + TRAFFIC_DEADLINE
-    while done.value < at and time.monotonic() < deadline:
-        time.sleep(0.005)
-    if done.value < at:
-        raise TimeoutError(f"only {done.value} of {at} requests finished within {TRAFFIC_DEADLINE:.0f} s")
-    try:
-        action()
-    finally:
-        acted_at.value = time.time()
-        acted.set()
-    results: list[dict[str, Any]] = []
-    for _ in procs:
-        results.extend(out.get(timeout=TRAFFIC_DEADLINE + 60)[1])
-    for p in procs:
-        p.join(30)
-    return results
-
-
-def run_herd(
-    *,
-    base_url: str,
-    redis_url: str,
-    secret_key: str,
-    corpid: str,
-    agentid: str,
-    processes: int,
-    threads: int,
-    kind: str = "config",
-    codes: list[str] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Run the herd; return every request's status, body and wall-clock start/end."""
-    settings: dict[str, Any] = {
-        "DINGTALK_API_BASE": base_url,
-        "REDIS_URL": redis_url,
-        "GATEWAY_SECRET_KEY": secret_key,
-        "GATEWAY_TOKEN_JITTER": 0,
-        "_corpid": corpid,
-        "_agentid": agentid,
-        **(extra or {}),
-    }
-    ctx = mp.get_context("spawn")  # no fork of a threaded parent (the simulator serves from a thread)
-    barrier = ctx.Barrier(processes)
-    out = ctx.Queue()
-    codes = codes or []
-    procs = [
-        ctx.Process(
-            target=_worker,
-            args=(i, settings, kind, threads, codes[i * threads : (i + 1) * threads], barrier, out),
-            daemon=True,
-        )
-        for i in range(processes)
-    ]
-    for p in procs:
-        p.start()
-    results: list[dict[str, Any]] = []
-    for _ in procs:
-        _, chunk = out.get(timeout=180)
-        results.extend(chunk)
-    for p in procs:
-        p.join(30)
-    return results
+from app import create_app
+from corp.registry import Corp
+from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
+from sandbox.processes import free_port
+from sandbox.redis_server import RedisServer
+from sandbox.server import SimulatorServer
+from sandbox.state import Simulator
+from sandbox.traffic import PAGE, run_herd
+from web.runtime import get_runtime
 
 
 def main() -> None:
-    from sandbox.server import SimulatorServer
-    from sandbox.state import Simulator
-    from tests.conftest import RedisServer, free_port
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--threads", type=int, default=32)
@@ -265,24 +36,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
-
     redis_server = RedisServer(free_port())
     redis_server.start()
     rows = []
     try:
         for _ in range(args.rounds):
-            import redis
-
             redis.Redis.from_url(redis_server.url).flushdb()
             with SimulatorServer(Simulator.demo(rate_limit=None)) as sim_server:
                 sim = sim_server.sim
                 sim.set_ticket_mode(DEMO_CORPID, args.ticket_mode)
                 sim.set_latency(args.latency)
-                from app import create_app
-                from corp.registry import Corp
-                from web.runtime import get_runtime
-
                 app = create_app(
                     {
                         "DINGTALK_API_BASE": sim_server.base_url,

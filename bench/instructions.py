@@ -30,16 +30,17 @@ from typing import Any
 
 if not __package__:  # `python bench/instructions.py` as well as `python -m bench.instructions`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import AGENTID, CORPID, ROOT, serve  # noqa: E402
+from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID  # noqa: E402
+from sandbox.stack import ROOT, Stack  # noqa: E402
 
 ORIGIN = "https://127.0.0.1:8443"
-PAGE = f"{ORIGIN}/channel/login?corpid={CORPID}&agentid={AGENTID}"
-QUERY = f"corpid={CORPID}&agentid={AGENTID}"
+PAGE = f"{ORIGIN}/channel/login?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}"
+QUERY = f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}"
 WARM_UP = 300
 
 
 def environ_for(path: str, origin: bool) -> dict[str, Any]:
-    """The WSGI environ of the benchmark's request (bench.run's config_request), as a test client builds it;
+    """The WSGI environ of the benchmark's request (bench/workload.py's config_request), as a test client builds it;
     with `origin`, as a cross-origin page sends it."""
     from werkzeug.test import EnvironBuilder
 
@@ -70,8 +71,8 @@ def gateway_app(redis_url: str, api_base: str) -> Any:
     runtime = get_runtime(app)
     runtime.registry.add(
         Corp(
-            corpid=CORPID,
-            agent_id=AGENTID,
+            corpid=DEMO_CORPID,
+            agent_id=DEMO_AGENT_ID,
             origins=(ORIGIN,),
             corp_secret=DEMO_CORP_SECRET,
             channel_secret=DEMO_CHANNEL_SECRET,
@@ -141,9 +142,9 @@ def count(side: str, measured: int, redis_url: str, api_base: str, workdir: Path
 
 
 def measure(measured: int, origin: bool) -> dict[str, Any]:
-    infra = serve.Stack(sandbox=True, simulator_rate_limit=0)
+    infra = Stack(sandbox=True, simulator_rate_limit=0)
     # One Redis per concurrent run: client-side caching announcements are per key name, across databases.
-    second = serve.Stack(sandbox=True)
+    second = Stack(sandbox=True)
     results: dict[str, Any] = {"measured_requests": 5 * measured, "origin": origin}
     try:
         infra.start_redis()

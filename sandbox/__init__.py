@@ -1,4 +1,10 @@
-"""The built-in DingTalk simulator: upstream oapi, the DingTalk client's side, and test controls."""
+"""The built-in DingTalk simulator: upstream oapi, the DingTalk client's side, and test controls.
+
+Beside it, the harness that runs the gateway against it as a person, the tests and bench/ do: stack.py (Redis, the
+simulator, gunicorn and nginx as child processes; `scripts/serve` is its command), nginx.py, redis_server.py,
+processes.py, and traffic.py (requests from several processes at once). The gateway is a command or a
+"module:function" name to them, never an import.
+"""
 
 from __future__ import annotations
 

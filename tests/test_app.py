@@ -11,7 +11,7 @@ import pytest
 from app import create_app
 from gateway.config import load_config
 from kit.sealing import Sealer, SealError, fingerprint
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 
 def test_secret_key_is_required_outside_sandbox() -> None:
@@ -159,7 +159,7 @@ def test_sandbox_routes_absent_outside_sandbox(client: Any) -> None:
 
 
 def test_proxy_headers_trusted_only_when_configured(sim_server: Any) -> None:
-    from tests.conftest import register_demo
+    from tests.helpers import register_demo
 
     headers = {
         "X-Forwarded-Proto": "https",
@@ -235,7 +235,7 @@ def test_metrics_content_type_is_prometheus_exactly(client: Any) -> None:
 
 
 def test_secrets_sealed_under_another_key_get_a_hint_not_a_500(sim_server: Any) -> None:
-    from tests.conftest import register_demo
+    from tests.helpers import register_demo
 
     old = create_app(make_config(sim_server))
     register_demo(old)

@@ -26,7 +26,7 @@ from corp.events import stream_key
 from sandbox.demo import DEMO_CORPID
 from sandbox.server import SimulatorServer
 from sandbox.state import Simulator
-from tests.conftest import EMPLOYEE, EXTERNAL, TEST_SECRET_KEY, make_config, register_demo, store_dump
+from tests.helpers import EMPLOYEE, EXTERNAL, TEST_SECRET_KEY, make_config, register_demo, store_dump
 from web.runtime import get_runtime
 
 CALLBACK_TOKEN = "cbT0ken-for-tests"

@@ -14,7 +14,7 @@ from channel.session import ISSUER, verify_token
 from gateway import trace
 from kit.sealing import session_jwt_key
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
-from tests.conftest import EMPLOYEE, EXTERNAL, ORIGIN, TEST_SECRET_KEY, UNLINKED
+from tests.helpers import EMPLOYEE, EXTERNAL, ORIGIN, TEST_SECRET_KEY, UNLINKED
 from web.runtime import get_runtime
 
 CFG = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}"
@@ -61,7 +61,7 @@ def test_config_nonce_is_fresh_and_ticket_fetched_once(client: Any, sim: Any) ->
 
 
 def test_sha256_corp(app: Any, client: Any, sim: Any) -> None:
-    from tests.conftest import register_demo
+    from tests.helpers import register_demo
 
     register_demo(app, corpid="dingsha256", sign_hash="sha256")
     sim.add_corp(

@@ -11,9 +11,11 @@ from urllib.parse import quote
 
 import pytest
 
-from bench.herd import PAGE, run_herd, run_traffic
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID, DEMO_PEOPLE
-from tests.conftest import EMPLOYEE, TEST_SECRET_KEY, RedisServer, free_port, make_config, register_demo
+from sandbox.processes import free_port
+from sandbox.redis_server import RedisServer
+from sandbox.traffic import PAGE, run_herd, run_traffic
+from tests.helpers import EMPLOYEE, TEST_SECRET_KEY, make_config, register_demo
 from web.runtime import get_runtime
 
 pytestmark = pytest.mark.redis

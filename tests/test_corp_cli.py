@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
-from tests.conftest import store_dump
+from tests.helpers import store_dump
 from web.runtime import get_runtime
 
 AES_KEY = "4g5j64qlyl3zvetqxz5jiocdr586fn2zvjpa8zls3ij"
@@ -242,7 +242,7 @@ def test_registration_changes_reach_other_processes_within_the_cache_ttl(app: An
 
 def test_add_refuses_the_in_process_store(sim_server: Any) -> None:
     from app import create_app
-    from tests.conftest import make_config
+    from tests.helpers import make_config
 
     app = create_app(make_config(sim_server, TESTING=False))
     result = app.test_cli_runner().invoke(args=GOOD)
@@ -258,7 +258,7 @@ def fill_caches(app: Any, sim: Any) -> None:
     """Tokens, ticket, a user link, a backoff window, a forced-refresh cooldown and a remembered failure."""
     from urllib.parse import quote
 
-    from tests.conftest import EMPLOYEE, ORIGIN
+    from tests.helpers import EMPLOYEE, ORIGIN
 
     client = app.test_client()
     page = quote(ORIGIN + "/", safe="")
@@ -299,7 +299,7 @@ def test_readding_a_corp_says_replaced_and_drops_its_cache(app: Any, runner: Any
     assert left == [f"dtgw:v1:{{{DEMO_CORPID}}}:corp"] + [k for k in before if ":trace:" in k], left
     assert get_runtime(app).registry.get(DEMO_CORPID).registration != registration
     # The next page view fetches a ticket for the new registration instead of reusing the old one.
-    from tests.conftest import ORIGIN
+    from tests.helpers import ORIGIN
 
     query = f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={ORIGIN}/"
     assert app.test_client().get(f"/channel/config?{query}").status_code == 200
@@ -367,7 +367,7 @@ def test_check_against_dingtalk_itself_reads_the_pages_reports(
 ) -> None:
     """DingTalk has no server-side judge of a dd.config: there, the agent id shows in what pages report."""
     import corp.check
-    from tests.conftest import ORIGIN
+    from tests.helpers import ORIGIN
 
     monkeypatch.setattr(corp.check, "_DINGTALK_HOSTS", frozenset({"127.0.0.1"}))  # the simulator plays DingTalk
     result = runner.invoke(args=["corp", "check", DEMO_CORPID])
@@ -388,7 +388,7 @@ def test_check_prints_no_log_lines(sim_server: Any, redis_url: str, real_redis: 
     import sys
     from pathlib import Path
 
-    from tests.conftest import TEST_SECRET_KEY
+    from tests.helpers import TEST_SECRET_KEY
 
     root = Path(__file__).resolve().parent.parent
     env = {

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from corp.events import DEDUPE_TTL, Event, EventLog, dedupe_id, event_ids, stream_key
 from sandbox.demo import DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
-from tests.conftest import TEST_SECRET_KEY, register_demo
+from tests.helpers import TEST_SECRET_KEY, register_demo
 from web.runtime import get_runtime
 
 CORPID = "dingcorp01"

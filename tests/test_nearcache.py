@@ -275,7 +275,7 @@ def test_config_requests_read_the_ticket_from_memory(
     sim_server: Any, redis_url: str, real_redis: redis.Redis, enabled: bool
 ) -> None:
     from app import create_app
-    from tests.conftest import make_config, register_demo
+    from tests.helpers import make_config, register_demo
     from web.runtime import get_runtime
 
     app = create_app(

@@ -1,13 +1,12 @@
 """The production front: the repo's nginx.conf in a real nginx, before gunicorn (2 workers) and a real Redis.
 
-The stack is the one `scripts/serve` starts (imported from it), in sandbox mode against one shared simulator
+The stack is the one `scripts/serve` starts (sandbox/stack.py), in sandbox mode against one shared simulator
 process. Skipped without nginx, except under CI=true, where a missing nginx is a failure.
 """
 
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import os
 import re
@@ -16,9 +15,7 @@ import shutil
 import ssl
 import time
 from collections.abc import Iterator
-from importlib.machinery import SourceFileLoader
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from unittest import mock
 
@@ -27,25 +24,15 @@ import redis
 import requests
 
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID
-from tests.conftest import CI, EMPLOYEE, free_port
+from sandbox.nginx import render_nginx_conf
+from sandbox.processes import free_port
+from sandbox.stack import Stack
+from tests.helpers import CI, EMPLOYEE
 
 pytestmark = pytest.mark.nginx
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
-
-
-def load_serve() -> ModuleType:
-    """scripts/serve as a module (it has no .py suffix: it is a command)."""
-    loader = SourceFileLoader("serve", str(ROOT / "scripts" / "serve"))
-    spec = importlib.util.spec_from_loader("serve", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-serve = load_serve()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,7 +50,7 @@ def stack(need_nginx: None, redis_url: str) -> Iterator[Any]:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     client.close()
-    running = serve.Stack(workers=2, https_port=free_port(), redis_url=redis_url, nginx=NGINX)
+    running = Stack(workers=2, https_port=free_port(), redis_url=redis_url, nginx=NGINX)
     running.start()
     yield running
     running.stop()
@@ -117,7 +104,7 @@ def page_url(stack: Any) -> str:
 
 def rendered(server_name: str = "h5.example.com") -> Any:
     """A Stack with nginx.conf substituted into its work dir (nothing started); stop() removes it."""
-    return serve.Stack(https_port=free_port(), server_name=server_name, redis_url="redis://unused", nginx=NGINX)
+    return Stack(https_port=free_port(), server_name=server_name, redis_url="redis://unused", nginx=NGINX)
 
 
 def test_nginx_t_passes_on_the_substituted_config() -> None:
@@ -133,7 +120,7 @@ def test_nginx_t_passes_on_the_substituted_config() -> None:
 
 def test_every_placeholder_must_be_given() -> None:
     with pytest.raises(ValueError, match="__TLS_KEY__"):
-        serve.render_nginx_conf({"TLS_CERT": "/c.pem"}, template="ssl_certificate __TLS_CERT__; key __TLS_KEY__;")
+        render_nginx_conf({"TLS_CERT": "/c.pem"}, template="ssl_certificate __TLS_CERT__; key __TLS_KEY__;")
 
 
 def test_proxy_timeouts_are_below_gunicorns() -> None:

@@ -26,7 +26,7 @@ from gateway import trace
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID, DEMO_PEOPLE
 from sandbox.server import SimulatorServer
 from sandbox.state import Simulator
-from tests.conftest import SHOTS
+from tests.helpers import SHOTS
 from web.runtime import get_runtime
 
 pytestmark = pytest.mark.browser

@@ -26,8 +26,9 @@ import requests
 
 from corp.registry import INDEX, CorpRegistry
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID
+from sandbox.processes import free_port
 from sandbox.server import SimulatorServer
-from tests.conftest import CI, free_port
+from tests.helpers import CI
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -3,7 +3,7 @@
 What the old registration cached (tokens, ticket) must stop being served within moments of `flask corp add` or
 `flask corp remove` returning, in every process, and a refresh in flight for it must not write anything back.
 Every assertion is a property over a window of time after the command returned; the traffic runs past the window
-however slow the machine is (bench.herd.run_traffic).
+however slow the machine is (sandbox.traffic.run_traffic).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from urllib.parse import quote
 
 import pytest
 
-from bench.herd import PAGE, run_traffic
 from oapi.signing import normalize_url, sign
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
-from tests.conftest import EMPLOYEE, ORIGIN, TEST_SECRET_KEY
+from sandbox.traffic import PAGE, run_traffic
+from tests.helpers import EMPLOYEE, ORIGIN, TEST_SECRET_KEY
 from web.runtime import get_runtime
 
 pytestmark = pytest.mark.redis

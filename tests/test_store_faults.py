@@ -18,7 +18,9 @@ import pytest
 import redis
 
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID
-from tests.conftest import CI, EMPLOYEE, EXTERNAL, ORIGIN, RedisServer, free_port, make_config, register_demo
+from sandbox.processes import free_port
+from sandbox.redis_server import RedisServer
+from tests.helpers import CI, EMPLOYEE, EXTERNAL, ORIGIN, make_config, register_demo
 from tests.test_callbacks import AES_KEY, CALLBACK_TOKEN, LEAVE, Sender
 from web.runtime import get_runtime
 

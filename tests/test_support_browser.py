@@ -16,7 +16,7 @@ from werkzeug.serving import make_server
 from corp.registry import Corp
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
 from sandbox.server import SimulatorServer
-from tests.conftest import ORIGIN, SHOTS, UNLINKED, make_config, need_chromium, register_demo
+from tests.helpers import ORIGIN, SHOTS, UNLINKED, make_config, need_chromium, register_demo
 from web.runtime import get_runtime
 
 pytestmark = pytest.mark.browser

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID
-from tests.conftest import make_config
+from tests.helpers import make_config
 from web.runtime import get_runtime
 
 pytestmark = pytest.mark.redis

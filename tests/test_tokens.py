@@ -14,7 +14,7 @@ import pytest
 from oapi.errors import LockTimeout, UpstreamUnavailable
 from oapi.tokens import CacheSettings, ChannelToken, CredentialCache
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
-from tests.conftest import EMPLOYEE, EXTERNAL, ORIGIN
+from tests.helpers import EMPLOYEE, EXTERNAL, ORIGIN
 from web.runtime import get_runtime
 
 CFG = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote(ORIGIN + '/')}"
@@ -24,7 +24,7 @@ CFG = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote(
 def app(request: pytest.FixtureRequest, sim_server: Any) -> Iterator[Any]:
     """Every test here runs twice: on the in-process store and on a real redis-server."""
     from app import create_app
-    from tests.conftest import make_config, register_demo
+    from tests.helpers import make_config, register_demo
 
     url = None
     if request.param == "redis":
@@ -78,7 +78,7 @@ def test_keys_values_and_ttl(app: Any, client: Any, sim: Any) -> None:
 
 def test_margin_and_jitter_are_configurable(sim_server: Any) -> None:
     from app import create_app
-    from tests.conftest import make_config, register_demo
+    from tests.helpers import make_config, register_demo
 
     app = create_app(make_config(sim_server, GATEWAY_TOKEN_MARGIN=1000, GATEWAY_TOKEN_JITTER=100))
     register_demo(app)
@@ -97,7 +97,7 @@ def test_channel_and_corp_tokens_never_mix(app: Any, client: Any, sim: Any) -> N
 
 
 def test_two_corps_are_separate(app: Any, sim: Any) -> None:
-    from tests.conftest import register_demo
+    from tests.helpers import register_demo
 
     sim.add_corp("dingother", corp_secret="other-corp-secret", channel_secret="other-channel-secret", agent_id="7")
     register_demo(
@@ -360,7 +360,8 @@ def test_timeouts_become_503(app: Any, client: Any, sim: Any) -> None:
 
 def test_unreachable_upstream_is_503(sim_server: Any) -> None:
     from app import create_app
-    from tests.conftest import free_port, make_config, register_demo
+    from sandbox.processes import free_port
+    from tests.helpers import make_config, register_demo
 
     app = create_app(make_config(sim_server, DINGTALK_API_BASE=f"http://127.0.0.1:{free_port()}"))
     register_demo(app)

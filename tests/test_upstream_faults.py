@@ -17,7 +17,7 @@ import pytest
 from corp.registry import Corp
 from kit.keys import global_key
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORPID
-from tests.conftest import EMPLOYEE, ORIGIN, make_config, register_demo
+from tests.helpers import EMPLOYEE, ORIGIN, make_config, register_demo
 from web.runtime import get_runtime
 
 CFG = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote(ORIGIN + '/')}"

@@ -16,7 +16,7 @@ import pytest
 from channel.config import page_url
 from gateway import trace
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID
-from tests.conftest import ORIGIN
+from tests.helpers import ORIGIN
 from web.runtime import get_runtime
 
 CFG = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}"

@@ -1,0 +1,103 @@
+"""What the tests share besides fixtures: constants (the secret key, the page's origin, the demo followers), the
+app's settings against a simulator, registering the demo corp, and small checks. conftest.py builds its fixtures
+from these; a test module imports them from here, never from conftest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID, DEMO_PEOPLE
+from sandbox.server import SimulatorServer
+
+TEST_SECRET_KEY = "test-secret-key-0123456789"
+ORIGIN = "https://h5.example.com"
+CI = os.environ.get("CI", "").lower() == "true"
+
+EMPLOYEE = next(p for p in DEMO_PEOPLE if p["contact_type"] == 0)
+EXTERNAL = next(p for p in DEMO_PEOPLE if p["contact_type"] == 1)
+UNLINKED = next(p for p in DEMO_PEOPLE if p["userid"] is None)
+
+
+def make_config(sim_server: SimulatorServer, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "DINGTALK_API_BASE": sim_server.base_url,
+        "REDIS_URL": None,
+        "GATEWAY_SECRET_KEY": TEST_SECRET_KEY,
+        "GATEWAY_SANDBOX": False,
+        "GATEWAY_HTTP_TIMEOUT": 3.0,
+        "GATEWAY_TOKEN_JITTER": 0,
+        "TESTING": True,
+    }
+    config.update(overrides)
+    return config
+
+
+def register_demo(app: Any, *, origins: tuple[str, ...] = (ORIGIN,), **kw: Any) -> None:
+    """Register the simulator's demo corp in the app's registry."""
+    from corp.registry import Corp
+    from web.runtime import get_runtime
+
+    fields: dict[str, Any] = {
+        "corpid": DEMO_CORPID,
+        "agent_id": DEMO_AGENT_ID,
+        "origins": origins,
+        "corp_secret": DEMO_CORP_SECRET,
+        "channel_secret": DEMO_CHANNEL_SECRET,
+    }
+    fields.update(kw)
+    get_runtime(app).registry.add(Corp(**fields))
+
+
+# -- browser (Debian's chromium driven by Playwright; no browser download ever) --------------------------------
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+# Without the background-networking flags Chromium keeps dialling Google's hosts, which this network refuses.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+
+
+def need_chromium() -> str:
+    """The chromium executable; skips (fails under CI=true) when there is none."""
+    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if not executable:
+        if CI:
+            pytest.fail(f"CI=true but no chromium at {CHROMIUM}: install Debian's chromium")
+        pytest.skip(f"needs Debian's chromium ({CHROMIUM})")
+    return executable
+
+
+def store_dump(client: redis.Redis) -> str:
+    """Every key and value in a store, as one string to scan for secrets."""
+    parts: list[str] = []
+    for key in client.scan_iter(count=1000):
+        parts.append(str(key))
+        kind = client.type(key)
+        if kind == "string":
+            parts.append(str(client.get(key)))
+        elif kind == "hash":
+            parts.extend(f"{k}={v}" for k, v in client.hgetall(key).items())
+        elif kind == "list":
+            parts.extend(client.lrange(key, 0, -1))
+        elif kind == "set":
+            parts.extend(client.smembers(key))
+        elif kind == "stream":
+            parts.extend(str(e) for e in client.xrange(key))
+        elif kind == "zset":
+            parts.extend(str(m) for m in client.zrange(key, 0, -1))
+    return "\n".join(parts)
