@@ -182,10 +182,11 @@ def test_a_fetch_slower_than_the_lock_ttl_is_still_the_only_fetch(app: Any) -> N
 
     def slow_fetch() -> tuple[str, int | None]:
         fetches.append(time.monotonic())
-        time.sleep(1.0)  # timeouts and retries can make a real fetch outlast any fixed lock TTL
+        time.sleep(1.8)  # timeouts and retries can make a real fetch outlast any fixed lock TTL
         return f"ticket-{len(fetches)}", 7200
 
-    settings = CacheSettings(margin=300, jitter=0, lock_wait=3, lock_ttl=0.3)
+    # Three TTLs long; renewed every third of the TTL (0.2 s), so a loaded machine has 0.4 s of slack per renewal.
+    settings = CacheSettings(margin=300, jitter=0, lock_wait=4, lock_ttl=0.6)
 
     def cache() -> CredentialCache[ChannelToken]:  # each worker builds its own view; only the store is shared
         return CredentialCache(
@@ -204,7 +205,7 @@ def test_a_fetch_slower_than_the_lock_ttl_is_still_the_only_fetch(app: Any) -> N
         t.start()
         time.sleep(0.1)
     for t in threads:
-        t.join(10)
+        t.join(15)
     # The lock was renewed while its holder worked, so nobody else fetched (in invalidate mode a second fetch
     # would have killed the first one's ticket).
     assert len(fetches) == 1
