@@ -12,15 +12,17 @@ from corp.registry import Corp
 from corp.runtime import Runtime
 from gateway.errors import InvalidRequest, TooManyRequests
 from oapi.hints import hint_for
-from oapi.tokens import Credential, CredentialCache
+from oapi.tokens import CHANNEL_TICKET, CHANNEL_TOKEN, CORP_TOKEN, Credential, CredentialCache
+from oapi.tokens import PIPELINES as ALL_PIPELINES
 
-# The API each pipeline's fetch calls, to show the backoff that holds it up.
-PIPELINES: dict[str, tuple[str, str]] = {
-    # name: (label, upstream API)
-    "channel_token": ("channel token (corpid + channelSecret)", "channel/get_channel_token"),
-    "corp_token": ("corp token (corpid + corpSecret)", "gettoken"),
-    "channel_ticket": ("channel jsapi ticket (dd.config type 1)", "channel/get_channel_jsapi_ticket"),
+# What the console calls each pipeline (names and APIs are oapi.tokens.PIPELINES').
+_LABELS = {
+    CHANNEL_TOKEN: "channel token (corpid + channelSecret)",
+    CORP_TOKEN: "corp token (corpid + corpSecret)",
+    CHANNEL_TICKET: "channel jsapi ticket (dd.config type 1)",
 }
+# name: (label, the upstream API whose backoff holds the pipeline's fetch up)
+PIPELINES: dict[str, tuple[str, str]] = {p.name: (_LABELS[p], p.api) for p in ALL_PIPELINES}
 IP_BLOCK = "*ip-block*"
 
 
@@ -48,9 +50,9 @@ def check_pipeline(pipeline: str) -> None:
 def cache_for(rt: Runtime, corp: Corp, pipeline: str) -> CredentialCache[Any]:
     """The credential cache behind one pipeline name."""
     check_pipeline(pipeline)
-    if pipeline == "channel_token":
+    if pipeline == CHANNEL_TOKEN.name:
         return rt.channel_client(corp).token
-    if pipeline == "corp_token":
+    if pipeline == CORP_TOKEN.name:
         return rt.corp_client(corp).token
     return rt.channel_client(corp).ticket
 
