@@ -25,9 +25,9 @@ from kit.sealing import fingerprint
 from oapi.channel import ChannelClient
 from oapi.client import AppClient
 from oapi.corp import CorpClient
+from oapi.credentials import CHANNEL_TOKEN, CORP_TOKEN, ChannelTicket
 from oapi.hints import hint_for
 from oapi.signing import normalize_url, sign_config
-from oapi.tokens import CHANNEL_TOKEN, CORP_TOKEN, ChannelTicket
 from oapi.upstream import Upstream
 
 TOKEN_PIPELINES = (CORP_TOKEN.app, CHANNEL_TOKEN.app)  # what a check result names a token pipeline by

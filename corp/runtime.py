@@ -15,7 +15,8 @@ from kit.sealing import Sealer, session_jwt_key
 from oapi.channel import ChannelClient
 from oapi.client import AppClient
 from oapi.corp import CorpClient
-from oapi.tokens import CacheSettings, Credentials
+from oapi.credentials import CacheSettings
+from oapi.tokens import Credentials
 from oapi.upstream import Upstream
 
 A = TypeVar("A", bound=AppClient[Any])

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from oapi.client import App, AppClient
+from oapi.credentials import CHANNEL_TICKET, CHANNEL_TOKEN, ChannelTicket, ChannelToken
 from oapi.errcodes import expires_in, text_field
-from oapi.tokens import CHANNEL_TICKET, CHANNEL_TOKEN, ChannelTicket, ChannelToken, Credentials
+from oapi.tokens import Credentials
 from oapi.upstream import Upstream
 
 API_FOLLOWER = "channel/user/get_by_code"

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Generic, Protocol
 
+from oapi.credentials import Pipeline
 from oapi.errcodes import expires_in, text_field
-from oapi.tokens import C, CredentialCache, Credentials, Pipeline, with_token
+from oapi.tokens import C, CredentialCache, Credentials, with_token
 from oapi.upstream import Upstream
 
 

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from oapi.client import App, AppClient
+from oapi.credentials import CORP_TOKEN, CorpToken
 from oapi.errcodes import effective_errcode, malformed, text_field
-from oapi.tokens import CORP_TOKEN, CorpToken, Credentials
+from oapi.tokens import Credentials
 from oapi.upstream import Upstream
 
 NO_SUCH_USER = 60121  # no user with this unionid in the corp: unlinked, not an error

@@ -1,7 +1,7 @@
 """Cached credentials (tokens and tickets) with a single refresh at a time across every process and host.
 
 Layout of one credential, a Redis hash at `dtgw:v1:{CORPID}:<pipeline>` (e.g. `channel:token`):
-    v        the credential, sealed for the corp registration whose secrets fetched it (gateway/store.py), so
+    v        the credential, sealed for the corp registration whose secrets fetched it (kit/keys.py), so
              a dump of Redis shows no usable token, and another registration cannot use it
     fp       a short fingerprint, for logs, the console and compare-and-delete
     exp      when DingTalk expires it (unix seconds)
@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Generic, TypeVar
 
@@ -44,162 +44,25 @@ import redis
 from redis.exceptions import LockError
 from redis.lock import Lock
 
-from kit.keys import REGISTRATION_FIELD, corp_key, registration_key
+from kit.keys import corp_key, registration_key
 from kit.nearcache import NearCache
 from kit.sealing import Sealer, SealError, fingerprint
+from oapi.credential_scripts import (
+    DEFAULT_EXPIRES_IN,
+    DELETE_IF_SAME,
+    GENERATION_TTL_MS,
+    NEXT_GENERATION,
+    NOT_REGISTERED,
+    OVERLAPPED,
+    SET_IF_REGISTERED,
+    WRITE_IF_NEWER,
+)
+from oapi.credentials import C, CacheSettings, Credential, Fetch
 from oapi.errcodes import CONFIGURATION
 from oapi.errors import LockTimeout, OapiError, RegistrationGone, TokenInvalid, UpstreamError, UpstreamUnavailable
 from oapi.metrics import CREDENTIAL_FETCHES
 
 log = logging.getLogger(__name__)
-
-DEFAULT_EXPIRES_IN = 7200  # get_channel_token may omit expires_in
-# `:gen` outlives any credential it orders; should it expire anyway, the next generation still starts above the
-# stored credential's (_NEXT_GENERATION).
-GENERATION_TTL_MS = 2 * DEFAULT_EXPIRES_IN * 1000
-
-# The registration check every write script starts with. `record` is the corp's registration hash (absent: an
-# unchecked cache, as in unit tests); 0 = go ahead, NOT_REGISTERED or REGISTRATION_REPLACED = refuse.
-NOT_REGISTERED, REGISTRATION_REPLACED = -1, -2
-_REGISTERED = f"""
-local function registered(record, registration)
-  if not record then return 0 end
-  if redis.call('EXISTS', record) == 0 then return {NOT_REGISTERED} end
-  if (redis.call('HGET', record, '{REGISTRATION_FIELD}') or '') ~= registration then return {REGISTRATION_REPLACED} end
-  return 0
-end
-"""
-
-# Write only if nothing newer is there: a refresher whose lock expired mid-fetch must not clobber its successor.
-# ARGV[8] = '1' for a credential whose fetch may kill the one before (a ticket): if another fetch began after this
-# one (`:gen`, KEYS[2], moved on), either may have killed the other's ticket, so neither is kept: the cached one is
-# dropped and `:gen` moved on again, which refuses the other's write too; the next reader fetches alone.
-OVERLAPPED = 2
-_WRITE_IF_NEWER = (
-    _REGISTERED
-    + f"""
-local refused = registered(KEYS[3], ARGV[7])
-if refused ~= 0 then return refused end
-if ARGV[8] == '1' and tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then
-  redis.call('INCR', KEYS[2])
-  redis.call('DEL', KEYS[1])
-  return {OVERLAPPED}
-end
-local cur = redis.call('HGET', KEYS[1], 'gen')
-if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'v', ARGV[2], 'exp', ARGV[3], 'fetched', ARGV[4], 'fp', ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-return 1
-"""
-)
-
-# The next fetch generation (KEYS[2] is `:gen`): above the stored credential's, with a TTL.
-_NEXT_GENERATION = (
-    _REGISTERED
-    + """
-local refused = registered(KEYS[3], ARGV[1])
-if refused ~= 0 then return refused end
-local gen = redis.call('INCR', KEYS[2])
-local stored = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
-if stored >= gen then
-  gen = stored + 1
-  redis.call('SET', KEYS[2], gen)
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return gen
-"""
-)
-
-# SET key value EX seconds [NX], for the corp's current registration only; 1 if set.
-_SET_IF_REGISTERED = (
-    _REGISTERED
-    + """
-local refused = registered(KEYS[2], ARGV[1])
-if refused ~= 0 then return refused end
-if ARGV[4] == 'nx' then
-  if redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3], 'NX') then return 1 end
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-return 1
-"""
-)
-
-# Delete only if the cached credential is still the one that failed; a fresh one from another worker stays.
-_DELETE_IF_SAME = """
-if redis.call('HGET', KEYS[1], 'fp') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-@dataclass(frozen=True)
-class Credential:
-    """A token or ticket as cached; `value` never goes into logs or responses (nor into its repr)."""
-
-    value: str = field(repr=False)
-    fingerprint: str
-    expires_at: float
-    fetched_at: float
-    generation: int
-    registration: str = ""
-
-
-# Distinct types so a channel token can never be passed where a corp token belongs (mypy checks it).
-class ChannelToken(Credential):
-    """Access token from corpid + channelSecret, for /channel/* APIs."""
-
-
-class CorpToken(Credential):
-    """Access token from corpid + corpSecret, for /user/* and the corp ticket."""
-
-
-class ChannelTicket(Credential):
-    """JSAPI ticket from the channel token, for dd.config type 1."""
-
-
-C = TypeVar("C", bound=Credential)
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """One of a corp's credential pipelines, with the one set of names every part of the gateway uses for it.
-
-    `key` names it in the store (`dtgw:v1:{CORPID}:channel:token`), in log lines and in metric labels; `name` in the
-    support console and its API (`channel_token`); `app` is the app whose secret it comes from, which is how
-    `flask corp check` names the token pipelines (`channel`, `corp`); `api` is the DingTalk API that fetches it.
-    """
-
-    key: str
-    api: str
-
-    @property
-    def name(self) -> str:
-        return self.key.replace(":", "_")
-
-    @property
-    def app(self) -> str:
-        return self.key.partition(":")[0]
-
-
-CHANNEL_TOKEN = Pipeline("channel:token", "channel/get_channel_token")
-CORP_TOKEN = Pipeline("corp:token", "gettoken")
-CHANNEL_TICKET = Pipeline("channel:ticket", "channel/get_channel_jsapi_ticket")
-PIPELINES = (CHANNEL_TOKEN, CORP_TOKEN, CHANNEL_TICKET)  # in the order the console lists them
-
-
-@dataclass(frozen=True)
-class CacheSettings:
-    """Timing knobs, from the app config."""
-
-    margin: int = 300
-    jitter: int = 30
-    lock_wait: float = 3.0
-    lock_ttl: float = 2.0  # renewed every third of it while the fetch runs; a crashed holder's frees itself soon
-    fail_ttl: int = 30
-    poll: float = 0.05
-
-
-Fetch = Callable[[], tuple[str, int | None]]
 
 
 class CredentialCache(Generic[C]):
@@ -239,19 +102,19 @@ class CredentialCache(Generic[C]):
     # Scripts are only needed when writing or invalidating, never on the hot read path: built on first use.
     @cached_property
     def _write(self) -> Any:
-        return self.store.register_script(_WRITE_IF_NEWER)
+        return self.store.register_script(WRITE_IF_NEWER)
 
     @cached_property
     def _delete(self) -> Any:
-        return self.store.register_script(_DELETE_IF_SAME)
+        return self.store.register_script(DELETE_IF_SAME)
 
     @cached_property
     def _generation(self) -> Any:
-        return self.store.register_script(_NEXT_GENERATION)
+        return self.store.register_script(NEXT_GENERATION)
 
     @cached_property
     def _set_if_registered(self) -> Any:
-        return self.store.register_script(_SET_IF_REGISTERED)
+        return self.store.register_script(SET_IF_REGISTERED)
 
     # -- reading ---------------------------------------------------------------------------------------------
     def peek(self) -> C | None:

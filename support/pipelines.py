@@ -11,9 +11,10 @@ from typing import Any
 from corp.registry import Corp
 from corp.runtime import Runtime
 from gateway.errors import InvalidRequest, TooManyRequests
+from oapi.credentials import CHANNEL_TICKET, CHANNEL_TOKEN, CORP_TOKEN, Credential
+from oapi.credentials import PIPELINES as ALL_PIPELINES
 from oapi.hints import hint_for
-from oapi.tokens import CHANNEL_TICKET, CHANNEL_TOKEN, CORP_TOKEN, Credential, CredentialCache
-from oapi.tokens import PIPELINES as ALL_PIPELINES
+from oapi.tokens import CredentialCache
 
 # What the console calls each pipeline (names and APIs are oapi.tokens.PIPELINES').
 _LABELS = {

@@ -13,7 +13,8 @@ import redis
 
 from kit.nearcache import NearCache
 from kit.sealing import Sealer
-from oapi.tokens import CacheSettings, ChannelTicket, CredentialCache
+from oapi.credentials import CacheSettings, ChannelTicket
+from oapi.tokens import CredentialCache
 
 PREFIX = "dtgw:v1:"
 KEY = "dtgw:v1:{dingnear}:channel:ticket"

@@ -11,8 +11,9 @@ from urllib.parse import quote
 
 import pytest
 
+from oapi.credentials import CacheSettings, ChannelToken
 from oapi.errors import LockTimeout, UpstreamUnavailable
-from oapi.tokens import CacheSettings, ChannelToken, CredentialCache
+from oapi.tokens import CredentialCache
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
 from tests.helpers import EMPLOYEE, EXTERNAL, ORIGIN
 from web.runtime import get_runtime

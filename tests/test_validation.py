@@ -15,7 +15,7 @@ from gateway.validation import json_object
 from oapi.callback_crypto import BadAesKey, CallbackCrypto
 from oapi.channel import ChannelClient
 from oapi.corp import CorpClient
-from oapi.tokens import CHANNEL_TICKET, CHANNEL_TOKEN, CORP_TOKEN, PIPELINES
+from oapi.credentials import CHANNEL_TICKET, CHANNEL_TOKEN, CORP_TOKEN, PIPELINES
 
 AES_KEY = "a" * 43
 REGISTRATION = {

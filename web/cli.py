@@ -18,8 +18,8 @@ from corp.events import EventLog
 from corp.registry import REPLACED, Corp
 from corp.schemas import CorpRegistrationSchema, first_error, parse_origin
 from kit.errors import Failure
+from oapi.credentials import CHANNEL_TOKEN
 from oapi.signing import DEFAULT_HASH, HASHES
-from oapi.tokens import CHANNEL_TOKEN
 from web.runtime import get_runtime
 
 bp = Blueprint("corp", __name__, cli_group="corp")
