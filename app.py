@@ -11,7 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from corp.runtime import build_runtime
 from gateway import logs, store
-from gateway.config import DEFAULTS, load_config
+from gateway.config import DEFAULTS, Settings, load_config
 from web import cors, errors, metrics
 from web.callbacks import bp as callbacks_bp
 from web.channel import bp as channel_bp
@@ -25,26 +25,28 @@ log = logging.getLogger("gateway")
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway from the environment (and `overrides`, for tests)."""
     config = load_config(overrides=overrides)
+    settings = Settings.from_config(config)
     logs.configure_logging()
     app = Flask(__name__, static_folder="static", static_url_path="/static")
     app.json = StrictJSONProvider(app)
     app.config.update(config)
-    app.config["MAX_CONTENT_LENGTH"] = int(config["GATEWAY_MAX_BODY"])
-    if config["GATEWAY_TRUST_PROXY"]:
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body
+    if settings.trust_proxy:
         # Behind nginx: trust exactly one proxy for client IP, scheme and host (house style 14).
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
 
-    sandbox = bool(config["GATEWAY_SANDBOX"])
-    if sandbox and config["DINGTALK_API_BASE"] == DEFAULTS["DINGTALK_API_BASE"]:
+    sandbox = settings.sandbox
+    if sandbox and settings.dingtalk_api_base == DEFAULTS["DINGTALK_API_BASE"]:
         # Sandbox mode never calls the real DingTalk: without an explicit simulator URL, run one here.
         from web.sandbox import start_simulator
 
-        app.config["DINGTALK_API_BASE"] = start_simulator(app)
+        settings = settings.but(dingtalk_api_base=start_simulator(app))
+        app.config["DINGTALK_API_BASE"] = settings.dingtalk_api_base
 
     logs.init_app(app)
     metrics.init_app(app)
     store.init_app(app)
-    app.extensions[EXTENSION] = build_runtime(app.config, store.get_store(app))
+    app.extensions[EXTENSION] = build_runtime(settings, store.get_store(app))
     errors.init_app(app)
 
     from web.support import bp as support_bp

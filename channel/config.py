@@ -81,7 +81,7 @@ def report_config_error(
     plausible = _from_corp_page(corp, agentid, url)
     if error_code in TICKET_ERRORS and plausible:
         try:
-            fresh = rt.channel_client(corp).ticket.force_refresh(int(rt.config["GATEWAY_TICKET_COOLDOWN"]))
+            fresh = rt.channel_client(corp).ticket.force_refresh(rt.settings.ticket_cooldown)
         except (UpstreamError, UpstreamUnavailable) as e:
             # The report is still recorded; the failed refresh dropped the ticket and released its cooldown, so
             # the next page view fetches a new one and the next report may refresh again.
@@ -103,6 +103,6 @@ def report_config_error(
             "ticket_refreshed": refreshed,
             "request_id": request_id,
         },
-        limit=int(rt.config["GATEWAY_TRACE_LIMIT"]),
+        limit=rt.settings.trace_limit,
     )
     return {"accepted": True, "ticket_refreshed": refreshed, "hint": hint_for(error_code)}

@@ -36,18 +36,18 @@ def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, 
     corp = rt.corp(corpid)
     step = "exchange_code"
     entry: dict[str, Any] = {"kind": "login", "request_id": request_id}
-    limit = int(rt.config["GATEWAY_TRACE_LIMIT"])
+    limit = rt.settings.trace_limit
     try:
         follower = rt.channel_client(corp).follower_for_code(code)
         step = "map_userid"
-        links = LinkCache(rt.store, corpid, int(rt.config["GATEWAY_USERID_CACHE_TTL"]))
+        links = LinkCache(rt.store, corpid, rt.settings.userid_cache_ttl)
         link = links.get(follower.unionid)
         entry["link_cached"] = link is not None
         if link is None:
             link = rt.corp_client(corp).userid_for_unionid(follower.unionid)
             best_effort("userid link", corpid, lambda: links.put(follower.unionid, link))
         step = "done"
-        ttl = int(rt.config["GATEWAY_SESSION_TTL"])
+        ttl = rt.settings.session_ttl
         token = issue_token(
             rt.session_key,
             corpid=corpid,

@@ -171,7 +171,7 @@ def handle_push(rt: Runtime, corpid: str, push: Push, *, now: float | None = Non
             f"Corp {corpid!r} has no callback registered with this gateway",
             hint="Register the callback: `flask corp add CORPID … --callback-token T --aes-key K`.",
         )
-    window = int(rt.config["GATEWAY_CALLBACK_WINDOW"])
+    window = rt.settings.callback_window
     try:
         crypto = CallbackCrypto(corp.callback_token, corp.aes_key, corp.receiver_key)
         crypto.verify(push.signature, push.timestamp, push.nonce, push.encrypt)
@@ -200,7 +200,7 @@ def handle_push(rt: Runtime, corpid: str, push: Push, *, now: float | None = Non
         outcome = "stored" if events.append(event).stored else "duplicate"
     if kind in LINK_EVENTS:
         userids = event_ids(event).get("UserId", [])
-        LinkCache(rt.store, corpid, int(rt.config["GATEWAY_USERID_CACHE_TTL"])).drop_users(userids)
+        LinkCache(rt.store, corpid, rt.settings.userid_cache_ttl).drop_users(userids)
 
     answer = "success"
     if kind in ECHO_EVENTS:

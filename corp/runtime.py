@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
 
 from corp.registry import Corp, CorpRegistry
+from gateway.config import Settings
 from kit.keys import NAMESPACE
 from kit.nearcache import NearCache
 from kit.sealing import Sealer, session_jwt_key
@@ -26,7 +27,7 @@ A = TypeVar("A", bound=AppClient[Any])
 class Runtime:
     """The app's shared clients. Per-corp clients are cheap to build and hold no per-user state."""
 
-    config: dict[str, Any]
+    settings: Settings
     store: redis.Redis
     sealer: Sealer
     upstream: Upstream
@@ -68,33 +69,33 @@ class Runtime:
         return client
 
 
-def build_runtime(config: Mapping[str, Any], store: redis.Redis) -> Runtime:
+def build_runtime(settings: Settings, store: redis.Redis) -> Runtime:
     """Build the runtime from the settings and the store (app.py composes; nothing here knows Flask)."""
-    sealer = Sealer(config["GATEWAY_SECRET_KEY"])
+    sealer = Sealer(settings.secret_key)
     # Only over a real Redis: the in-process store is already local, and fakeredis has no CLIENT TRACKING.
-    near = NearCache(store, NAMESPACE + ":") if config.get("REDIS_URL") and config["GATEWAY_NEAR_CACHE"] else None
+    near = NearCache(store, NAMESPACE + ":") if settings.redis_url and settings.near_cache else None
     return Runtime(
-        config=dict(config),
+        settings=settings,
         store=store,
         sealer=sealer,
         upstream=Upstream(
-            config["DINGTALK_API_BASE"],
+            settings.dingtalk_api_base,
             store,
-            timeout=float(config["GATEWAY_HTTP_TIMEOUT"]),
-            busy_retries=int(config["GATEWAY_BUSY_RETRIES"]),
+            timeout=settings.http_timeout,
+            busy_retries=settings.busy_retries,
         ),
-        registry=CorpRegistry(store, sealer, cache_ttl=float(config["GATEWAY_CORP_CACHE_TTL"]), near=near),
+        registry=CorpRegistry(store, sealer, cache_ttl=settings.corp_cache_ttl, near=near),
         credentials=Credentials(
             store,
             sealer,
             CacheSettings(
-                margin=int(config["GATEWAY_TOKEN_MARGIN"]),
-                jitter=int(config["GATEWAY_TOKEN_JITTER"]),
-                lock_wait=float(config["GATEWAY_LOCK_WAIT"]),
-                lock_ttl=float(config["GATEWAY_LOCK_TTL"]),
-                fail_ttl=int(config["GATEWAY_CONFIG_ERROR_TTL"]),
+                margin=settings.token_margin,
+                jitter=settings.token_jitter,
+                lock_wait=settings.lock_wait,
+                lock_ttl=settings.lock_ttl,
+                fail_ttl=settings.config_error_ttl,
             ),
             near,
         ),
-        session_key=session_jwt_key(config["GATEWAY_SECRET_KEY"]),
+        session_key=session_jwt_key(settings.secret_key),
     )

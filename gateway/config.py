@@ -1,9 +1,11 @@
-"""Configuration from the environment, with the contract's names and defaults."""
+"""Configuration from the environment, with the contract's names and defaults, read once into a typed, frozen
+`Settings` (`load_settings`): every part reads `settings.ticket_cooldown`, never `int(config["GATEWAY_…"])`."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 # Only sandbox mode may run without a secret key: its demo corp's secrets are public anyway.
@@ -46,10 +48,13 @@ DEFAULTS: dict[str, Any] = {
 _BOOL = {"1", "true", "yes", "on"}
 
 
-def _coerce(default: Any, raw: str) -> Any:
+def _coerce(default: Any, raw: Any) -> Any:
+    """A value of the default's type, from the environment's text or an override (tests, `create_app(...)`)."""
     if isinstance(default, bool):
-        return raw.strip().lower() in _BOOL
+        return raw if isinstance(raw, bool) else str(raw).strip().lower() in _BOOL
     if isinstance(default, int):
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError("not a whole number")
         return int(raw)
     if isinstance(default, float):
         return float(raw)
@@ -66,8 +71,12 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, An
                 config[name] = _coerce(default, env[name]) if default is not None else env[name]
             except ValueError as e:
                 raise RuntimeError(f"{name}={env[name]!r} is not a valid value: {e}") from e
-    if overrides:
-        config.update(overrides)
+    for name, value in (overrides or {}).items():
+        default = DEFAULTS.get(name)
+        try:
+            config[name] = _coerce(default, value) if default is not None and value is not None else value
+        except (TypeError, ValueError) as e:
+            raise RuntimeError(f"{name}={value!r} is not a valid value: {e}") from e
     if config["GATEWAY_SANDBOX"] and not config["GATEWAY_SECRET_KEY"]:
         config["GATEWAY_SECRET_KEY"] = SANDBOX_SECRET_KEY
     if not config["GATEWAY_SECRET_KEY"]:
@@ -77,3 +86,55 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, An
         )
     config["DINGTALK_API_BASE"] = str(config["DINGTALK_API_BASE"]).rstrip("/")
     return config
+
+
+def setting_name(variable: str) -> str:
+    """The Settings attribute of an environment variable: GATEWAY_TICKET_COOLDOWN -> ticket_cooldown."""
+    return variable.removeprefix("GATEWAY_").lower()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, typed, built once per app from `load_config` (defaults live in DEFAULTS only)."""
+
+    dingtalk_api_base: str
+    redis_url: str | None
+    secret_key: str
+    sandbox: bool
+    admin_token: str | None
+    http_timeout: float
+    token_margin: int
+    token_jitter: int
+    lock_wait: float
+    lock_ttl: float
+    ticket_cooldown: int
+    config_error_ttl: int
+    userid_cache_ttl: int
+    session_ttl: int
+    callback_window: int
+    trace_limit: int
+    near_cache: bool
+    corp_cache_ttl: float
+    max_body: int
+    callback_max_body: int
+    busy_retries: int
+    sandbox_origins: str
+    trust_proxy: bool
+    support_session_ttl: int
+    support_max_failures: int
+    support_fail_window: int
+    support_selftest_cooldown: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        """The settings in a `load_config` mapping (other keys, such as Flask's own, are ignored)."""
+        return cls(**{setting_name(name): config[name] for name in DEFAULTS})
+
+    def but(self, **changes: Any) -> Settings:
+        """A copy with `changes` (attribute names), for tests and sandbox mode's simulator URL."""
+        return replace(self, **changes)
+
+
+def load_settings(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """`load_config`, typed and frozen."""
+    return Settings.from_config(load_config(env, overrides))

@@ -22,14 +22,13 @@ import hmac
 import random
 import secrets
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from gateway.config import DEFAULTS
+from gateway.config import Settings as AppSettings
 from gateway.errors import TooManyRequests, Unauthorized
 from kit.keys import global_key
 from kit.sealing import derive_key
@@ -68,15 +67,15 @@ class Settings:
     selftest_cooldown: int = DEFAULTS["GATEWAY_SUPPORT_SELFTEST_COOLDOWN"]
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Settings:
-        """The settings in a config load_config() built (every name present, typed as its default)."""
+    def from_settings(cls, settings: AppSettings) -> Settings:
+        """The console's share of the app's settings."""
         return cls(
-            admin_token=config["GATEWAY_ADMIN_TOKEN"] or None,
-            secret_key=config["GATEWAY_SECRET_KEY"],
-            session_ttl=config["GATEWAY_SUPPORT_SESSION_TTL"],
-            max_failures=config["GATEWAY_SUPPORT_MAX_FAILURES"],
-            fail_window=config["GATEWAY_SUPPORT_FAIL_WINDOW"],
-            selftest_cooldown=config["GATEWAY_SUPPORT_SELFTEST_COOLDOWN"],
+            admin_token=settings.admin_token or None,
+            secret_key=settings.secret_key,
+            session_ttl=settings.support_session_ttl,
+            max_failures=settings.support_max_failures,
+            fail_window=settings.support_fail_window,
+            selftest_cooldown=settings.support_selftest_cooldown,
         )
 
     @property

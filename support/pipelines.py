@@ -39,7 +39,7 @@ class RefreshCooldown(TooManyRequests):
 
 def cooldown(rt: Runtime) -> int:
     """GATEWAY_TICKET_COOLDOWN: the window of one forced refresh per corp and pipeline."""
-    return rt.config["GATEWAY_TICKET_COOLDOWN"]
+    return rt.settings.ticket_cooldown
 
 
 def check_pipeline(pipeline: str) -> None:

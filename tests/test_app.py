@@ -36,6 +36,30 @@ def test_config_from_environment() -> None:
     assert config["REDIS_URL"] is None and config["GATEWAY_ADMIN_TOKEN"] is None
 
 
+def test_settings_are_typed_frozen_and_one_list() -> None:
+    import dataclasses
+
+    from gateway.config import DEFAULTS, Settings, load_settings, setting_name
+
+    assert {f.name for f in dataclasses.fields(Settings)} == {setting_name(n) for n in DEFAULTS}
+    settings = load_settings(env={"GATEWAY_SECRET_KEY": "k", "GATEWAY_TICKET_COOLDOWN": "90", "GATEWAY_LOCK_WAIT": "1"})
+    assert settings.ticket_cooldown == 90 and isinstance(settings.lock_wait, float) and settings.near_cache is True
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.ticket_cooldown = 1  # type: ignore[misc]
+    assert settings.but(ticket_cooldown=1).ticket_cooldown == 1 and settings.ticket_cooldown == 90
+
+
+def test_overrides_are_coerced_like_the_environment() -> None:
+    from gateway.config import load_settings
+
+    settings = load_settings(
+        env={}, overrides={"GATEWAY_SECRET_KEY": "k", "GATEWAY_LOCK_WAIT": "2", "GATEWAY_NEAR_CACHE": "0"}
+    )
+    assert settings.lock_wait == 2.0 and settings.near_cache is False
+    with pytest.raises(RuntimeError, match="GATEWAY_TICKET_COOLDOWN"):
+        load_settings(env={}, overrides={"GATEWAY_SECRET_KEY": "k", "GATEWAY_TICKET_COOLDOWN": 1.5})
+
+
 def test_healthz(client: Any) -> None:
     resp = client.get("/healthz")
     assert resp.status_code == 200 and resp.json["status"] == "ok" and resp.json["store"] == "ok"
@@ -244,9 +268,10 @@ def test_secrets_sealed_under_another_key_get_a_hint_not_a_500(sim_server: Any) 
     # The same store, read by a deployment whose GATEWAY_SECRET_KEY was changed.
     new = create_app(make_config(sim_server, GATEWAY_SECRET_KEY="a-rotated-key-0123456789"))
     from corp.runtime import build_runtime
+    from gateway.config import Settings
     from web.runtime import EXTENSION
 
-    new.extensions[EXTENSION] = build_runtime(new.config, get_runtime(old).store)
+    new.extensions[EXTENSION] = build_runtime(Settings.from_config(new.config), get_runtime(old).store)
     resp = new.test_client().get(
         "/channel/config?corpid=dingdemo0001&agentid=1000001&url=https%3A%2F%2Fh5.example.com%2F"
     )

@@ -368,8 +368,8 @@ def test_returning_follower_costs_one_upstream_call(client: Any, sim: Any) -> No
 
 
 def test_mapping_cache_ends_and_picks_up_a_new_employee(app: Any, sim: Any) -> None:
-    app.config["GATEWAY_USERID_CACHE_TTL"] = 1
-    get_runtime(app).config["GATEWAY_USERID_CACHE_TTL"] = 1
+    rt = get_runtime(app)
+    rt.settings = rt.settings.but(userid_cache_ttl=1)
     client = app.test_client()
     assert login(client, sim.mint_auth_code(DEMO_CORPID, UNLINKED["unionid"])).json["linked"] is False
     sim.set_user_record(DEMO_CORPID, UNLINKED["unionid"], "newhire01", 0)
@@ -531,7 +531,8 @@ def test_a_login_in_flight_cannot_restore_a_link_a_leave_event_dropped(app: Any)
 
 
 def test_config_error_flood_cannot_push_logins_out_of_the_trace(app: Any, client: Any, sim: Any) -> None:
-    get_runtime(app).config["GATEWAY_TRACE_LIMIT"] = 5
+    rt = get_runtime(app)
+    rt.settings = rt.settings.but(trace_limit=5)
     assert login(client, sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"])).status_code == 200
     for _ in range(20):
         assert report(client, 52019).status_code == 202

@@ -18,7 +18,7 @@ def receive(corpid: str) -> Response:
     """Receive one DingTalk push."""
     rt = get_runtime()
     # Its own body limit, set before the body is read: pushes are larger than anything else the gateway takes.
-    request.max_content_length = int(rt.config["GATEWAY_CALLBACK_MAX_BODY"])
+    request.max_content_length = rt.settings.callback_max_body
     try:
         push = parse_push(request.args, request.get_json(force=True, silent=True))
         reply = handle_push(rt, corpid, push)

@@ -128,7 +128,7 @@ def page() -> tuple[str, int]:
         "channel_login.html",
         corpid=corpid,
         agentid=agentid,
-        sandbox=bool(rt.config.get("GATEWAY_SANDBOX")),
+        sandbox=rt.settings.sandbox,
         problem=problem,
         landing_url=landing_url,
     )

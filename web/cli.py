@@ -33,7 +33,7 @@ def fail(message: str) -> None:
 
 def require_shared_store() -> None:
     """Refuse to write to the in-process store: the registration would vanish when the command exits."""
-    if not current_app.config.get("REDIS_URL") and not current_app.config.get("TESTING"):
+    if not get_runtime().settings.redis_url and not current_app.config.get("TESTING"):
         fail("REDIS_URL is not set: a corp registered now would vanish with this process; set REDIS_URL")
 
 

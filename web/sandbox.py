@@ -38,7 +38,7 @@ def start_simulator(app: Flask) -> str:
 
 def register_demo_corp(app: Flask) -> None:
     """Register the demo corp for the sandbox's origins (idempotent)."""
-    origins = tuple(o.strip() for o in str(app.config["GATEWAY_SANDBOX_ORIGINS"]).split(",") if o.strip())
+    origins = tuple(o.strip() for o in get_runtime(app).settings.sandbox_origins.split(",") if o.strip())
     get_runtime(app).registry.add(
         Corp(
             corpid=DEMO_CORPID,
@@ -51,7 +51,7 @@ def register_demo_corp(app: Flask) -> None:
 
 
 def _forward(path: str, body: dict[str, Any]) -> Response:
-    base = get_runtime().config["DINGTALK_API_BASE"]
+    base = get_runtime().settings.dingtalk_api_base
     try:
         resp = requests.post(f"{base}/_client/{path}", json=body, timeout=5)
         data = resp.json()

@@ -41,7 +41,7 @@ R = TypeVar("R")
 @bp.record_once
 def _setup(setup: BlueprintSetupState) -> None:
     app = cast(Flask, setup.app)
-    settings = Settings.from_config(app.config)
+    settings = Settings.from_settings(get_runtime(app).settings)
     app.extensions[EXTENSION] = Guard(get_runtime(app).store, settings)
     if settings.enabled:
         logbuffer.install()
