@@ -1,4 +1,5 @@
-"""What every request needs, built once per app: store, sealer, upstream client, corp registry, settings."""
+"""What every request needs, built once per app (app.py calls build_runtime): settings, store, sealer, upstream
+client, corp registry, credential caches, and one pair of API clients per corp registration."""
 
 from __future__ import annotations
 
