@@ -18,6 +18,11 @@ TICKET_TTL = 7200.0
 
 _BAD_TOKEN = (40014, "不合法的access_token")
 _EXPIRED_TOKEN = (42001, "access_token超时")
+# What the two token APIs answer a corpid they do not know and a wrong secret: /gettoken tells the two apart,
+# /channel/get_channel_token does not.
+_CORP_UNKNOWN = (40089, "不合法的corpid或corpsecret")
+_CORP_SECRET_WRONG = (40001, "获取access_token时Secret错误，或者access_token无效")
+_CHANNEL_REFUSED = (40089, "不合法的corpid或channel_secret")
 
 
 def answer(world: World, api: str, params: Mapping[str, str]) -> Reply:
@@ -44,12 +49,7 @@ def _get_token(world: World, params: Mapping[str, str]) -> Reply:
     """Answer GET /gettoken (corp token pipeline)."""
     corpid = _param(params, "corpid", "appkey")
     secret = _param(params, "corpsecret", "appsecret")
-    corp = world.corps.get(corpid)
-    if corp is None:
-        raise SimulatorError(40089, "不合法的corpid或corpsecret")
-    _check_whitelist(corp)
-    if not _same(secret, corp.corp_secret):
-        raise SimulatorError(40001, "获取access_token时Secret错误，或者access_token无效")
+    _check_secret(world, corpid, secret, "corp", unknown=_CORP_UNKNOWN, wrong=_CORP_SECRET_WRONG)
     token = _issue_token(world, corpid, "corp")
     return {"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": int(TOKEN_TTL)}
 
@@ -58,12 +58,7 @@ def _get_channel_token(world: World, params: Mapping[str, str]) -> Reply:
     """Answer GET /channel/get_channel_token (channel token pipeline); no expires_in, as upstream."""
     corpid = _param(params, "corpid")
     secret = _param(params, "channel_secret")
-    corp = world.corps.get(corpid)
-    if corp is None:
-        raise SimulatorError(40089, "不合法的corpid或channel_secret")
-    _check_whitelist(corp)
-    if not _same(secret, corp.channel_secret):
-        raise SimulatorError(40089, "不合法的corpid或channel_secret")
+    _check_secret(world, corpid, secret, "channel", unknown=_CHANNEL_REFUSED, wrong=_CHANNEL_REFUSED)
     return {"errcode": 0, "errmsg": "ok", "access_token": _issue_token(world, corpid, "channel")}
 
 
@@ -140,6 +135,20 @@ def _param(params: Mapping[str, str], *names: str) -> str:
         if value:
             return value
     raise bad_param(names[0])
+
+
+def _check_secret(
+    world: World, corpid: str, secret: str, pipeline: str, *, unknown: tuple[int, str], wrong: tuple[int, str]
+) -> None:
+    """Check a token request: raise `unknown` for a corpid not registered, 60020 for a caller the corp's whitelist
+    blocks, `wrong` for a secret that is not the corp's secret of pipeline ("corp" or "channel")."""
+    corp = world.corps.get(corpid)
+    if corp is None:
+        raise SimulatorError(*unknown)
+    _check_whitelist(corp)
+    expected = corp.corp_secret if pipeline == "corp" else corp.channel_secret
+    if not _same(secret, expected):
+        raise SimulatorError(*wrong)
 
 
 def _token(world: World, params: Mapping[str, str], pipeline: str) -> Token:

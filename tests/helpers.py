@@ -1,12 +1,15 @@
 """What the tests share besides fixtures: constants (the secret key, the page's origin, the demo followers), the
-app's settings against a simulator, registering the demo corp, and small checks. conftest.py builds its fixtures
-from these; a test module imports them from here, never from conftest.
+app's settings against a simulator, registering the demo corp, the `flask corp add` command line, a call on a
+thread of its own, and small checks. conftest.py builds its fixtures from these; a test module imports them from
+here, never from conftest.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,55 @@ def register_demo(app: Any, *, origins: tuple[str, ...] = (ORIGIN,), **kw: Any) 
     }
     fields.update(kw)
     get_runtime(app).registry.add(Corp(**fields))
+
+
+def corp_add_args(
+    corpid: str = DEMO_CORPID,
+    *,
+    corp_secret: str = DEMO_CORP_SECRET,
+    channel_secret: str = DEMO_CHANNEL_SECRET,
+    agent_id: str = DEMO_AGENT_ID,
+    origin: str = ORIGIN,
+) -> list[str]:
+    """The arguments of `flask corp add` registering a corp (the demo corp unless told otherwise) with one origin."""
+    return [
+        "corp",
+        "add",
+        corpid,
+        "--corp-secret",
+        corp_secret,
+        "--channel-secret",
+        channel_secret,
+        "--agent-id",
+        agent_id,
+        "--origin",
+        origin,
+    ]
+
+
+def in_background(
+    call: Callable[[], Any], *, catch: type[BaseException] | tuple[type[BaseException], ...] = ()
+) -> Callable[[float], Any]:
+    """Start `call` on a thread of its own. The function returned joins it (waiting at most `timeout` seconds) and
+    gives what the call returned, or the exception of `catch` it raised; any other exception ends the thread
+    unhandled, and the join then fails like a call that never returned."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except catch as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+
+    def join(timeout: float) -> Any:
+        thread.join(timeout)
+        assert outcome, f"the call in the background did not return within {timeout} s"
+        return outcome[0]
+
+    return join
 
 
 # -- browser (Debian's chromium driven by Playwright; no browser download ever) --------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
-from tests.helpers import store_dump
+from tests.helpers import corp_add_args, store_dump
 from web.runtime import get_runtime
 
 AES_KEY = "4g5j64qlyl3zvetqxz5jiocdr586fn2zvjpa8zls3ij"
@@ -130,24 +130,8 @@ def register(
     corp_secret: str = DEMO_CORP_SECRET,
     channel_secret: str = DEMO_CHANNEL_SECRET,
 ) -> None:
-    assert (
-        runner.invoke(
-            args=[
-                "corp",
-                "add",
-                corpid,
-                "--corp-secret",
-                corp_secret,
-                "--channel-secret",
-                channel_secret,
-                "--agent-id",
-                DEMO_AGENT_ID,
-                "--origin",
-                "https://a.example",
-            ]
-        ).exit_code
-        == 0
-    )
+    args = corp_add_args(corpid, corp_secret=corp_secret, channel_secret=channel_secret, origin="https://a.example")
+    assert runner.invoke(args=args).exit_code == 0
 
 
 @pytest.mark.parametrize(
@@ -271,17 +255,6 @@ def fill_caches(app: Any, sim: Any) -> None:
     rt.upstream.backoff.trip(DEMO_CORPID, "user/getUseridByUnionid")
 
 
-def demo_args(**changes: str) -> list[str]:
-    args = {
-        "--corp-secret": DEMO_CORP_SECRET,
-        "--channel-secret": DEMO_CHANNEL_SECRET,
-        "--agent-id": DEMO_AGENT_ID,
-        "--origin": "https://h5.example.com",
-    }
-    args.update(changes)
-    return ["corp", "add", DEMO_CORPID, *[x for pair in args.items() for x in pair]]
-
-
 def test_readding_a_corp_says_replaced_and_drops_its_cache(app: Any, runner: Any, sim: Any) -> None:
     fill_caches(app, sim)
     before = keys_of(app)
@@ -290,7 +263,7 @@ def test_readding_a_corp_says_replaced_and_drops_its_cache(app: Any, runner: Any
     registration = get_runtime(app).registry.get(DEMO_CORPID).registration
     tickets = sim.calls("channel/get_channel_jsapi_ticket")
 
-    result = runner.invoke(args=demo_args())
+    result = runner.invoke(args=corp_add_args())
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"Replaced corp {DEMO_CORPID}") and "Registered" not in result.output
     assert "dropped" in result.output
@@ -307,7 +280,7 @@ def test_readding_a_corp_says_replaced_and_drops_its_cache(app: Any, runner: Any
 
 
 def test_a_first_add_says_registered(runner: Any) -> None:
-    result = runner.invoke(args=swap(demo_args(), DEMO_CORPID, "dingfresh"))
+    result = runner.invoke(args=swap(corp_add_args(), DEMO_CORPID, "dingfresh"))
     assert result.exit_code == 0 and result.output.startswith("Registered corp dingfresh"), result.output
 
 
@@ -332,7 +305,7 @@ def test_remove_leaves_nothing_of_the_corp(app: Any, runner: Any, sim: Any) -> N
 
 def test_check_names_a_wrong_agent_id(app: Any, runner: Any) -> None:
     register(runner)  # the right secrets...
-    result = runner.invoke(args=demo_args(**{"--agent-id": "42"}))  # ...with the wrong agent id
+    result = runner.invoke(args=corp_add_args(agent_id="42"))  # ...with the wrong agent id
     assert result.exit_code == 0, result.output
     result = runner.invoke(args=["corp", "check", DEMO_CORPID])
     assert result.exit_code == 1, result.output
@@ -402,7 +375,7 @@ def test_check_prints_no_log_lines(sim_server: Any, redis_url: str, real_redis: 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*flask, *args], cwd=root, env=env, capture_output=True, text=True, timeout=60)
 
-    added = run(*demo_args(**{"--corp-secret": "not-the-corp-secret"})[1:])
+    added = run(*corp_add_args(corp_secret="not-the-corp-secret")[1:])
     assert added.returncode == 0, added.stderr
     checked = run("check", DEMO_CORPID)
     assert checked.returncode == 1

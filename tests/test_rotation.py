@@ -16,9 +16,9 @@ from urllib.parse import quote
 import pytest
 
 from oapi.signing import normalize_url, sign
-from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
+from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID
 from sandbox.traffic import PAGE, run_traffic
-from tests.helpers import EMPLOYEE, ORIGIN, TEST_SECRET_KEY
+from tests.helpers import EMPLOYEE, TEST_SECRET_KEY, corp_add_args, in_background
 from web.runtime import get_runtime
 
 pytestmark = pytest.mark.redis
@@ -47,22 +47,6 @@ def corp_keys(store: Any) -> list[str]:
     return sorted(store.scan_iter(match=f"dtgw:v1:{{{DEMO_CORPID}}}:*"))
 
 
-def add_args(corp_secret: str, channel_secret: str) -> list[str]:
-    return [
-        "corp",
-        "add",
-        DEMO_CORPID,
-        "--corp-secret",
-        corp_secret,
-        "--channel-secret",
-        channel_secret,
-        "--agent-id",
-        DEMO_AGENT_ID,
-        "--origin",
-        ORIGIN,
-    ]
-
-
 def timed_command(app: Any, args: list[str], window: dict[str, float]) -> Any:
     """Run a `flask corp …` command as the action, noting when it was started and when it returned."""
 
@@ -74,6 +58,20 @@ def timed_command(app: Any, args: list[str], window: dict[str, float]) -> Any:
         window["output"] = result.output  # type: ignore[assignment]
 
     return action
+
+
+def traffic(sim_server: Any, redis_url: str, action: Any) -> list[dict[str, Any]]:
+    """Config requests from 3 processes x 4 threads: `action` runs once 100 have finished, and every thread keeps
+    sending until it has started one AFTER seconds past its end."""
+    return run_traffic(
+        settings=settings(sim_server, redis_url),
+        processes=3,
+        threads=4,
+        at=100,
+        action=action,
+        kind="config",
+        after=AFTER,
+    )
 
 
 def late(results: list[dict[str, Any]], window: dict[str, float], ok: Any) -> list[float]:
@@ -88,16 +86,9 @@ def test_replacing_the_secrets_stops_the_old_credentials_at_once(
     registration's cached ticket for its whole TTL (~1.9 h) while `flask corp check` failed."""
     sim = sim_server.sim
     window: dict[str, float] = {}
-    action = timed_command(redis_app, add_args("rotated-corp-secret", "rotated-channel-secret"), window)
-    results = run_traffic(
-        settings=settings(sim_server, redis_url),
-        processes=3,
-        threads=4,
-        at=100,
-        action=action,
-        kind="config",
-        after=AFTER,
-    )
+    rotated = corp_add_args(corp_secret="rotated-corp-secret", channel_secret="rotated-channel-secret")
+    action = timed_command(redis_app, rotated, window)
+    results = traffic(sim_server, redis_url, action)
     before = [r for r in results if r["end"] < window["sent"]]
     after = [r for r in results if r["start"] > window["done"] + GRACE]
     assert len(before) >= 100 and len(after) >= 12, (len(before), len(after))  # run_traffic's guarantees
@@ -130,21 +121,13 @@ def test_a_replaced_registration_fetches_its_own_ticket_once(
     assert old is not None
     fetched: dict[str, int] = {}
     window: dict[str, float] = {}
-    command = timed_command(redis_app, add_args(DEMO_CORP_SECRET, DEMO_CHANNEL_SECRET), window)
+    command = timed_command(redis_app, corp_add_args(), window)
 
     def action() -> None:
         fetched["tickets"] = sim.calls("channel/get_channel_jsapi_ticket")
         command()
 
-    results = run_traffic(
-        settings=settings(sim_server, redis_url),
-        processes=3,
-        threads=4,
-        at=100,
-        action=action,
-        kind="config",
-        after=AFTER,
-    )
+    results = traffic(sim_server, redis_url, action)
 
     def signed_with_old(r: dict[str, Any]) -> bool:
         body = r["body"]
@@ -189,15 +172,7 @@ def test_removing_a_corp_under_load_leaves_nothing_behind(
         watcher.start()
 
     try:
-        results = run_traffic(
-            settings=settings(sim_server, redis_url),
-            processes=3,
-            threads=4,
-            at=100,
-            action=action,
-            kind="config",
-            after=AFTER,
-        )
+        results = traffic(sim_server, redis_url, action)
     finally:
         stop.set()
     watcher.join(5)
@@ -216,7 +191,7 @@ def test_removing_a_corp_under_load_leaves_nothing_behind(
     # A re-add starts from nothing: its first page view fetches a token and a ticket of its own.
     calls = sim.calls("channel/get_channel_token"), sim.calls("channel/get_channel_jsapi_ticket")
     runner = redis_app.test_cli_runner()
-    assert runner.invoke(args=add_args(DEMO_CORP_SECRET, DEMO_CHANNEL_SECRET)).output.startswith("Registered")
+    assert runner.invoke(args=corp_add_args()).output.startswith("Registered")
     page = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote(PAGE)}"
     assert redis_app.test_client().get(page).status_code == 200
     assert (sim.calls("channel/get_channel_token"), sim.calls("channel/get_channel_jsapi_ticket")) == (
@@ -255,21 +230,12 @@ def test_a_refresh_in_flight_for_a_replaced_registration_stores_nothing(
     old = rt.corp(DEMO_CORPID)
     cache = rt.channel_client(old).token
     sim_server.sim.set_latency(1.0, "channel/get_channel_token")
-    failure: list[BaseException] = []
-
-    def refresh() -> None:
-        try:
-            cache.get()
-        except Failure as e:
-            failure.append(e)
-
-    worker = threading.Thread(target=refresh)
-    worker.start()
+    refresh = in_background(cache.get, catch=Failure)
     time.sleep(0.3)  # the fetch is under way
     runner = redis_app.test_cli_runner()
-    assert runner.invoke(args=add_args(DEMO_CORP_SECRET, DEMO_CHANNEL_SECRET)).output.startswith("Replaced")
-    worker.join(10)
-    assert failure and "replaced" in str(failure[0])
+    assert runner.invoke(args=corp_add_args()).output.startswith("Replaced")
+    failure = refresh(10)
+    assert isinstance(failure, Failure) and "replaced" in str(failure)
     assert not real_redis.exists(cache.key)
     new = rt.corp(DEMO_CORPID)
     assert new.registration != old.registration

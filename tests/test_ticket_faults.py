@@ -247,6 +247,16 @@ def summary(rows: list[dict[str, Any]], moment: float) -> str:
     )
 
 
+def refresher_held_at(
+    gate: Gate, settings: dict[str, Any], action: str, cleanup: list[Callable[[], None]]
+) -> Refresher:
+    """Start a refresher (stopped at cleanup) and wait until its ticket fetch is held at the gate."""
+    refresher = Refresher(settings, action)
+    cleanup.append(refresher.stop)
+    assert gate.arrived.wait(60), "the refresher's ticket fetch never reached the simulator"
+    return refresher
+
+
 def warm(app: Any) -> None:
     resp = app.test_client().get(CONFIG)
     assert resp.status_code == 200
@@ -316,9 +326,7 @@ def test_a_forced_refresher_killed_mid_fetch_leaves_no_dead_ticket_behind(
     pages = Pages(settings, report=True)
     cleanup.append(pages.stop)
     gate = Gate(sim, TICKET_API, monkeypatch)
-    refresher = Refresher(settings, "report")
-    cleanup.append(refresher.stop)
-    assert gate.arrived.wait(60), "the refresher's ticket fetch never reached the simulator"
+    refresher = refresher_held_at(gate, settings, "report", cleanup)
     refresher.signal(signal.SIGKILL)
     killed = time.time()
     refresher.proc.join(10)
@@ -354,9 +362,7 @@ def test_a_refresher_frozen_past_its_lock_does_not_leave_the_ticket_its_fetch_ki
     worker resumes. No page reports anything here: the gateway must heal by itself."""
     sim = sim_server.sim
     gate = Gate(sim, TICKET_API, monkeypatch)
-    refresher = Refresher({**settings, "GATEWAY_HTTP_TIMEOUT": 120.0}, "config")
-    cleanup.append(refresher.stop)
-    assert gate.arrived.wait(60), "the refresher's ticket fetch never reached the simulator"
+    refresher = refresher_held_at(gate, {**settings, "GATEWAY_HTTP_TIMEOUT": 120.0}, "config", cleanup)
     refresher.signal(signal.SIGSTOP)
     frozen = time.time()
     client = redis_app.test_client()
@@ -390,9 +396,7 @@ def test_a_crashed_refresher_on_a_cold_cache_blocks_page_views_for_seconds(
     cleanup.append(gate.opened.set)
     pages = Pages(settings, report=False)
     cleanup.append(pages.stop)
-    refresher = Refresher(settings, "config")
-    cleanup.append(refresher.stop)
-    assert gate.arrived.wait(60), "the refresher's ticket fetch never reached the simulator"
+    refresher = refresher_held_at(gate, settings, "config", cleanup)
     refresher.signal(signal.SIGKILL)
     killed = time.time()
     refresher.proc.join(10)

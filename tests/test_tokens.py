@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
-from oapi.credentials import CacheSettings, ChannelToken
+import oapi.tokens
+from oapi.credentials import CacheSettings, ChannelToken, Fetch
 from oapi.errors import LockTimeout, UpstreamUnavailable
-from oapi.tokens import CredentialCache
+from oapi.tokens import CredentialCache, Credentials
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
-from tests.helpers import EMPLOYEE, EXTERNAL, ORIGIN
+from tests.helpers import EMPLOYEE, EXTERNAL, ORIGIN, in_background
 from web.runtime import get_runtime
 
 CFG = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}&url={quote(ORIGIN + '/')}"
@@ -47,6 +49,49 @@ def login(client: Any, sim: Any) -> Any:
     return client.post(
         "/channel/login", json={"corpid": DEMO_CORPID, "code": sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"])}
     )
+
+
+def credential_cache(
+    rt: Any, corpid: str, pipeline: str, fetch: Fetch, *, fetch_invalidates: bool = False, **settings: Any
+) -> CredentialCache[ChannelToken]:
+    """A cache of its own on the app's store, as another worker builds it (no near cache, no registration check):
+    no jitter, a 300 s margin, and `settings` for the rest (lock_wait, lock_ttl ...)."""
+    credentials = Credentials(rt.store, rt.sealer, CacheSettings(**{"margin": 300, "jitter": 0, **settings}))
+    return credentials.cache(corpid, pipeline, ChannelToken, fetch, fetch_invalidates=fetch_invalidates)
+
+
+def frozen_holder(
+    app: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    corpid: str,
+    pipeline: str,
+    values: list[str],
+    *,
+    fetch_invalidates: bool = False,
+    catch: type[BaseException] | tuple[type[BaseException], ...] = (),
+) -> tuple[CredentialCache[ChannelToken], threading.Event, Callable[[float], Any]]:
+    """A holder frozen past its lock's TTL (GC pause, SIGSTOP) with its fetch sent but not yet carried out.
+
+    The cache's fetches answer `values` in turn (each for 7200 s); the first waits (up to 5 s) until the returned
+    gate is set. Its keep-alive is frozen too. Its `get` is started on a thread of its own and left until its lock
+    (0.2 s) has expired; the function returned joins it (see tests.helpers.in_background, and `catch` there).
+    """
+    monkeypatch.setattr(oapi.tokens, "keep_alive", lambda lock, ttl: nullcontext())
+    gate = threading.Event()
+    answers = iter(values)
+
+    def fetch() -> tuple[str, int | None]:
+        value = next(answers)
+        if value == values[0]:
+            gate.wait(5)
+        return value, 7200
+
+    cache = credential_cache(
+        get_runtime(app), corpid, pipeline, fetch, fetch_invalidates=fetch_invalidates, lock_wait=3, lock_ttl=0.2
+    )
+    frozen = in_background(cache.get, catch=catch)
+    time.sleep(0.5)  # the frozen holder's lock (0.2 s) has expired
+    return cache, gate, frozen
 
 
 def test_keys_values_and_ttl(app: Any, client: Any, sim: Any) -> None:
@@ -187,18 +232,8 @@ def test_a_fetch_slower_than_the_lock_ttl_is_still_the_only_fetch(app: Any) -> N
         return f"ticket-{len(fetches)}", 7200
 
     # Three TTLs long; renewed every third of the TTL (0.2 s), so a loaded machine has 0.4 s of slack per renewal.
-    settings = CacheSettings(margin=300, jitter=0, lock_wait=4, lock_ttl=0.6)
-
     def cache() -> CredentialCache[ChannelToken]:  # each worker builds its own view; only the store is shared
-        return CredentialCache(
-            rt.store,
-            rt.sealer,
-            corpid="dingslow",
-            pipeline="channel:ticket",
-            kind=ChannelToken,
-            fetch=slow_fetch,
-            settings=settings,
-        )
+        return credential_cache(rt, "dingslow", "channel:ticket", slow_fetch, lock_wait=4, lock_ttl=0.6)
 
     results: list[str] = []
     threads = [threading.Thread(target=lambda: results.append(cache().get().value)) for _ in range(4)]
@@ -214,42 +249,14 @@ def test_a_fetch_slower_than_the_lock_ttl_is_still_the_only_fetch(app: Any) -> N
 
 
 def test_late_writer_never_overwrites_a_newer_credential(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from contextlib import nullcontext
-
-    import oapi.tokens
-
-    # A holder frozen past its lock's TTL (GC pause, SIGSTOP): its keep-alive cannot run either.
-    monkeypatch.setattr(oapi.tokens, "keep_alive", lambda lock, ttl: nullcontext())
-    rt = get_runtime(app)
-    gate = threading.Event()
-    values = iter(["slow-old-token", "fast-new-token"])
-
-    def fetch() -> tuple[str, int | None]:
-        value = next(values)
-        if value == "slow-old-token":
-            gate.wait(5)
-        return value, 7200
-
-    settings = CacheSettings(margin=300, jitter=0, lock_wait=3, lock_ttl=0.2)
-    slow = CredentialCache(
-        rt.store,
-        rt.sealer,
-        corpid="dinglate",
-        pipeline="channel:token",
-        kind=ChannelToken,
-        fetch=fetch,
-        settings=settings,
-    )
-    result: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: result.setdefault("slow", slow.get()))
-    t.start()
-    time.sleep(0.5)  # the slow refresher's lock (0.2 s) has expired
+    values = ["slow-old-token", "fast-new-token"]
+    slow, gate, late = frozen_holder(app, monkeypatch, "dinglate", "channel:token", values)
     fast = slow.get()  # a second refresher takes the lock and stores a newer generation
     assert fast.value == "fast-new-token"
     gate.set()
-    t.join(5)
+    slow_result = late(5)
     assert slow.peek().value == "fast-new-token"  # type: ignore[union-attr]
-    assert result["slow"].value == "fast-new-token"  # the late writer hands out the newer one too
+    assert slow_result.value == "fast-new-token"  # the late writer hands out the newer one too
 
 
 def test_lock_wait_is_bounded(app: Any) -> None:
@@ -258,15 +265,7 @@ def test_lock_wait_is_bounded(app: Any) -> None:
     assert lock.acquire(blocking=False)
     started = time.monotonic()
     with pytest.raises(LockTimeout):
-        CredentialCache(
-            rt.store,
-            rt.sealer,
-            corpid=DEMO_CORPID,
-            pipeline="channel:ticket",
-            kind=ChannelToken,
-            fetch=lambda: ("x", 7200),
-            settings=CacheSettings(lock_wait=0.5),
-        ).get()
+        credential_cache(rt, DEMO_CORPID, "channel:ticket", lambda: ("x", 7200), lock_wait=0.5).get()
     assert time.monotonic() - started < 2
     resp = app.test_client().get(CFG)  # through HTTP, with the app's 3 s wait
     assert resp.status_code == 503 and resp.json["error"]["code"] == "upstream_unavailable"
@@ -470,48 +469,15 @@ def test_a_forced_refresh_holds_its_cooldown_no_longer_than_its_lock_while_it_ru
 
 
 def test_a_ticket_fetch_that_overlapped_another_keeps_neither(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from contextlib import nullcontext
-
-    import oapi.tokens
-
-    # A holder frozen past its lock's TTL (SIGSTOP) before DingTalk carried out its fetch: its keep-alive is
-    # frozen too, another worker fetches and stores, and then the frozen fetch is carried out and kills that ticket.
-    monkeypatch.setattr(oapi.tokens, "keep_alive", lambda lock, ttl: nullcontext())
-    rt = get_runtime(app)
-    gate = threading.Event()
-    values = iter(["frozen-ticket", "successor-ticket", "next-ticket"])
-
-    def fetch() -> tuple[str, int | None]:
-        value = next(values)
-        if value == "frozen-ticket":
-            gate.wait(5)
-        return value, 7200
-
-    settings = CacheSettings(margin=300, jitter=0, lock_wait=3, lock_ttl=0.2)
-    cache = CredentialCache(
-        rt.store,
-        rt.sealer,
-        corpid="dingfrozen",
-        pipeline="channel:ticket",
-        kind=ChannelToken,
-        fetch=fetch,
-        settings=settings,
-        fetch_invalidates=True,
+    # DingTalk carries out the frozen holder's fetch only after another worker has fetched and stored: it kills
+    # that ticket.
+    values = ["frozen-ticket", "successor-ticket", "next-ticket"]
+    cache, gate, frozen = frozen_holder(
+        app, monkeypatch, "dingfrozen", "channel:ticket", values, fetch_invalidates=True, catch=LockTimeout
     )
-    errors: list[Exception] = []
-
-    def frozen() -> None:
-        try:
-            cache.get()
-        except LockTimeout as e:
-            errors.append(e)
-
-    t = threading.Thread(target=frozen)
-    t.start()
-    time.sleep(0.5)  # the frozen refresher's lock (0.2 s) has expired
     assert cache.get().value == "successor-ticket"
     gate.set()
-    t.join(5)
-    assert len(errors) == 1  # its caller is told to retry rather than handed a ticket that may be dead
+    # Its caller is told to retry rather than handed a ticket that may be dead.
+    assert isinstance(frozen(5), LockTimeout)
     assert cache.peek() is None  # nor is the successor's kept: either fetch may have killed the other's
     assert cache.get().value == "next-ticket"  # the next reader fetches alone
