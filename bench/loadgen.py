@@ -39,6 +39,17 @@ class Result:
     def throughput(self) -> float:
         return self.ok / self.elapsed if self.elapsed else 0.0
 
+    @classmethod
+    def merged(cls, parts: Sequence[Result], elapsed: float) -> Result:
+        """One result from the parts that threads or processes measured side by side over `elapsed`."""
+        total = cls(elapsed=elapsed)
+        for part in parts:
+            total.latencies.extend(part.latencies)
+            total.errors += part.errors
+            for k, v in part.statuses.items():
+                total.statuses[k] = total.statuses.get(k, 0) + v
+        return total
+
     def percentile(self, q: float) -> float:
         """The q-th percentile latency in milliseconds (nearest rank)."""
         if not self.latencies:
@@ -110,13 +121,7 @@ def _process(base: str, chunks: list[list[Request]], seconds: float, expect: int
         t.start()
     for t in threads:
         t.join()
-    merged = Result(elapsed=time.perf_counter() - started)
-    for res in results:
-        merged.latencies.extend(res.latencies)
-        merged.errors += res.errors
-        for k, v in res.statuses.items():
-            merged.statuses[k] = merged.statuses.get(k, 0) + v
-    return merged
+    return Result.merged(results, time.perf_counter() - started)
 
 
 def run(
@@ -138,13 +143,7 @@ def run(
         with multiprocessing.get_context("fork").Pool(processes) as pool:
             parts = pool.starmap(_process, [(base, c, seconds, expect) for c in chunks])
     # Throughput over the processes' own busy time, not pool start-up.
-    total = Result(elapsed=max(p.elapsed for p in parts))
-    for part in parts:
-        total.latencies.extend(part.latencies)
-        total.errors += part.errors
-        for k, v in part.statuses.items():
-            total.statuses[k] = total.statuses.get(k, 0) + v
-    return total
+    return Result.merged(parts, max(p.elapsed for p in parts))
 
 
 def repeat(request: Request, count: int) -> list[Request]:
