@@ -55,12 +55,8 @@ class Corp:
         """The key DingTalk appends to callback plaintext: the corpid unless registered otherwise."""
         return self.callback_key or self.corpid
 
-    def allows(self, url: str) -> bool:
-        """True when `url`'s scheme, host and port equal one registered origin's."""
-        return origin_of(url) in self._origin_set
-
     def allows_origin(self, origin: Origin | None) -> bool:
-        """`allows()` for an origin already worked out with `origin_of()`."""
+        """True when `origin` (scheme, host and port, as gateway.validation reads a URL's) is a registered one."""
         return origin in self._origin_set
 
     @cached_property
