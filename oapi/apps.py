@@ -66,16 +66,20 @@ class CurrentAppClient:
     def fetch_token(openapi: OpenApi, corpid: str, app_key: str, app_secret: str) -> tuple[str, int | None]:
         """Fetch an app token with appKey + appSecret, past every cache."""
         api = APP_TOKEN.api
-        body = openapi.call(
-            api, {"appKey": app_key, "appSecret": app_secret}, corpid=corpid, app_key=app_key, token_fetch=True
-        )
+        # Idempotent (a repeat returns the same token), so a 5xx is retried too.
+        credentials = {"appKey": app_key, "appSecret": app_secret}
+        body = openapi.call(api, credentials, corpid=corpid, app_key=app_key, token_fetch=True, idempotent=True)
         return text_field(api, body, "accessToken"), expires_in(api, body, "expireIn")
 
     def _fetch_ticket(self) -> tuple[str, int | None]:
         api = APP_TICKET.api
 
         def attempt(token: AppToken) -> dict[str, Any]:
-            return self._openapi.call(api, {}, corpid=self.app.corpid, app_key=self.app.app_key, token=token.value)
+            # Idempotent: a repeat renews the same ticket (§7.2), so a 5xx is retried too.
+            app = self.app
+            return self._openapi.call(
+                api, {}, corpid=app.corpid, app_key=app.app_key, token=token.value, idempotent=True
+            )
 
         body = with_token(self.app_token, attempt)
         return text_field(api, body, "jsapiTicket"), expires_in(api, body, "expireIn")

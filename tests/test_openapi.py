@@ -145,6 +145,12 @@ def test_system_busy_is_retried_a_bounded_number_of_times(
     assert sim.app_controls.calls(APP_TOKEN.api) == BUSY_RETRIES + 1
 
 
+def test_server_error_of_a_credential_fetch_is_retried(client: CurrentAppClient, sim: Simulator) -> None:
+    sim.app_controls.inject(APP_TICKET.api, 500, "systemError")
+    assert client.app_ticket.get().value
+    assert sim.app_controls.calls(APP_TICKET.api) == 2
+
+
 @pytest.mark.parametrize(
     "code", ["Forbidden.AccessDenied.IpNotInWhiteList", "Forbidden.AccessDenied.AccessTokenPermissionDenied"]
 )
