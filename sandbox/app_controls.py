@@ -6,11 +6,13 @@ whether a call meets one of them.
 from __future__ import annotations
 
 import secrets
+import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
 from sandbox.apps import APP_APIS, GET_USER_INFO, V1_APIS
+from sandbox.controls import MAX_LATENCY
 from sandbox.model import SimulatorError, World
 
 QPS_LIMITED = "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi"
@@ -35,6 +37,7 @@ class AppControls:
         self._windows: dict[tuple[str, str | None], deque[float]] = {}
         self._injected: dict[str, deque[_Injected]] = {}
         self._calls: Counter[tuple[str, str | None]] = Counter()
+        self._latency: dict[str, float] = {}
 
     def set_qps_limit(self, api: str, limit: int | None, *, app_key: str | None = None) -> None:
         """Allow at most `limit` calls of api per second per app (for app_key, or every app); None lifts it."""
@@ -58,6 +61,21 @@ class AppControls:
             raise SimulatorError(40035, "times must be at least 1 and code non-empty")
         with self._world.lock:
             self._injected.setdefault(api, deque()).append(_Injected(status, code, message, times, app_key))
+
+    def set_latency(self, api: str, seconds: float) -> None:
+        """Delay every answer of api by seconds (0 turns it off)."""
+        _check_api(api, APP_APIS)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= MAX_LATENCY:
+            raise SimulatorError(40035, f"seconds must be between 0 and {MAX_LATENCY:g}")
+        with self._world.lock:
+            self._latency[api] = float(seconds)
+
+    def wait(self, api: str) -> None:
+        """Sleep for api's latency; called without the lock, so a slow answer does not hold up other callers."""
+        with self._world.lock:
+            delay = self._latency.get(api, 0.0)
+        if delay:
+            time.sleep(delay)
 
     def calls(self, api: str | None = None, app_key: str | None = None) -> int:
         """Count calls of the current-generation APIs that reached the simulator (errors included)."""

@@ -62,6 +62,10 @@ def app_posts(sim: Simulator, field: Field) -> dict[str, JsonView]:
         )
         return _ok()
 
+    def sim_app_latency(body: dict[str, Any]) -> dict[str, Any]:
+        sim.app_controls.set_latency(field(body, "api", str), field(body, "seconds", (int, float)))
+        return _ok()
+
     def sim_app_revoke(body: dict[str, Any]) -> dict[str, Any]:
         sim.apps.revoke_app_tokens(field(body, "app_key", str))
         return _ok()
@@ -74,6 +78,7 @@ def app_posts(sim: Simulator, field: Field) -> dict[str, JsonView]:
         "/_client/app_code": client_app_code,
         "/_sim/app/qps": sim_app_qps,
         "/_sim/app/inject": sim_app_inject,
+        "/_sim/app/latency": sim_app_latency,
         "/_sim/app/revoke": sim_app_revoke,
         "/_sim/app/reset_calls": sim_app_reset_calls,
     }
@@ -82,6 +87,7 @@ def app_posts(sim: Simulator, field: Field) -> dict[str, JsonView]:
 def respond_v1(sim: Simulator, api: str, token: str | None, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """Answer one v1.0 call behind the controls."""
     apps = sim.apps
+    sim.app_controls.wait(api)
     with apps.world.lock:
         imposed = sim.app_controls.screen(api, apps.caller(api, token, body))
         return imposed if imposed is not None else apps.answer_v1(api, token, body)
@@ -90,6 +96,7 @@ def respond_v1(sim: Simulator, api: str, token: str | None, body: dict[str, Any]
 def respond_user_info(sim: Simulator, token: str | None, body: dict[str, Any]) -> dict[str, Any]:
     """Answer one topapi getuserinfo call behind the controls."""
     apps = sim.apps
+    sim.app_controls.wait(GET_USER_INFO)
     with apps.world.lock:
         imposed = sim.app_controls.screen(GET_USER_INFO, apps.caller(GET_USER_INFO, token, body))
         return imposed[1] if imposed is not None else apps.answer_user_info(token, body)

@@ -14,6 +14,7 @@ import redis
 from kit.sealing import Sealer
 from oapi.apps import CurrentAppClient
 from oapi.credentials import APP_TICKET, APP_TOKEN, AppTicket, AppToken, CacheSettings, ChannelToken
+from oapi.errcodes import classify_v1
 from oapi.errors import CodeInvalid, RateLimited, TokenInvalid, UpstreamError, UpstreamUnavailable
 from oapi.openapi import OpenApi
 from oapi.tokens import Credentials
@@ -186,6 +187,9 @@ def test_cold_herd_fetches_token_and_ticket_once(
     v1: SimulatorServer, upstream: Upstream, real_redis: redis.Redis, sim: Simulator
 ) -> None:
     workers = 24
+    # Slow answers: every worker arrives while the one fetch is still under way.
+    sim.app_controls.set_latency(APP_TOKEN.api, 0.3)
+    sim.app_controls.set_latency(APP_TICKET.api, 0.3)
     clients = [make_client(v1, upstream, real_redis) for _ in range(workers)]
     start = threading.Barrier(workers)
     tickets: list[str] = []
@@ -207,3 +211,27 @@ def test_cold_herd_fetches_token_and_ticket_once(
     assert len(tickets) == workers and len(set(tickets)) == 1
     assert sim.app_controls.calls(APP_TOKEN.api) == 1
     assert sim.app_controls.calls(APP_TICKET.api) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kind"),
+    [
+        (400, "InvalidAuthentication", TokenInvalid),
+        (403, "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi", RateLimited),
+        (403, "Forbidden.AccessDenied.QpsLimitForApi", RateLimited),
+        (403, "Forbidden.AccessDenied.QpmLimitForAppkeyAndApi", RateLimited),
+        (429, "systemBusy", UpstreamUnavailable),
+        (429, "system.busy", UpstreamUnavailable),
+        (500, "systemError", UpstreamUnavailable),
+        (400, "invalidClientIdOrSecret", UpstreamError),
+        (403, "Forbidden.AccessDenied.IpNotInWhiteList", UpstreamError),
+        (403, "Forbidden.AccessDenied.AccessTokenPermissionDenied", UpstreamError),
+        (403, "Forbidden.AccessDenied.ApiCountLimitForOrg", UpstreamError),
+        (400, "SomethingNew", UpstreamError),
+    ],
+)
+def test_classify_v1(status: int, code: str, kind: type[Exception]) -> None:
+    error = classify_v1("v1.0/x", status, {"code": code, "message": "m", "requestid": "r"}, token_fetch=False)
+    assert type(error) is kind
+    assert error.errcode == code and error.errmsg == "m"
+    assert classify_v1("v1.0/x", 200, {"accessToken": "t"}, token_fetch=False) is None
