@@ -235,3 +235,13 @@ def test_classify_v1(status: int, code: str, kind: type[Exception]) -> None:
     assert type(error) is kind
     assert error.errcode == code and error.errmsg == "m"
     assert classify_v1("v1.0/x", 200, {"accessToken": "t"}, token_fetch=False) is None
+
+
+def test_answer_without_a_v1_code_is_unavailable_not_an_ip_block(v1: SimulatorServer, upstream: Upstream) -> None:
+    # A misdirected DINGTALK_OPENAPI_BASE: the server answers 404 without a v1.0 code.
+    openapi = OpenApi(f"{v1.base_url}/not-dingtalk", upstream)
+    with pytest.raises(UpstreamUnavailable) as caught:
+        CurrentAppClient.fetch_token(openapi, APP_CORPID, APP_KEY, APP_SECRET)
+    assert not isinstance(caught.value, RateLimited)
+    assert "HTTP 404" in caught.value.message
+    assert upstream.backoff.active(APP_CORPID) == {}
