@@ -151,6 +151,10 @@ class Simulator:
         """Return what dd.runtime.permission.requestAuthCode yields for this employee."""
         return client_side.mint_employee_code(self._world, corpid, userid)
 
+    def mint_app_code(self, corpid: str, client_id: str, userid: str) -> str:
+        """Return what dd.requestAuthCode({corpId, clientId}) yields for a member of the app's org (§7.3)."""
+        return self.apps.mint_app_code(corpid, client_id, userid)
+
     def check_config(
         self,
         *,

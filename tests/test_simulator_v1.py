@@ -177,3 +177,31 @@ def test_virtual_org_app_answers_the_follower_in_the_virtual_org() -> None:
     assert result["userid"] == "follower-1"
     with pytest.raises(ValueError):
         sim.apps.mint_app_code("real-org", "window-app", "follower-1")  # the app lives in the virtual org
+
+
+def test_mint_app_code_is_on_the_simulator_too(v1: SimulatorServer) -> None:
+    code = v1.sim.mint_app_code(APP_CORPID, APP_KEY, APP_MEMBER["userid"])
+    body = post(v1, f"{USER_INFO}?access_token={app_token(v1)}", {"code": code}).json()
+    assert body["result"]["userid"] == APP_MEMBER["userid"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/_sim/app/qps", {"api": "gettoken", "limit": 1}),
+        ("/_sim/app/qps", {"api": ACCESS_TOKEN, "limit": 0}),
+        ("/_sim/app/inject", {"api": ACCESS_TOKEN, "status": 200, "code": "x"}),
+        ("/_sim/app/inject", {"api": USER_INFO, "status": 429, "code": "systemBusy"}),
+        ("/_sim/app/latency", {"api": ACCESS_TOKEN, "seconds": -1}),
+        ("/_client/app_code", {"corpid": APP_CORPID, "client_id": "nobody", "userid": APP_MEMBER["userid"]}),
+    ],
+)
+def test_controls_refuse_bad_input(v1: SimulatorServer, path: str, body: dict[str, Any]) -> None:
+    assert requests.post(f"{v1.base_url}{path}", json=body, timeout=5).json()["errcode"] == 40035
+
+
+def test_latency_delays_the_answer(v1: SimulatorServer) -> None:
+    body = {"api": ACCESS_TOKEN, "seconds": 0.3}
+    assert requests.post(f"{v1.base_url}/_sim/app/latency", json=body, timeout=5).json()["errcode"] == 0
+    resp = post(v1, ACCESS_TOKEN, {"appKey": APP_KEY, "appSecret": APP_SECRET})
+    assert resp.status_code == 200 and resp.elapsed.total_seconds() >= 0.3
