@@ -45,7 +45,7 @@ class CheckResult:
 
     pipeline: str
     ok: bool
-    errcode: int | None = None
+    errcode: int | str | None = None  # a v1.0 code is a string
     diagnosis: str = ""
     fingerprint: str | None = None
     skipped: bool = False  # not checked (so not ok), but not a failure either; `diagnosis` says why

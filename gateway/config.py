@@ -13,6 +13,7 @@ SANDBOX_SECRET_KEY = "sandbox-only-insecure-key-never-use-in-production"
 
 DEFAULTS: dict[str, Any] = {
     "DINGTALK_API_BASE": "https://oapi.dingtalk.com",
+    "DINGTALK_OPENAPI_BASE": "https://api.dingtalk.com",  # the current-generation API (/v1.0/...)
     "REDIS_URL": None,
     "GATEWAY_SECRET_KEY": None,
     "GATEWAY_SANDBOX": False,
@@ -85,6 +86,7 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, An
             "set it, or set GATEWAY_SANDBOX=1 to try the gateway against its simulator."
         )
     config["DINGTALK_API_BASE"] = str(config["DINGTALK_API_BASE"]).rstrip("/")
+    config["DINGTALK_OPENAPI_BASE"] = str(config["DINGTALK_OPENAPI_BASE"]).rstrip("/")
     return config
 
 
@@ -98,6 +100,7 @@ class Settings:
     """Every setting, typed, built once per app from `load_config` (defaults live in DEFAULTS only)."""
 
     dingtalk_api_base: str
+    dingtalk_openapi_base: str
     redis_url: str | None
     secret_key: str
     sandbox: bool

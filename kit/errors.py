@@ -1,5 +1,6 @@
 """The one shape every typed error has, whichever floor raises it: a message, a hint for the person who reads it,
-DingTalk's errcode and errmsg where it said something, and a Retry-After where waiting helps.
+DingTalk's errcode (an int from oapi, a string code from api.dingtalk.com's v1.0) and errmsg where it said
+something, and a Retry-After where waiting helps.
 
 `oapi.errors` (DingTalk's failures) and `gateway.errors` (the gateway's own) both build on it, so the web layer
 renders either without knowing where it came from; which contract status and code each class gets is decided in
@@ -20,7 +21,7 @@ class Failure(Exception):
         message: str,
         *,
         hint: str | None = None,
-        errcode: int | None = None,
+        errcode: int | str | None = None,
         errmsg: str | None = None,
         retry_after: int | None = None,
     ) -> None:

@@ -33,6 +33,14 @@ class ChannelTicket(Credential):
     """JSAPI ticket from the channel token, for dd.config type 1."""
 
 
+class AppToken(Credential):
+    """Access token of a current-generation app (appKey + appSecret, api.dingtalk.com), for v1.0 and topapi calls."""
+
+
+class AppTicket(Credential):
+    """JSAPI ticket from the app token, for dd.config type 0."""
+
+
 C = TypeVar("C", bound=Credential)
 
 
@@ -61,6 +69,10 @@ CHANNEL_TOKEN = Pipeline("channel:token", "channel/get_channel_token")
 CORP_TOKEN = Pipeline("corp:token", "gettoken")
 CHANNEL_TICKET = Pipeline("channel:ticket", "channel/get_channel_jsapi_ticket")
 PIPELINES = (CHANNEL_TOKEN, CORP_TOKEN, CHANNEL_TICKET)  # in the order the console lists them
+# A current-generation app's (dingtalk-oapi.md §7.2); not yet listed by the console.
+APP_TOKEN = Pipeline("app:token", "v1.0/oauth2/accessToken")
+APP_TICKET = Pipeline("app:ticket", "v1.0/oauth2/jsapiTickets")
+APP_PIPELINES = (APP_TOKEN, APP_TICKET)
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ to the contract in `gateway.errors.contract_of`).
     OapiError
     ├── UpstreamError             DingTalk said no; the caller cannot fix it (see errcode)
     │   ├── CodeInvalid           the auth code is unknown, used or expired
-    │   └── TokenInvalid          33001/40001/40014/42001: refresh once, then give up
-    ├── UpstreamUnavailable       DingTalk down, timing out or busy; sets retry_after
-    │   ├── RateLimited           45009/90002/90005/90006/90018, the egress-IP block
+    │   └── TokenInvalid          33001/40001/40014/42001, v1.0 InvalidAuthentication: refresh once, then give up
+    ├── UpstreamUnavailable       DingTalk down, timing out or busy (-1, v1.0 429); sets retry_after
+    │   ├── RateLimited           45009/90002/90005/90006/90018, v1.0 Qps*/Qpm*, the egress-IP block
     │   └── LockTimeout           another worker's refresh did not finish in time
     └── RegistrationGone          the corp whose secrets fetched a credential is no longer registered
 

@@ -42,14 +42,39 @@ HINTS: dict[int, str] = {
 }
 
 
+# api.dingtalk.com (v1.0) answers string codes (dingtalk-oapi.md §7.1).
+V1_HINTS: dict[str, str] = {
+    "InvalidAuthentication": "The app's access token was refused; the gateway refreshed it once. If this persists, "
+    "check the app's state in the DingTalk developer console.",
+    "invalidClientIdOrSecret": "Wrong appKey or appSecret: check the app's credentials registered with "
+    "`flask corp add` against the DingTalk developer console.",
+    "Forbidden.AccessDenied.IpNotInWhiteList": "The gateway's egress IP is not on the app's IP whitelist in the "
+    "DingTalk developer console.",
+    "Forbidden.AccessDenied.AccessTokenPermissionDenied": "The app lacks the permission this API needs: grant it in "
+    "the DingTalk developer console.",
+    "Forbidden.AccessDenied.ApiCountLimitForOrg": "The org's monthly API quota (standard edition) is used up: upgrade "
+    "the org's edition or wait for next month.",
+    "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi": "DingTalk rate limit (calls per second per app and API): the "
+    "gateway backs off; retry later.",
+    "Forbidden.AccessDenied.QpsLimitForApi": "DingTalk rate limit (per API): the gateway backs off; retry later.",
+    "Forbidden.AccessDenied.QpmLimitForAppkeyAndApi": "DingTalk rate limit (calls per minute per app and API): the "
+    "gateway backs off; retry later.",
+    "systemBusy": "DingTalk reported 'system busy'; the gateway retried with backoff. Retry in a few seconds.",
+    "system.busy": "DingTalk reported 'system busy'; the gateway retried with backoff. Retry in a few seconds.",
+    "systemError": "DingTalk reported a server error; retry in a few seconds.",
+}
+
+
 MALFORMED_HINT = (
     "DingTalk's success answer lacked a field the gateway needs, or had it malformed; nothing of it was cached, and "
     "the next request asks again. If this persists, check that DINGTALK_API_BASE really points at DingTalk."
 )
 
 
-def hint_for(errcode: int | None, default: str = "See DingTalk's error code documentation.") -> str:
-    """The hint for an errcode, or a default."""
+def hint_for(errcode: int | str | None, default: str = "See DingTalk's error code documentation.") -> str:
+    """The hint for an errcode (an oapi int, or a v1.0 string code), or a default."""
     if errcode is None:
         return default
+    if isinstance(errcode, str):
+        return V1_HINTS.get(errcode, default)
     return HINTS.get(errcode, default)

@@ -58,7 +58,7 @@ from oapi.credential_scripts import (
     WRITE_IF_NEWER,
 )
 from oapi.credentials import C, CacheSettings, Credential, Fetch
-from oapi.errcodes import CONFIGURATION
+from oapi.errcodes import is_configuration
 from oapi.errors import LockTimeout, OapiError, RegistrationGone, TokenInvalid, UpstreamError, UpstreamUnavailable
 from oapi.metrics import CREDENTIAL_FETCHES
 
@@ -234,7 +234,7 @@ class CredentialCache(Generic[C]):
             raise UpstreamError(
                 str(failure.get("message", "")),
                 hint=str(failure.get("hint", "")) or None,
-                errcode=int(failure["errcode"]),  # type: ignore[call-overload]
+                errcode=_remembered_code(failure["errcode"]),
                 errmsg=str(failure.get("errmsg", "")),
             )
 
@@ -289,7 +289,7 @@ class CredentialCache(Generic[C]):
             raise
         except UpstreamError as e:
             CREDENTIAL_FETCHES.labels(self.corpid, self.pipeline, "error").inc()
-            if e.errcode in CONFIGURATION:
+            if is_configuration(e.errcode):
                 failure = {"errcode": e.errcode, "errmsg": e.errmsg, "message": e.message, "hint": e.hint}
                 failure["registration"] = self.registration or ""
                 self._set(self.key + ":fail", json.dumps(failure), ex=self._settings.fail_ttl)
@@ -360,6 +360,14 @@ class CredentialCache(Generic[C]):
             return lifetime - margin
         # DingTalk handed out something short-lived: keep it for half its life rather than not at all.
         return max(1.0, lifetime / 2)
+
+
+def _remembered_code(raw: object) -> int | str:
+    """A remembered errcode as it was: an oapi int, or a v1.0 string code."""
+    if isinstance(raw, int):
+        return raw
+    text = str(raw)
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 @dataclass(frozen=True)

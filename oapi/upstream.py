@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 import requests
@@ -77,8 +77,10 @@ class Upstream:
         token_fetch: bool = False,
         idempotent: bool = True,
         accept: frozenset[int] = frozenset(),
+        json: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """GET `api` with `params`; return the body when errcode is 0 (or in `accept`), else raise.
+        """GET `api` with `params` (POST with a `json` body, as topapi wants); return the body when errcode is 0 (or in
+        `accept`), else raise.
 
         `-1` (system busy) is retried here, at most `busy_retries` times with a short backoff. This is the one
         hand-rolled retry: -1 arrives as HTTP 200 with the errcode in the JSON body, and urllib3's Retry only sees
@@ -90,7 +92,7 @@ class Upstream:
         probe = self.backoff.check(corpid, api)
         body: dict[str, Any] = {}
         for attempt in range(self.busy_retries + 1):
-            body = self._get(api, params, corpid=corpid, idempotent=idempotent)
+            body = self._get(api, params, corpid=corpid, idempotent=idempotent, json=json)
             if probe:  # this call was the global IP block's probe, and DingTalk answered in its own shape
                 probe = False
                 if self.backoff.lift_ip_block():
@@ -109,11 +111,20 @@ class Upstream:
         log.warning("dingtalk %s corp=%s errcode=%s", api, corpid, body.get("errcode"))
         raise error
 
-    def _get(self, api: str, params: dict[str, str], *, corpid: str, idempotent: bool) -> dict[str, Any]:
-        session = self._idempotent if idempotent else self._once
+    def session(self, *, idempotent: bool) -> requests.Session:
+        """The pooled session for a call: read timeouts are resent only for an idempotent GET."""
+        return self._idempotent if idempotent else self._once
+
+    def _get(
+        self, api: str, params: dict[str, str], *, corpid: str, idempotent: bool, json: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        session = self.session(idempotent=idempotent)
         started = time.perf_counter()
         try:
-            resp = session.get(f"{self.base_url}/{api}", params=params, timeout=self.timeout)
+            if json is None:
+                resp = session.get(f"{self.base_url}/{api}", params=params, timeout=self.timeout)
+            else:
+                resp = session.post(f"{self.base_url}/{api}", params=params, json=json, timeout=self.timeout)
         except requests.RequestException as e:
             UPSTREAM_CALLS.labels(api, "unreachable").inc()
             # The exception text may carry the URL with its query (secrets, codes): never log or return it.
@@ -126,12 +137,16 @@ class Upstream:
         except ValueError:
             body = None
         if not isinstance(body, dict) or "errcode" not in body:
-            return self._blocked(api, body, status=resp.status_code)
+            self.blocked(api, body, status=resp.status_code)
         UPSTREAM_CALLS.labels(api, str(body.get("errcode"))).inc()
         return body
 
-    def _blocked(self, api: str, body: Any, *, status: int) -> dict[str, Any]:
-        """Handle a non-oapi answer: DingTalk's egress-IP block ({"status":1111,"wait":5} or an HTML page)."""
+    def blocked(self, api: str, body: Any, *, status: int, base: str = "DINGTALK_API_BASE") -> NoReturn:
+        """Raise for a non-oapi answer: DingTalk's egress-IP block ({"status":1111,"wait":5} or an HTML page).
+
+        The v1.0 client (oapi/openapi.py) calls it too: api.dingtalk.com answers a blocked IP the same way, and the
+        block is one for every corp and both bases. `base` names the setting the hint asks to check.
+        """
         wait = body.get("wait") if isinstance(body, dict) and body.get("status") == 1111 else None
         if isinstance(body, dict) and body.get("status") == 1111 or status in (200, 403, 429):
             UPSTREAM_CALLS.labels(api, "ip_block").inc()
@@ -147,7 +162,7 @@ class Upstream:
                 errmsg="ip blocked",
             )
             if not explicit:
-                error.hint += " If this persists, check that DINGTALK_API_BASE really points at DingTalk."
+                error.hint += f" If this persists, check that {base} really points at DingTalk."
             raise error
         UPSTREAM_CALLS.labels(api, f"http_{status}").inc()
         raise UpstreamUnavailable(f"DingTalk answered {api} with HTTP {status} and no JSON", retry_after=2)

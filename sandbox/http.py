@@ -13,6 +13,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from sandbox.app_http import add_app_apis, app_posts
 from sandbox.controls import DEFAULT_BLOCKED_IP
 from sandbox.model import APIS, Reply, SimulatorError
 from sandbox.state import Simulator
@@ -113,7 +114,9 @@ def create_simulator_app(sim: Simulator) -> Flask:
         "/_sim/advance": sim_advance,
         "/_sim/reset_calls": sim_reset_calls,
         "/_sim/ip_blocked": sim_ip_blocked,
+        **app_posts(sim, _field),
     }
+    add_app_apis(app, sim)
     for path, view in posts.items():
         app.add_url_rule(path, endpoint=path, view_func=_json_view(view), methods=["POST"])
 

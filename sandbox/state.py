@@ -14,6 +14,8 @@ from typing import Any
 
 from sandbox import client_side
 from sandbox.apis import answer, caller_corp
+from sandbox.app_controls import AppControls
+from sandbox.apps import Apps
 from sandbox.controls import DEFAULT_BLOCKED_IP, Controls
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID, DEMO_PEOPLE
 from sandbox.model import Reply, World, check_api
@@ -25,6 +27,9 @@ class Simulator:
     def __init__(self, *, clock: Callable[[], float] = time.time, rate_limit: int | None = 20) -> None:
         self._world = World(clock)
         self._controls = Controls(self._world, rate_limit)
+        # The current generation (dingtalk-oapi.md §7): orgs, apps and api.dingtalk.com, on the same world and clock.
+        self.apps = Apps(self._world)
+        self.app_controls = AppControls(self._world)
 
     @classmethod
     def demo(cls, *, clock: Callable[[], float] = time.time, rate_limit: int | None = 20) -> Simulator:
@@ -145,6 +150,10 @@ class Simulator:
     def mint_employee_code(self, corpid: str, userid: str) -> str:
         """Return what dd.runtime.permission.requestAuthCode yields for this employee."""
         return client_side.mint_employee_code(self._world, corpid, userid)
+
+    def mint_app_code(self, corpid: str, client_id: str, userid: str) -> str:
+        """Return what dd.requestAuthCode({corpId, clientId}) yields for a member of the app's org (§7.3)."""
+        return self.apps.mint_app_code(corpid, client_id, userid)
 
     def check_config(
         self,

@@ -153,3 +153,20 @@ def store_dump(client: redis.Redis) -> str:
         elif kind == "zset":
             parts.extend(str(m) for m in client.zrange(key, 0, -1))
     return "\n".join(parts)
+
+
+# -- the current generation (dingtalk-oapi.md §7): an internal app in a real org -------------------------------
+
+APP_CORPID = "dingappcorp0001"
+APP_KEY = "dingappkey0001"
+APP_SECRET = "app-secret-0001"
+APP_MEMBER = {"userid": "emp-1", "unionid": "union-emp-1", "name": "张三", "associated_unionid": "assoc-emp-1"}
+
+
+def add_internal_app(
+    sim: Any, *, corpid: str = APP_CORPID, app_key: str = APP_KEY, app_secret: str = APP_SECRET
+) -> None:
+    """Register an org with one member and an app in it, in the simulator's current-generation part."""
+    sim.apps.add_org(corpid)
+    sim.apps.add_member(corpid, **APP_MEMBER)
+    sim.apps.add_app(corpid, app_key=app_key, app_secret=app_secret)

@@ -1,0 +1,97 @@
+"""The HTTP client for api.dingtalk.com (the v1.0 API, dingtalk-oapi.md §7.1): JSON bodies, the token in the
+`x-acs-dingtalk-access-token` header (never the query), errors as non-2xx statuses with a string `code`.
+
+It shares the oapi client's pooled sessions, timeout and backoff (oapi/upstream.py, oapi/backoff.py): a
+`Forbidden.AccessDenied.Qps*`/`Qpm*` opens the same store-kept window as a 90018, per app and API, which every
+worker honours; the egress-IP block is the same global one. 429 `systemBusy` (and a 5xx, for an idempotent call) is
+retried here at most `busy_retries` times; the rest become oapi's typed errors (oapi/errcodes.classify_v1).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import requests
+
+from oapi.errcodes import classify_v1, v1_code, v1_retryable
+from oapi.errors import RateLimited, UpstreamUnavailable
+from oapi.metrics import UPSTREAM_CALLS, UPSTREAM_LATENCY
+from oapi.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+TOKEN_HEADER = "x-acs-dingtalk-access-token"
+
+
+class OpenApi:
+    """Calls api.dingtalk.com endpoints and returns successful bodies, or raises oapi's typed errors."""
+
+    def __init__(self, base_url: str, upstream: Upstream) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._upstream = upstream
+
+    def call(
+        self,
+        api: str,
+        body: dict[str, Any],
+        *,
+        corpid: str,
+        app_key: str,
+        token: str | None = None,
+        token_fetch: bool = False,
+        idempotent: bool = False,
+    ) -> dict[str, Any]:
+        """POST `body` to `api` (e.g. `v1.0/oauth2/accessToken`) with `token` in the header; return the 2xx body.
+
+        The backoff is kept per app and API (`app_key` + `api`) under the corp, so the support console lists it with
+        the corp's others. `idempotent` allows retrying a 5xx; a read timeout is never resent (a POST).
+        """
+        backoff = self._upstream.backoff
+        scope = f"{app_key}:{api}"
+        probe = backoff.check(corpid, scope)
+        status, answer = 0, dict[str, Any]()
+        for attempt in range(self._upstream.busy_retries + 1):
+            status, answer = self._post(api, body, token=token, corpid=corpid, idempotent=idempotent)
+            if probe:  # this call was the global IP block's probe, and DingTalk answered in its own shape
+                probe = False
+                if backoff.lift_ip_block():
+                    log.warning("dingtalk %s answered the IP-block probe: calls of every corp resume", api)
+            if not v1_retryable(status, answer, idempotent=idempotent) or attempt == self._upstream.busy_retries:
+                break
+            time.sleep(0.05 * 2**attempt)
+        error = classify_v1(api, status, answer, token_fetch=token_fetch)
+        if error is None:
+            return answer
+        if isinstance(error, RateLimited):
+            error.retry_after = backoff.trip(corpid, scope)
+        log.warning("dingtalk %s corp=%s app=%s status=%s code=%s", api, corpid, app_key, status, error.errcode)
+        raise error
+
+    def _post(
+        self, api: str, body: dict[str, Any], *, token: str | None, corpid: str, idempotent: bool
+    ) -> tuple[int, dict[str, Any]]:
+        session = self._upstream.session(idempotent=idempotent)
+        headers = {TOKEN_HEADER: token} if token is not None else {}
+        started = time.perf_counter()
+        try:
+            resp = session.post(f"{self.base_url}/{api}", json=body, headers=headers, timeout=self._upstream.timeout)
+        except requests.RequestException as e:
+            UPSTREAM_CALLS.labels(api, "unreachable").inc()
+            # The exception may carry the request (a secret in the body, a token in the headers): never log it.
+            log.warning("dingtalk %s corp=%s unreachable: %s", api, corpid, type(e).__name__)
+            raise UpstreamUnavailable(f"DingTalk did not answer {api} in time", retry_after=2) from None
+        finally:
+            UPSTREAM_LATENCY.labels(api).observe(time.perf_counter() - started)
+        try:
+            answer = resp.json()
+        except ValueError:
+            answer = None
+        ok = 200 <= resp.status_code < 300
+        # A success is a JSON object; an error carries its code. Anything else (HTML, {"status":1111}) is the
+        # egress-IP block or not DingTalk at all.
+        if not isinstance(answer, dict) or (not ok and not v1_code(resp.status_code, answer)):
+            self._upstream.blocked(api, answer, status=resp.status_code, base="DINGTALK_OPENAPI_BASE")
+        UPSTREAM_CALLS.labels(api, v1_code(resp.status_code, answer) or str(resp.status_code)).inc()
+        return resp.status_code, answer

@@ -1,0 +1,136 @@
+"""Serve the current-generation APIs (`sandbox.apps`) on the simulator's HTTP server, as DingTalk does.
+
+`POST /v1.0/oauth2/...` takes a JSON body and the token in the `x-acs-dingtalk-access-token` header (in the query it
+is refused: 400 AuthenticationFailed.MissingParameter), and answers errors with non-2xx statuses. `POST
+/topapi/v2/user/getuserinfo?access_token=` keeps the oapi style. `/_client/app_code` plays dd.requestAuthCode;
+`/_sim/app/*` steers `sandbox.app_controls`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+
+from sandbox.apps import ACCESS_TOKEN, GET_USER_INFO, TOKEN_HEADER, V1_APIS, V1Error
+from sandbox.model import SimulatorError
+from sandbox.state import Simulator
+
+JsonView = Callable[[dict[str, Any]], dict[str, Any]]
+Field = Callable[..., Any]
+
+
+def add_app_apis(app: Flask, sim: Simulator) -> None:
+    """Route the v1.0 and topapi endpoints of sandbox.apps, and the call counts, on app."""
+    for api in V1_APIS:
+        app.add_url_rule(f"/{api}", endpoint=api, view_func=_v1_view(sim, api), methods=["POST"])
+    app.add_url_rule(f"/{GET_USER_INFO}", endpoint=GET_USER_INFO, view_func=_topapi_view(sim), methods=["POST"])
+
+    @app.get("/_sim/app/calls")
+    def sim_app_calls() -> Response:
+        """Answer the call count of the current-generation APIs for the optional api and app_key filters."""
+        count = sim.app_controls.calls(request.args.get("api") or None, request.args.get("app_key") or None)
+        return jsonify({"calls": count})
+
+
+def app_posts(sim: Simulator, field: Field) -> dict[str, JsonView]:
+    """The JSON-in, JSON-out client-side and control endpoints of sandbox.apps (`field` reads a typed field)."""
+
+    def client_app_code(body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "code": sim.apps.mint_app_code(
+                field(body, "corpid", str), field(body, "client_id", str), field(body, "userid", str)
+            )
+        }
+
+    def sim_app_qps(body: dict[str, Any]) -> dict[str, Any]:
+        limit = field(body, "limit", int, default=None)  # null lifts the limit
+        sim.app_controls.set_qps_limit(
+            field(body, "api", str), limit, app_key=field(body, "app_key", str, default=None)
+        )
+        return _ok()
+
+    def sim_app_inject(body: dict[str, Any]) -> dict[str, Any]:
+        sim.app_controls.inject(
+            field(body, "api", str),
+            field(body, "status", int),
+            field(body, "code", str),
+            times=field(body, "times", int, default=1),
+            message=field(body, "message", str, default="injected"),
+            app_key=field(body, "app_key", str, default=None),
+        )
+        return _ok()
+
+    def sim_app_latency(body: dict[str, Any]) -> dict[str, Any]:
+        sim.app_controls.set_latency(field(body, "api", str), field(body, "seconds", (int, float)))
+        return _ok()
+
+    def sim_app_revoke(body: dict[str, Any]) -> dict[str, Any]:
+        sim.apps.revoke_app_tokens(field(body, "app_key", str))
+        return _ok()
+
+    def sim_app_reset_calls(body: dict[str, Any]) -> dict[str, Any]:
+        sim.app_controls.reset_calls()
+        return _ok()
+
+    return {
+        "/_client/app_code": client_app_code,
+        "/_sim/app/qps": sim_app_qps,
+        "/_sim/app/inject": sim_app_inject,
+        "/_sim/app/latency": sim_app_latency,
+        "/_sim/app/revoke": sim_app_revoke,
+        "/_sim/app/reset_calls": sim_app_reset_calls,
+    }
+
+
+def respond_v1(sim: Simulator, api: str, token: str | None, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Answer one v1.0 call behind the controls."""
+    apps = sim.apps
+    sim.app_controls.wait(api)
+    with apps.world.lock:
+        imposed = sim.app_controls.screen(api, apps.caller(api, token, body))
+        return imposed if imposed is not None else apps.answer_v1(api, token, body)
+
+
+def respond_user_info(sim: Simulator, token: str | None, body: dict[str, Any]) -> dict[str, Any]:
+    """Answer one topapi getuserinfo call behind the controls."""
+    apps = sim.apps
+    sim.app_controls.wait(GET_USER_INFO)
+    with apps.world.lock:
+        imposed = sim.app_controls.screen(GET_USER_INFO, apps.caller(GET_USER_INFO, token, body))
+        return imposed[1] if imposed is not None else apps.answer_user_info(token, body)
+
+
+def _v1_view(sim: Simulator, api: str) -> Callable[[], Response]:
+    def view() -> Response:
+        body = request.get_json(silent=True)
+        body = body if isinstance(body, dict) else {}
+        if api != ACCESS_TOKEN and "access_token" in request.args:
+            refused = V1Error(400, "AuthenticationFailed.MissingParameter", f"缺少参数 {TOKEN_HEADER}")
+            status, answer = refused.answer()
+        else:
+            status, answer = respond_v1(sim, api, request.headers.get(TOKEN_HEADER), body)
+        response = jsonify(answer)
+        response.status_code = status
+        return response
+
+    view.__name__ = f"v1_{api.replace('/', '_').replace('.', '_')}"
+    return view
+
+
+def _topapi_view(sim: Simulator) -> Callable[[], Response]:
+    def view() -> Response:
+        if request.mimetype != "application/json":
+            return jsonify({"errcode": 43004, "errmsg": "无效的HTTP HEADER Content-Type"})
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return jsonify(SimulatorError(40035, "不合法的参数: body must be a JSON object").reply())
+        return jsonify(respond_user_info(sim, request.args.get("access_token"), body))
+
+    view.__name__ = "topapi_getuserinfo"
+    return view
+
+
+def _ok() -> dict[str, Any]:
+    return {"errcode": 0, "errmsg": "ok"}
