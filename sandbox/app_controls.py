@@ -13,10 +13,15 @@ from typing import Any
 
 from sandbox.apps import APP_APIS, GET_USER_INFO, V1_APIS
 from sandbox.controls import MAX_LATENCY
+from sandbox.followers import FOLLOWER_V1_APIS, GET_BY_UNIONID
 from sandbox.model import SimulatorError, World
 
 QPS_LIMITED = "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi"
 SYSTEM_BUSY = "systemBusy"
+
+ALL_V1_APIS = (*V1_APIS, *FOLLOWER_V1_APIS)
+TOPAPIS = (GET_USER_INFO, GET_BY_UNIONID)
+ALL_APIS = (*APP_APIS, *FOLLOWER_V1_APIS, GET_BY_UNIONID)
 
 
 @dataclass
@@ -41,7 +46,7 @@ class AppControls:
 
     def set_qps_limit(self, api: str, limit: int | None, *, app_key: str | None = None) -> None:
         """Allow at most `limit` calls of api per second per app (for app_key, or every app); None lifts it."""
-        _check_api(api, APP_APIS)
+        _check_api(api, ALL_APIS)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise SimulatorError(40035, "limit must be a positive whole number or null")
         with self._world.lock:
@@ -54,7 +59,7 @@ class AppControls:
         self, api: str, status: int, code: str, *, times: int = 1, message: str = "injected", app_key: str | None = None
     ) -> None:
         """Make the next `times` calls of a v1.0 api (by app_key, or any app) answer this error instead."""
-        _check_api(api, V1_APIS)
+        _check_api(api, ALL_V1_APIS)
         if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
             raise SimulatorError(40035, "status must be an HTTP error status")
         if times < 1 or not code:
@@ -64,7 +69,7 @@ class AppControls:
 
     def set_latency(self, api: str, seconds: float) -> None:
         """Delay every answer of api by seconds (0 turns it off)."""
-        _check_api(api, APP_APIS)
+        _check_api(api, ALL_APIS)
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= MAX_LATENCY:
             raise SimulatorError(40035, f"seconds must be between 0 and {MAX_LATENCY:g}")
         with self._world.lock:
@@ -101,7 +106,7 @@ class AppControls:
                     queue.remove(fault)  # type: ignore[union-attr]
                 return fault.status, _v1_body(fault.code, fault.message)
         if self._over_limit(api, app_key):
-            if api == GET_USER_INFO:  # topapi keeps the oapi style
+            if api in TOPAPIS:  # topapi keeps the oapi style
                 return 200, {"errcode": 90018, "errmsg": "当前请求被限流,请稍后重试"}
             return 403, _v1_body(QPS_LIMITED, "当前请求被限流,请稍后重试")
         return None

@@ -14,6 +14,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 
 from sandbox.apps import ACCESS_TOKEN, GET_USER_INFO, TOKEN_HEADER, V1_APIS, V1Error
+from sandbox.follower_http import add_follower_apis, follower_posts
 from sandbox.model import SimulatorError
 from sandbox.state import Simulator
 
@@ -26,6 +27,7 @@ def add_app_apis(app: Flask, sim: Simulator) -> None:
     for api in V1_APIS:
         app.add_url_rule(f"/{api}", endpoint=api, view_func=_v1_view(sim, api), methods=["POST"])
     app.add_url_rule(f"/{GET_USER_INFO}", endpoint=GET_USER_INFO, view_func=_topapi_view(sim), methods=["POST"])
+    add_follower_apis(app, sim)
 
     @app.get("/_sim/app/calls")
     def sim_app_calls() -> Response:
@@ -81,6 +83,7 @@ def app_posts(sim: Simulator, field: Field) -> dict[str, JsonView]:
         "/_sim/app/latency": sim_app_latency,
         "/_sim/app/revoke": sim_app_revoke,
         "/_sim/app/reset_calls": sim_app_reset_calls,
+        **follower_posts(sim, field),
     }
 
 

@@ -58,6 +58,7 @@ class Member:
     associated_unionid: str = ""
     sys: bool = False
     sys_level: int = 0
+    contact_type: int = 0  # in a real org: 0 an employee, 1 an external contact (topapi/user/getbyunionid)
 
 
 @dataclass
@@ -126,13 +127,16 @@ class Apps:
         associated_unionid: str = "",
         sys: bool = False,
         sys_level: int = 0,
+        contact_type: int = 0,
     ) -> None:
-        """Register a member of an org: an employee, or a follower of a service window in its virtual org."""
+        """Register a member of an org: an employee or external contact, or a follower in a virtual org."""
+        if contact_type not in (0, 1):
+            raise SimulatorError(40035, "contact_type must be 0 (employee) or 1 (external contact)")
         with self.world.lock:
             org = self._org(corpid)
             if userid in org.members:
                 raise SimulatorError(40035, f"userid {userid} already registered in {corpid}")
-            org.members[userid] = Member(userid, unionid, name, associated_unionid, sys, sys_level)
+            org.members[userid] = Member(userid, unionid, name, associated_unionid, sys, sys_level, contact_type)
 
     def add_app(self, corpid: str, *, app_key: str, app_secret: str) -> None:
         """Register an app (appKey = the page's clientId) in an org."""

@@ -39,3 +39,57 @@ DEMO_PEOPLE: list[dict[str, Any]] = [
         "contact_type": None,
     },
 ]
+
+# The current generation (dingtalk-oapi.md §7): an internal app in the demo corp (as a real org), and a service
+# window's app in its virtual org with followers. The real org's members are the demo corp's employee and external
+# contact above; of the followers, one is the employee, one the external contact, one nobody in the real org, and
+# one has unfollowed. Registered by `Simulator.demo()` beside (never instead of) the legacy corp.
+DEMO_APP_KEY = "dingdemoapp0001"
+DEMO_APP_SECRET = "Ap9kT3wQ7zLm2vRx6cYb1nHs5dGf8jUe4oKi0pWa"
+DEMO_WINDOW_CORPID = "dingdemowindow0001"  # the service window's hidden virtual org
+DEMO_WINDOW_APP_KEY = "dingdemowindowapp0001"
+DEMO_WINDOW_APP_SECRET = "Wn4bV8cX2zL6kJ0hG5fD9sA3qP7oI1uY3tR8eW2m"
+
+DEMO_MEMBERS: list[dict[str, Any]] = [  # the real org's members (unionid as the real org knows them)
+    {"userid": "manager0001", "unionid": "uEmpl0yee8fQ2xKzN4", "name": "王经理", "contact_type": 0},
+    {"userid": "ext0001", "unionid": "uExtern4l6hW9cYbA2", "name": "李外联", "contact_type": 1},
+]
+
+DEMO_FOLLOWERS: list[dict[str, Any]] = [  # members of the virtual org; `links_to` is the real org's userid
+    {
+        "label": "关注者（员工）",
+        "userid": "vfollower0001",
+        "unionid": "uVwMan4ger7kQ2pX9",
+        "associated_unionid": "aVwMan4ger3nB8cT1",
+        "name": "王经理",
+        "followed": True,
+        "links_to": "manager0001",
+    },
+    {
+        "label": "关注者（外部联系人）",
+        "userid": "vfollower0002",
+        "unionid": "uVwExtern5mR1sL6",
+        "associated_unionid": "aVwExtern9hD4gJ2",
+        "name": "李外联",
+        "followed": True,
+        "links_to": "ext0001",
+    },
+    {
+        "label": "关注者（未关联）",
+        "userid": "vfollower0003",
+        "unionid": "uVwF0llow2pV7nMt",
+        "associated_unionid": "aVwF0llow6kR4bXw",
+        "name": "张关注",
+        "followed": True,
+        "links_to": None,
+    },
+    {
+        "label": "已取消关注",
+        "userid": "vfollower0004",
+        "unionid": "uVwGone8aZ3xC5v",
+        "associated_unionid": "aVwGone1qE7wF9y",
+        "name": "赵离开",
+        "followed": False,
+        "links_to": None,
+    },
+]

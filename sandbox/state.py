@@ -17,7 +17,21 @@ from sandbox.apis import answer, caller_corp
 from sandbox.app_controls import AppControls
 from sandbox.apps import Apps
 from sandbox.controls import DEFAULT_BLOCKED_IP, Controls
-from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID, DEMO_PEOPLE
+from sandbox.demo import (
+    DEMO_AGENT_ID,
+    DEMO_APP_KEY,
+    DEMO_APP_SECRET,
+    DEMO_CHANNEL_SECRET,
+    DEMO_CORP_SECRET,
+    DEMO_CORPID,
+    DEMO_FOLLOWERS,
+    DEMO_MEMBERS,
+    DEMO_PEOPLE,
+    DEMO_WINDOW_APP_KEY,
+    DEMO_WINDOW_APP_SECRET,
+    DEMO_WINDOW_CORPID,
+)
+from sandbox.followers import Followers
 from sandbox.model import Reply, World, check_api
 
 
@@ -30,6 +44,7 @@ class Simulator:
         # The current generation (dingtalk-oapi.md §7): orgs, apps and api.dingtalk.com, on the same world and clock.
         self.apps = Apps(self._world)
         self.app_controls = AppControls(self._world)
+        self.followers = Followers(self.apps)
 
     @classmethod
     def demo(cls, *, clock: Callable[[], float] = time.time, rate_limit: int | None = 20) -> Simulator:
@@ -50,7 +65,30 @@ class Simulator:
                 userid=person["userid"],
                 contact_type=person["contact_type"],
             )
+        sim.add_demo_apps()
         return sim
+
+    def add_demo_apps(self) -> None:
+        """Register the current generation's demo: an internal app in the demo corp, a window app and followers."""
+        apps = self.apps
+        apps.add_org(DEMO_CORPID)
+        for member in DEMO_MEMBERS:
+            apps.add_member(DEMO_CORPID, **member)
+        apps.add_app(DEMO_CORPID, app_key=DEMO_APP_KEY, app_secret=DEMO_APP_SECRET)
+        apps.add_org(DEMO_WINDOW_CORPID, virtual_of=DEMO_CORPID)
+        apps.add_app(DEMO_WINDOW_CORPID, app_key=DEMO_WINDOW_APP_KEY, app_secret=DEMO_WINDOW_APP_SECRET)
+        for f in DEMO_FOLLOWERS:
+            apps.add_member(
+                DEMO_WINDOW_CORPID,
+                userid=f["userid"],
+                unionid=f["unionid"],
+                associated_unionid=f["associated_unionid"],
+                name=f["name"],
+            )
+            if not f["followed"]:
+                self.followers.unfollow(DEMO_WINDOW_CORPID, f["userid"])
+            if f["links_to"] is not None:
+                self.followers.link(DEMO_WINDOW_CORPID, f["userid"], f["links_to"])
 
     # ---- data (sandbox.model) ---------------------------------------------------------------------
 

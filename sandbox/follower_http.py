@@ -1,0 +1,106 @@
+"""Serve a service window's follower APIs (`sandbox.followers`) on the simulator's HTTP server, as DingTalk does.
+
+`GET /v1.0/link/followers/statuses?userId=[&accountId=]` and `GET /v1.0/link/followers?nextToken=&maxResults=` take
+the token in the `x-acs-dingtalk-access-token` header (in the query: 400 AuthenticationFailed.MissingParameter);
+`POST /topapi/user/getbyunionid?access_token=` keeps the oapi style. `/_sim/app/follow`, `/_sim/app/link` and
+`/_sim/app/recognised` steer the followers; every call passes the controls of `sandbox.app_controls`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+
+from sandbox.apps import TOKEN_HEADER, V1Error
+from sandbox.followers import FOLLOWER_V1_APIS, GET_BY_UNIONID
+from sandbox.model import SimulatorError
+from sandbox.state import Simulator
+
+JsonView = Callable[[dict[str, Any]], dict[str, Any]]
+Field = Callable[..., Any]
+
+
+def add_follower_apis(app: Flask, sim: Simulator) -> None:
+    """Route the follower endpoints of sandbox.followers on app."""
+    for api in FOLLOWER_V1_APIS:
+        app.add_url_rule(f"/{api}", endpoint=api, view_func=_v1_view(sim, api), methods=["GET"])
+    app.add_url_rule(f"/{GET_BY_UNIONID}", endpoint=GET_BY_UNIONID, view_func=_topapi_view(sim), methods=["POST"])
+
+
+def follower_posts(sim: Simulator, field: Field) -> dict[str, JsonView]:
+    """The JSON-in, JSON-out controls of sandbox.followers (`field` reads a typed field)."""
+
+    def sim_app_follow(body: dict[str, Any]) -> dict[str, Any]:
+        followed = body.get("followed", True)
+        if not isinstance(followed, bool):  # field refuses booleans (they are ints to Python)
+            raise SimulatorError(40035, "不合法的参数: followed")
+        corpid, userid = field(body, "corpid", str), field(body, "userid", str)
+        (sim.followers.follow if followed else sim.followers.unfollow)(corpid, userid)
+        return _ok()
+
+    def sim_app_link(body: dict[str, Any]) -> dict[str, Any]:
+        sim.followers.link(field(body, "corpid", str), field(body, "userid", str), field(body, "real_userid", str))
+        return _ok()
+
+    def sim_app_recognised(body: dict[str, Any]) -> dict[str, Any]:
+        ids = field(body, "ids", list)
+        if not all(isinstance(i, str) for i in ids):
+            raise SimulatorError(40035, "不合法的参数: ids")
+        sim.followers.set_recognised(field(body, "corpid", str), ids)
+        return _ok()
+
+    return {
+        "/_sim/app/follow": sim_app_follow,
+        "/_sim/app/link": sim_app_link,
+        "/_sim/app/recognised": sim_app_recognised,
+    }
+
+
+def respond_followers(sim: Simulator, api: str, token: str | None, args: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """Answer one /v1.0/link/followers* call behind the controls."""
+    sim.app_controls.wait(api)
+    with sim.apps.world.lock:
+        imposed = sim.app_controls.screen(api, sim.apps.caller(api, token, {}))
+        return imposed if imposed is not None else sim.followers.answer_v1(api, token, args)
+
+
+def respond_get_by_unionid(sim: Simulator, token: str | None, body: dict[str, Any]) -> dict[str, Any]:
+    """Answer one topapi getbyunionid call behind the controls."""
+    sim.app_controls.wait(GET_BY_UNIONID)
+    with sim.apps.world.lock:
+        imposed = sim.app_controls.screen(GET_BY_UNIONID, sim.apps.caller(GET_BY_UNIONID, token, body))
+        return imposed[1] if imposed is not None else sim.followers.answer_get_by_unionid(token, body)
+
+
+def _v1_view(sim: Simulator, api: str) -> Callable[[], Response]:
+    def view() -> Response:
+        if "access_token" in request.args:
+            status, answer = V1Error(400, "AuthenticationFailed.MissingParameter", f"缺少参数 {TOKEN_HEADER}").answer()
+        else:
+            args = {k: v for k, v in request.args.items()}
+            status, answer = respond_followers(sim, api, request.headers.get(TOKEN_HEADER), args)
+        response = jsonify(answer)
+        response.status_code = status
+        return response
+
+    view.__name__ = f"v1_{api.replace('/', '_').replace('.', '_')}"
+    return view
+
+
+def _topapi_view(sim: Simulator) -> Callable[[], Response]:
+    def view() -> Response:
+        if request.mimetype != "application/json":
+            return jsonify({"errcode": 43004, "errmsg": "无效的HTTP HEADER Content-Type"})
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return jsonify(SimulatorError(40035, "不合法的参数: body must be a JSON object").reply())
+        return jsonify(respond_get_by_unionid(sim, request.args.get("access_token"), body))
+
+    view.__name__ = "topapi_getbyunionid"
+    return view
+
+
+def _ok() -> dict[str, Any]:
+    return {"errcode": 0, "errmsg": "ok"}
