@@ -13,11 +13,9 @@ import logging
 import time
 from typing import Any
 
-import requests
-
 from oapi.errcodes import classify_v1, v1_code, v1_retryable
-from oapi.errors import RateLimited, UpstreamUnavailable
-from oapi.metrics import UPSTREAM_CALLS, UPSTREAM_LATENCY
+from oapi.errors import RateLimited
+from oapi.metrics import UPSTREAM_CALLS
 from oapi.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -72,26 +70,15 @@ class OpenApi:
     def _post(
         self, api: str, body: dict[str, Any], *, token: str | None, corpid: str, idempotent: bool
     ) -> tuple[int, dict[str, Any]]:
-        session = self._upstream.session(idempotent=idempotent)
         headers = {TOKEN_HEADER: token} if token is not None else {}
-        started = time.perf_counter()
-        try:
-            resp = session.post(f"{self.base_url}/{api}", json=body, headers=headers, timeout=self._upstream.timeout)
-        except requests.RequestException as e:
-            UPSTREAM_CALLS.labels(api, "unreachable").inc()
-            # The exception may carry the request (a secret in the body, a token in the headers): never log it.
-            log.warning("dingtalk %s corp=%s unreachable: %s", api, corpid, type(e).__name__)
-            raise UpstreamUnavailable(f"DingTalk did not answer {api} in time", retry_after=2) from None
-        finally:
-            UPSTREAM_LATENCY.labels(api).observe(time.perf_counter() - started)
-        try:
-            answer = resp.json()
-        except ValueError:
-            answer = None
-        ok = 200 <= resp.status_code < 300
+        url = f"{self.base_url}/{api}"
+        status, answer = self._upstream.send(
+            api, "POST", url, corpid=corpid, idempotent=idempotent, json=body, headers=headers
+        )
+        ok = 200 <= status < 300
         # A success is a JSON object; an error carries its code. Anything else (HTML, {"status":1111}) is the
         # egress-IP block or not DingTalk at all.
-        if not isinstance(answer, dict) or (not ok and not v1_code(resp.status_code, answer)):
-            self._upstream.blocked(api, answer, status=resp.status_code, base="DINGTALK_OPENAPI_BASE")
-        UPSTREAM_CALLS.labels(api, v1_code(resp.status_code, answer) or str(resp.status_code)).inc()
-        return resp.status_code, answer
+        if not isinstance(answer, dict) or (not ok and not v1_code(status, answer)):
+            self._upstream.blocked(api, answer, status=status, base="DINGTALK_OPENAPI_BASE")
+        UPSTREAM_CALLS.labels(api, v1_code(status, answer) or str(status)).inc()
+        return status, answer

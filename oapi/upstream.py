@@ -115,29 +115,38 @@ class Upstream:
         """The pooled session for a call: read timeouts are resent only for an idempotent GET."""
         return self._idempotent if idempotent else self._once
 
-    def _get(
-        self, api: str, params: dict[str, str], *, corpid: str, idempotent: bool, json: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        session = self.session(idempotent=idempotent)
+    def send(self, api: str, method: str, url: str, *, corpid: str, idempotent: bool, **kwargs: Any) -> tuple[int, Any]:
+        """One exchange with DingTalk, timed and counted: (HTTP status, the JSON answer or None).
+
+        Shared by both API generations (the v1.0 client is oapi/openapi.py). A failure to get any answer is
+        UpstreamUnavailable; what the answer means is for the caller to read.
+        """
         started = time.perf_counter()
         try:
-            if json is None:
-                resp = session.get(f"{self.base_url}/{api}", params=params, timeout=self.timeout)
-            else:
-                resp = session.post(f"{self.base_url}/{api}", params=params, json=json, timeout=self.timeout)
+            resp = self.session(idempotent=idempotent).request(method, url, timeout=self.timeout, **kwargs)
         except requests.RequestException as e:
             UPSTREAM_CALLS.labels(api, "unreachable").inc()
-            # The exception text may carry the URL with its query (secrets, codes): never log or return it.
+            # The exception may carry the URL's query or the request (secrets, codes, tokens): never log or return
+            # it.
             log.warning("dingtalk %s corp=%s unreachable: %s", api, corpid, type(e).__name__)
             raise UpstreamUnavailable(f"DingTalk did not answer {api} in time", retry_after=2) from None
         finally:
             UPSTREAM_LATENCY.labels(api).observe(time.perf_counter() - started)
         try:
-            body = resp.json()
+            return resp.status_code, resp.json()
         except ValueError:
-            body = None
+            return resp.status_code, None
+
+    def _get(
+        self, api: str, params: dict[str, str], *, corpid: str, idempotent: bool, json: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        url = f"{self.base_url}/{api}"
+        if json is None:
+            status, body = self.send(api, "GET", url, corpid=corpid, idempotent=idempotent, params=params)
+        else:
+            status, body = self.send(api, "POST", url, corpid=corpid, idempotent=idempotent, params=params, json=json)
         if not isinstance(body, dict) or "errcode" not in body:
-            self.blocked(api, body, status=resp.status_code)
+            self.blocked(api, body, status=status)
         UPSTREAM_CALLS.labels(api, str(body.get("errcode"))).inc()
         return body
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from sandbox.apps import ACCESS_TOKEN, GET_USER_INFO, TOKEN_HEADER, V1_APIS, V1Error
+from sandbox.apps import ACCESS_TOKEN, GET_USER_INFO, V1_APIS
 from sandbox.follower_http import add_follower_apis, follower_posts
-from sandbox.model import SimulatorError
 from sandbox.state import Simulator
+from sandbox.v1_views import ok, topapi_view, v1_view
 
 JsonView = Callable[[dict[str, Any]], dict[str, Any]]
 Field = Callable[..., Any]
@@ -25,8 +25,9 @@ Field = Callable[..., Any]
 def add_app_apis(app: Flask, sim: Simulator) -> None:
     """Route the v1.0 and topapi endpoints of sandbox.apps, and the call counts, on app."""
     for api in V1_APIS:
-        app.add_url_rule(f"/{api}", endpoint=api, view_func=_v1_view(sim, api), methods=["POST"])
-    app.add_url_rule(f"/{GET_USER_INFO}", endpoint=GET_USER_INFO, view_func=_topapi_view(sim), methods=["POST"])
+        app.add_url_rule(f"/{api}", endpoint=api, view_func=_app_view(sim, api), methods=["POST"])
+    getuserinfo = topapi_view("getuserinfo", lambda token, body: respond_user_info(sim, token, body))
+    app.add_url_rule(f"/{GET_USER_INFO}", endpoint=GET_USER_INFO, view_func=getuserinfo, methods=["POST"])
     add_follower_apis(app, sim)
 
     @app.get("/_sim/app/calls")
@@ -51,7 +52,7 @@ def app_posts(sim: Simulator, field: Field) -> dict[str, JsonView]:
         sim.app_controls.set_qps_limit(
             field(body, "api", str), limit, app_key=field(body, "app_key", str, default=None)
         )
-        return _ok()
+        return ok()
 
     def sim_app_inject(body: dict[str, Any]) -> dict[str, Any]:
         sim.app_controls.inject(
@@ -62,19 +63,19 @@ def app_posts(sim: Simulator, field: Field) -> dict[str, JsonView]:
             message=field(body, "message", str, default="injected"),
             app_key=field(body, "app_key", str, default=None),
         )
-        return _ok()
+        return ok()
 
     def sim_app_latency(body: dict[str, Any]) -> dict[str, Any]:
         sim.app_controls.set_latency(field(body, "api", str), field(body, "seconds", (int, float)))
-        return _ok()
+        return ok()
 
     def sim_app_revoke(body: dict[str, Any]) -> dict[str, Any]:
         sim.apps.revoke_app_tokens(field(body, "app_key", str))
-        return _ok()
+        return ok()
 
     def sim_app_reset_calls(body: dict[str, Any]) -> dict[str, Any]:
         sim.app_controls.reset_calls()
-        return _ok()
+        return ok()
 
     return {
         "/_client/app_code": client_app_code,
@@ -105,35 +106,10 @@ def respond_user_info(sim: Simulator, token: str | None, body: dict[str, Any]) -
         return imposed[1] if imposed is not None else apps.answer_user_info(token, body)
 
 
-def _v1_view(sim: Simulator, api: str) -> Callable[[], Response]:
-    def view() -> Response:
+def _app_view(sim: Simulator, api: str) -> Callable[[], Response]:
+    def answer(token: str | None) -> tuple[int, dict[str, Any]]:
         body = request.get_json(silent=True)
-        body = body if isinstance(body, dict) else {}
-        if api != ACCESS_TOKEN and "access_token" in request.args:
-            refused = V1Error(400, "AuthenticationFailed.MissingParameter", f"缺少参数 {TOKEN_HEADER}")
-            status, answer = refused.answer()
-        else:
-            status, answer = respond_v1(sim, api, request.headers.get(TOKEN_HEADER), body)
-        response = jsonify(answer)
-        response.status_code = status
-        return response
+        return respond_v1(sim, api, token, body if isinstance(body, dict) else {})
 
-    view.__name__ = f"v1_{api.replace('/', '_').replace('.', '_')}"
-    return view
-
-
-def _topapi_view(sim: Simulator) -> Callable[[], Response]:
-    def view() -> Response:
-        if request.mimetype != "application/json":
-            return jsonify({"errcode": 43004, "errmsg": "无效的HTTP HEADER Content-Type"})
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            return jsonify(SimulatorError(40035, "不合法的参数: body must be a JSON object").reply())
-        return jsonify(respond_user_info(sim, request.args.get("access_token"), body))
-
-    view.__name__ = "topapi_getuserinfo"
-    return view
-
-
-def _ok() -> dict[str, Any]:
-    return {"errcode": 0, "errmsg": "ok"}
+    # The token fetch itself takes no token, so nothing in its query is refused.
+    return v1_view(api, answer, token_in_query_refused=api != ACCESS_TOKEN)

@@ -239,13 +239,7 @@ class Apps:
         request_id = secrets.token_hex(8)
         issued = self._live_token(token)
         if issued is None:
-            return {
-                "errcode": 88,
-                "errmsg": "不合法的access_token",
-                "sub_code": "40014",
-                "sub_msg": "不合法的access_token",
-                "request_id": request_id,
-            }
+            return topapi_bad_token(request_id)
         # A code is redeemed with a token of the app whose clientId requested it (a simulator choice: §7.3 does
         # not say whether another app of the same org may redeem it).
         code = self.codes.get(str(body.get("code") or ""))
@@ -272,3 +266,14 @@ class Apps:
 def _same(given: str, expected: str) -> bool:
     """Compare secrets in constant time."""
     return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8"))
+
+
+def topapi_bad_token(request_id: str) -> dict[str, Any]:
+    """How a topapi endpoint refuses an invalid or expired token: errcode 88 with sub_code 40014 (§7.1)."""
+    return {
+        "errcode": 88,
+        "errmsg": "不合法的access_token",
+        "sub_code": "40014",
+        "sub_msg": "不合法的access_token",
+        "request_id": request_id,
+    }

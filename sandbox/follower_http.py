@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, request
 
-from sandbox.apps import TOKEN_HEADER, V1Error
 from sandbox.followers import FOLLOWER_V1_APIS, GET_BY_UNIONID
 from sandbox.model import SimulatorError
 from sandbox.state import Simulator
+from sandbox.v1_views import ok, topapi_view, v1_view
 
 JsonView = Callable[[dict[str, Any]], dict[str, Any]]
 Field = Callable[..., Any]
@@ -25,8 +25,13 @@ Field = Callable[..., Any]
 def add_follower_apis(app: Flask, sim: Simulator) -> None:
     """Route the follower endpoints of sandbox.followers on app."""
     for api in FOLLOWER_V1_APIS:
-        app.add_url_rule(f"/{api}", endpoint=api, view_func=_v1_view(sim, api), methods=["GET"])
-    app.add_url_rule(f"/{GET_BY_UNIONID}", endpoint=GET_BY_UNIONID, view_func=_topapi_view(sim), methods=["POST"])
+        app.add_url_rule(f"/{api}", endpoint=api, view_func=_followers_view(sim, api), methods=["GET"])
+    app.add_url_rule(
+        f"/{GET_BY_UNIONID}",
+        endpoint=GET_BY_UNIONID,
+        view_func=topapi_view("getbyunionid", lambda token, body: respond_get_by_unionid(sim, token, body)),
+        methods=["POST"],
+    )
 
 
 def follower_posts(sim: Simulator, field: Field) -> dict[str, JsonView]:
@@ -38,18 +43,18 @@ def follower_posts(sim: Simulator, field: Field) -> dict[str, JsonView]:
             raise SimulatorError(40035, "不合法的参数: followed")
         corpid, userid = field(body, "corpid", str), field(body, "userid", str)
         (sim.followers.follow if followed else sim.followers.unfollow)(corpid, userid)
-        return _ok()
+        return ok()
 
     def sim_app_link(body: dict[str, Any]) -> dict[str, Any]:
         sim.followers.link(field(body, "corpid", str), field(body, "userid", str), field(body, "real_userid", str))
-        return _ok()
+        return ok()
 
     def sim_app_recognised(body: dict[str, Any]) -> dict[str, Any]:
         ids = field(body, "ids", list)
         if not all(isinstance(i, str) for i in ids):
             raise SimulatorError(40035, "不合法的参数: ids")
         sim.followers.set_recognised(field(body, "corpid", str), ids)
-        return _ok()
+        return ok()
 
     return {
         "/_sim/app/follow": sim_app_follow,
@@ -74,33 +79,5 @@ def respond_get_by_unionid(sim: Simulator, token: str | None, body: dict[str, An
         return imposed[1] if imposed is not None else sim.followers.answer_get_by_unionid(token, body)
 
 
-def _v1_view(sim: Simulator, api: str) -> Callable[[], Response]:
-    def view() -> Response:
-        if "access_token" in request.args:
-            status, answer = V1Error(400, "AuthenticationFailed.MissingParameter", f"缺少参数 {TOKEN_HEADER}").answer()
-        else:
-            args = {k: v for k, v in request.args.items()}
-            status, answer = respond_followers(sim, api, request.headers.get(TOKEN_HEADER), args)
-        response = jsonify(answer)
-        response.status_code = status
-        return response
-
-    view.__name__ = f"v1_{api.replace('/', '_').replace('.', '_')}"
-    return view
-
-
-def _topapi_view(sim: Simulator) -> Callable[[], Response]:
-    def view() -> Response:
-        if request.mimetype != "application/json":
-            return jsonify({"errcode": 43004, "errmsg": "无效的HTTP HEADER Content-Type"})
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            return jsonify(SimulatorError(40035, "不合法的参数: body must be a JSON object").reply())
-        return jsonify(respond_get_by_unionid(sim, request.args.get("access_token"), body))
-
-    view.__name__ = "topapi_getbyunionid"
-    return view
-
-
-def _ok() -> dict[str, Any]:
-    return {"errcode": 0, "errmsg": "ok"}
+def _followers_view(sim: Simulator, api: str) -> Callable[[], Response]:
+    return v1_view(api, lambda token: respond_followers(sim, api, token, dict(request.args.items())))

@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.apps import Apps, Member, Org, V1Answer, V1Error
+from sandbox.apps import Apps, Member, Org, V1Answer, V1Error, topapi_bad_token
 from sandbox.model import SimulatorError
 
 FOLLOWER_STATUSES = "v1.0/link/followers/statuses"
@@ -162,13 +162,7 @@ class Followers:
         request_id = secrets.token_hex(8)
         issued = self.apps._live_token(token)
         if issued is None:
-            return {
-                "errcode": 88,
-                "errmsg": "不合法的access_token",
-                "sub_code": "40014",
-                "sub_msg": "不合法的access_token",
-                "request_id": request_id,
-            }
+            return topapi_bad_token(request_id)
         unionid = body.get("unionid")
         if not isinstance(unionid, str) or not unionid:
             return {"errcode": 40035, "errmsg": "不合法的参数: unionid", "request_id": request_id}
