@@ -31,6 +31,15 @@ class _Injected:
     message: str
     remaining: int
     app_key: str | None
+    sub_code: str | None = None  # topapi only: errcode 88 carries the real reason here (§7.1)
+
+    def body(self, api: str) -> dict[str, Any]:
+        if api in TOPAPIS:  # topapi keeps the oapi style: HTTP 200 with an errcode
+            body: dict[str, Any] = {"errcode": int(self.code), "errmsg": self.message}
+            if self.sub_code is not None:
+                body.update(sub_code=self.sub_code, sub_msg=self.message)
+            return body
+        return _v1_body(self.code, self.message)
 
 
 class AppControls:
@@ -66,6 +75,24 @@ class AppControls:
             raise SimulatorError(40035, "times must be at least 1 and code non-empty")
         with self._world.lock:
             self._injected.setdefault(api, deque()).append(_Injected(status, code, message, times, app_key))
+
+    def inject_topapi(
+        self,
+        api: str,
+        errcode: int,
+        *,
+        sub_code: str | None = None,
+        times: int = 1,
+        message: str = "injected",
+        app_key: str | None = None,
+    ) -> None:
+        """Make the next `times` calls of a topapi api answer errcode (HTTP 200), e.g. 88 with sub_code "40014"."""
+        _check_api(api, TOPAPIS)
+        if isinstance(errcode, bool) or not isinstance(errcode, int) or errcode == 0 or times < 1:
+            raise SimulatorError(40035, "errcode must be a non-zero whole number and times at least 1")
+        with self._world.lock:
+            fault = _Injected(200, str(errcode), message, times, app_key, sub_code)
+            self._injected.setdefault(api, deque()).append(fault)
 
     def set_latency(self, api: str, seconds: float) -> None:
         """Delay every answer of api by seconds (0 turns it off)."""
@@ -104,7 +131,7 @@ class AppControls:
                 fault.remaining -= 1
                 if fault.remaining == 0:
                     queue.remove(fault)  # type: ignore[union-attr]
-                return fault.status, _v1_body(fault.code, fault.message)
+                return fault.status, fault.body(api)
         if self._over_limit(api, app_key):
             if api in TOPAPIS:  # topapi keeps the oapi style
                 return 200, {"errcode": 90018, "errmsg": "当前请求被限流,请稍后重试"}

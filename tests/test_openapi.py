@@ -183,6 +183,16 @@ def test_user_for_code_refreshes_a_refused_token_once(client: CurrentAppClient, 
     assert sim.app_controls.calls("topapi/v2/user/getuserinfo") == 2
 
 
+def test_persistent_topapi_token_refusal_costs_two_calls(client: CurrentAppClient, sim: Simulator) -> None:
+    """errcode 88 with sub_code 40014 (topapi's "token invalid"): refresh once, retry once, then a clean error."""
+    sim.app_controls.inject_topapi("topapi/v2/user/getuserinfo", 88, sub_code="40014", times=5)
+    code = sim.apps.mint_app_code(APP_CORPID, APP_KEY, APP_MEMBER["userid"])
+    with pytest.raises(TokenInvalid):
+        client.user_for_code(code)
+    assert sim.app_controls.calls("topapi/v2/user/getuserinfo") == 2
+    assert sim.app_controls.calls(APP_TOKEN.api) == 2  # the first token, and the one refresh
+
+
 def test_cold_herd_fetches_token_and_ticket_once(
     v1: SimulatorServer, upstream: Upstream, real_redis: redis.Redis, sim: Simulator
 ) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import requests
 
+from sandbox.model import SimulatorError
 from sandbox.server import SimulatorServer
 from sandbox.state import Simulator
 from tests.helpers import APP_CORPID, APP_KEY, APP_MEMBER, APP_SECRET, add_internal_app
@@ -156,6 +157,19 @@ def test_getuserinfo_refuses_an_expired_or_unknown_code(v1: SimulatorServer) -> 
 def test_getuserinfo_bad_token_is_88_with_sub_code(v1: SimulatorServer) -> None:
     body = post(v1, f"{USER_INFO}?access_token=made-up", {"code": mint(v1)}).json()
     assert body["errcode"] == 88 and body["sub_code"] == "40014"
+
+
+def test_injected_topapi_errors_keep_the_oapi_style(v1: SimulatorServer) -> None:
+    token = post(v1, ACCESS_TOKEN, {"appKey": APP_KEY, "appSecret": APP_SECRET}).json()["accessToken"]
+    v1.sim.app_controls.inject_topapi(USER_INFO, 88, sub_code="40014", times=1)
+    first = post(v1, f"{USER_INFO}?access_token={token}", {"code": mint(v1)})
+    assert first.status_code == 200 and first.json()["errcode"] == 88 and first.json()["sub_code"] == "40014"
+    assert post(v1, f"{USER_INFO}?access_token={token}", {"code": mint(v1)}).json()["errcode"] == 0  # once only
+    for bad in ({"errcode": 0}, {"errcode": True}, {"errcode": 88, "times": 0}):
+        with pytest.raises(SimulatorError):
+            v1.sim.app_controls.inject_topapi(USER_INFO, **bad)  # type: ignore[arg-type]
+    with pytest.raises(SimulatorError):
+        v1.sim.app_controls.inject_topapi(ACCESS_TOKEN, 88)  # a v1.0 API takes inject(), not this
 
 
 def test_code_of_another_app_is_refused(v1: SimulatorServer) -> None:
