@@ -42,6 +42,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
         settings = settings.but(dingtalk_api_base=start_simulator(app))
         app.config["DINGTALK_API_BASE"] = settings.dingtalk_api_base
+    if sandbox and settings.dingtalk_openapi_base == DEFAULTS["DINGTALK_OPENAPI_BASE"]:
+        # The simulator serves both API generations on one base URL.
+        settings = settings.but(dingtalk_openapi_base=settings.dingtalk_api_base)
+        app.config["DINGTALK_OPENAPI_BASE"] = settings.dingtalk_openapi_base
 
     logs.init_app(app)
     metrics.init_app(app)

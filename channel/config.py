@@ -1,4 +1,8 @@
-"""Build the signed dd.config (type 1) for a service-window page, and handle page-reported config errors."""
+"""Build the signed dd.config for a page of a corp's login app, and handle page-reported config errors.
+
+Kind channel signs `type: 1` with the channel ticket; kinds service-window and internal sign with the app's own
+JSAPI ticket (`type: 0`; a service window's type is a setting, dingtalk-oapi.md §7.2).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from corp.registry import Corp
+from corp.registry import CHANNEL, SERVICE_WINDOW, Corp
 from corp.runtime import Runtime
 from gateway import trace
 from gateway.errors import AgentMismatch, InvalidRequest, UrlNotAllowed, contract_of
@@ -57,10 +61,27 @@ def signed_config(rt: Runtime, corpid: str, agentid: str, url: str) -> dict[str,
     if not corp.allows_origin(page.origin):
         scheme, host, port = page.origin
         raise UrlNotAllowed(f"{scheme}://{host}:{port} is not a registered origin of corp {corpid}")
-    ticket = rt.channel_client(corp).ticket.get()
+    if corp.kind == CHANNEL:
+        ticket, config_type = rt.channel_client(corp).ticket.get().value, 1
+    else:
+        ticket, config_type = rt.app_client(corp).app_ticket.get().value, config_type_of(rt, corp)
     return sign_config(
-        corpid=corp.corpid, agent_id=corp.agent_id, ticket=ticket.value, url=page.signed, algorithm=corp.sign_hash
+        corpid=corp.corpid,
+        agent_id=corp.agent_id,
+        ticket=ticket,
+        url=page.signed,
+        algorithm=corp.sign_hash,
+        config_type=config_type,
     )
+
+
+def config_type_of(rt: Runtime, corp: Corp) -> int:
+    """The dd.config `type` of the corp's pages."""
+    if corp.kind == CHANNEL:
+        return 1
+    if corp.kind == SERVICE_WINDOW:
+        return rt.settings.service_window_config_type
+    return 0
 
 
 def report_config_error(
@@ -80,8 +101,9 @@ def report_config_error(
     # public, so the cooldown is what bounds a flood of made-up reports.
     plausible = _from_corp_page(corp, agentid, url)
     if error_code in TICKET_ERRORS and plausible:
+        ticket = rt.channel_client(corp).ticket if corp.kind == CHANNEL else rt.app_client(corp).app_ticket
         try:
-            fresh = rt.channel_client(corp).ticket.force_refresh(rt.settings.ticket_cooldown)
+            fresh = ticket.force_refresh(rt.settings.ticket_cooldown)
         except (UpstreamError, UpstreamUnavailable) as e:
             # The report is still recorded; the failed refresh dropped the ticket and released its cooldown, so
             # the next page view fetches a new one and the next report may refresh again.

@@ -1,22 +1,32 @@
-"""Follower login: auth code -> openid/unionid (channel token) -> userid (corp token) -> session token."""
+"""Login per kind of login app (gateway-contract.md `/channel/login`): an auth code -> who the person is in the
+corp's terms -> a session token.
+
+- channel: code -> openid/unionid (channel token) -> userid (corp token);
+- internal: code -> the employee's userid (app token);
+- service-window: code -> the follower in the virtual org (app token) [-> follow status] [-> the real org's userid].
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from channel.session import issue_token
+from corp.follows import FollowCache
 from corp.links import LinkCache
+from corp.registry import CHANNEL, INTERNAL, SERVICE_WINDOW, Corp
 from corp.runtime import Runtime
 from gateway import trace
-from gateway.errors import contract_of
+from gateway.errors import MappingUnavailable, NotFollowing, UnknownCorp, contract_of
 from gateway.store import WRITE_REFUSED
 from kit.errors import Failure
-from oapi.corp import NO_SUCH_USER
+from oapi.corp import NO_SUCH_USER, UserLink
 from oapi.hints import hint_for
 
 log = logging.getLogger(__name__)
+EMPLOYEE = 0  # contact_type of an internal app's person (the contract: `contact_type` 0)
 
 
 def best_effort(what: str, corpid: str, write: Callable[[], None]) -> None:
@@ -31,54 +41,160 @@ def best_effort(what: str, corpid: str, write: Callable[[], None]) -> None:
         log.warning("%s for corp=%s not stored: the store refuses writes (%s)", what, corpid, type(e).__name__)
 
 
+@dataclass(frozen=True)
+class Person:
+    """Who signed in, in every kind's terms (gateway-contract.md `/channel/login`)."""
+
+    unionid: str
+    link: UserLink
+    openid: str | None = None  # kind channel only
+    follower_id: str | None = None  # kind service-window only: the follower's userid in the virtual org
+
+
 def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, Any]:
-    """Sign a follower in; every attempt, good or bad, leaves a trace entry (without the code)."""
+    """Sign a person in with the corp's login app, whatever its kind; every attempt, good or bad, leaves a trace
+    entry (without the code)."""
     corp = rt.corp(corpid)
-    step = "exchange_code"
-    entry: dict[str, Any] = {"kind": "login", "request_id": request_id}
+    entry: dict[str, Any] = {"kind": "login", "app_kind": corp.kind, "request_id": request_id}
+    steps = _Steps()
     limit = rt.settings.trace_limit
     try:
-        follower = rt.channel_client(corp).follower_for_code(code)
-        step = "map_userid"
-        links = LinkCache(rt.store, corpid, rt.settings.userid_cache_ttl)
-        link = links.get(follower.unionid)
-        entry["link_cached"] = link is not None
-        if link is None:
-            link = rt.corp_client(corp).userid_for_unionid(follower.unionid)
-            best_effort("userid link", corpid, lambda: links.put(follower.unionid, link))
-        step = "done"
+        if corp.kind == CHANNEL:
+            person = _legacy_window(rt, corp, code, steps, entry)
+        elif corp.kind == SERVICE_WINDOW:
+            person = _service_window(rt, corp, code, steps, entry)
+        else:
+            person = _employee(rt, corp, code, steps)
+        steps.at = "done"
+        link = person.link
         ttl = rt.settings.session_ttl
         token = issue_token(
             rt.session_key,
             corpid=corpid,
-            openid=follower.openid,
-            unionid=follower.unionid,
+            kind=corp.kind,
+            openid=person.openid,
+            unionid=person.unionid,
+            follower_id=person.follower_id,
             userid=link.userid,
+            contact_type=link.contact_type,
             ttl=ttl,
         )
     except Failure as e:
         entry.update(
-            step=step, outcome=contract_of(e)[1], errcodes=[e.errcode] if e.errcode is not None else [], hint=e.hint
+            step=steps.at,
+            outcome=contract_of(e)[1],
+            errcodes=[e.errcode] if e.errcode is not None else [],
+            hint=e.hint,
         )
         best_effort("login trace", corpid, lambda: trace.record(rt.store, corpid, entry, limit=limit))
         raise
+    unlinked = not link.linked and (corp.kind == CHANNEL or corp.map_via)
     entry.update(
-        step=step,
+        step=steps.at,
         outcome="linked" if link.linked else "not_linked",
-        errcodes=[] if link.linked else [NO_SUCH_USER],
-        hint=None if link.linked else hint_for(NO_SUCH_USER),
+        errcodes=[NO_SUCH_USER] if unlinked else [],
+        hint=_unlinked_hint(corp) if not link.linked else None,
         userid=link.userid,
-        unionid=follower.unionid,
+        unionid=person.unionid,
+        follower_id=person.follower_id,
         contact_type=link.contact_type,
     )
     best_effort("login trace", corpid, lambda: trace.record(rt.store, corpid, entry, limit=limit))
     return {
         "corpid": corpid,
-        "openid": follower.openid,
-        "unionid": follower.unionid,
+        "kind": corp.kind,
+        "openid": person.openid,
+        "unionid": person.unionid,
+        "follower_id": person.follower_id,
         "userid": link.userid,
         "contact_type": link.contact_type,
         "linked": link.linked,
         "token": token,
         "expires_in": ttl,
     }
+
+
+class _Steps:
+    """Where a login is, for the trace entry of a failure."""
+
+    at = "exchange_code"
+
+
+def _unlinked_hint(corp: Corp) -> str:
+    if corp.kind == SERVICE_WINDOW and not corp.map_via:
+        return (
+            "This service window maps followers to no real org: register it with --map-via REALCORPID to give "
+            "followers the real org's userid."
+        )
+    return hint_for(NO_SUCH_USER)
+
+
+def _legacy_window(rt: Runtime, corp: Corp, code: str, steps: _Steps, entry: dict[str, Any]) -> Person:
+    """Kind channel: code -> openid/unionid (channel token) -> userid (corp token), the link cached."""
+    follower = rt.channel_client(corp).follower_for_code(code)
+    steps.at = "map_userid"
+    link = _cached_link(rt, corp.corpid, follower.unionid, entry, rt.corp_client(corp).userid_for_unionid)
+    return Person(unionid=follower.unionid, link=link, openid=follower.openid)
+
+
+def _employee(rt: Runtime, corp: Corp, code: str, steps: _Steps) -> Person:
+    """Kind internal: code -> the employee's userid (app token); one upstream call, nothing to map."""
+    user = rt.app_client(corp).user_for_code(code)
+    return Person(unionid=user.unionid, link=UserLink(user.userid, EMPLOYEE))
+
+
+def _service_window(rt: Runtime, corp: Corp, code: str, steps: _Steps, entry: dict[str, Any]) -> Person:
+    """Kind service-window: code -> the follower in the virtual org (app token); then, with --require-follow, the
+    follow status (cached); with --map-via, the real org's userid (that org's app token; the link cached)."""
+    user = rt.app_client(corp).user_for_code(code)
+    if corp.require_follow:
+        steps.at = "follow_status"
+        follows = FollowCache(rt.store, corp.corpid, rt.settings.follow_cache_ttl)
+        followed = follows.get(user.userid)
+        entry["follow_cached"] = followed is not None
+        if followed is None:
+            followed = rt.app_client(corp).follows(user.userid)
+            best_effort("follow status", corp.corpid, lambda: follows.put(user.userid, followed))
+        if not followed:
+            entry["follower_id"] = user.userid
+            raise NotFollowing(f"{user.userid} does not follow the service window of {corp.corpid}")
+    person = Person(unionid=user.unionid, link=UserLink(None, None), follower_id=user.userid)
+    if not corp.map_via:
+        return person
+    steps.at = "map_userid"
+    real = _real_org(rt, corp)
+    lookup = user.associated_unionid if corp.map_by == "associated_unionid" else user.unionid
+    if not lookup:  # DingTalk gave no such id for this person: nothing to look up, so not linked
+        entry["link_cached"] = False
+        return person
+    link = _cached_link(rt, real.corpid, lookup, entry, rt.app_client(real).userid_for_unionid)
+    return Person(unionid=user.unionid, link=link, follower_id=user.userid)
+
+
+def _real_org(rt: Runtime, corp: Corp) -> Corp:
+    """The registered internal app of the real org a service window maps its followers into."""
+    via = corp.map_via or ""
+    try:
+        real = rt.corp(via)
+    except UnknownCorp:
+        raise MappingUnavailable(f"--map-via {via} of {corp.corpid} is not registered") from None
+    if real.kind != INTERNAL:
+        raise MappingUnavailable(f"--map-via {via} of {corp.corpid} is registered as kind {real.kind}, not internal")
+    return real
+
+
+def _cached_link(
+    rt: Runtime, corpid: str, unionid: str, entry: dict[str, Any], lookup: Callable[[str], UserLink]
+) -> UserLink:
+    """The corp's userid for `unionid`, from the link cache or else from DingTalk (then cached).
+
+    Kept under the corp whose userid it is (the real org, for a service window), so that org's user_leave_org
+    and user_modify_org events drop it (corp/links.py).
+    """
+    links = LinkCache(rt.store, corpid, rt.settings.userid_cache_ttl)
+    link = links.get(unionid)
+    entry["link_cached"] = link is not None
+    if link is None:
+        fresh = link = lookup(unionid)
+        best_effort("userid link", corpid, lambda: links.put(unionid, fresh))
+    return link

@@ -19,10 +19,13 @@ def issue_token(
     key: bytes,
     *,
     corpid: str,
-    openid: str,
+    openid: str | None,
     unionid: str,
     userid: str | None,
     ttl: int,
+    kind: str = "channel",
+    follower_id: str | None = None,
+    contact_type: int | None = None,
     now: float | None = None,
 ) -> str:
     """Sign a session token; `sub` is the userid when linked, else `unionid:<unionid>`."""
@@ -31,9 +34,13 @@ def issue_token(
         "iss": ISSUER,
         "sub": userid if userid else f"unionid:{unionid}",
         "corpid": corpid,
+        "kind": kind,
         "unionid": unionid,
         "openid": openid,
+        "follower_id": follower_id,
         "userid": userid,
+        "contact_type": contact_type,
+        "linked": userid is not None,
         "iat": iat,
         "exp": iat + int(ttl),
     }

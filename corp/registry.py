@@ -22,7 +22,22 @@ from kit.nearcache import NearCache
 from kit.sealing import Sealer, SealError
 from oapi.signing import DEFAULT_HASH
 
-SECRET_FIELDS = ("corp_secret", "channel_secret", "callback_token", "aes_key")
+SECRET_FIELDS = ("corp_secret", "channel_secret", "app_secret", "callback_token", "aes_key")
+
+# The three kinds of login app (gateway-contract.md, dingtalk-oapi.md §3 and §7).
+CHANNEL, SERVICE_WINDOW, INTERNAL = "channel", "service-window", "internal"
+KINDS = (CHANNEL, SERVICE_WINDOW, INTERNAL)
+# How a service-window follower is mapped to the real org (`--map-by`, dingtalk-oapi.md §7.4: which unionid the
+# real org recognises is not settled, so it is a setting per registration).
+MAP_BY = ("unionid", "associated_unionid")
+CURRENT_HASH = "sha256"  # the default hash of the current-generation kinds (§7.2: current samples use SHA-256)
+
+
+def default_hash(kind: str) -> str:
+    """The dd.config hash a registration of `kind` signs with unless it says otherwise."""
+    return DEFAULT_HASH if kind == CHANNEL else CURRENT_HASH
+
+
 INDEX = global_key("corps")
 
 # What `add` says it did.
@@ -34,7 +49,12 @@ _KEPT_ON_REPLACE = frozenset({"trace", "events", "event-seen", "callback-seen"})
 
 @dataclass(frozen=True)
 class Corp:
-    """A registered corp. Secrets are only ever held opened in memory; repr() never shows them."""
+    """A registered login app (one per corpid) of one of the KINDS. Secrets are only ever held opened in memory;
+    repr() never shows them.
+
+    Kind `channel` uses corp_secret + channel_secret; kinds `service-window` and `internal` use app_key +
+    app_secret (and a service window may name the registered `internal` app of its real org in `map_via`).
+    """
 
     corpid: str
     agent_id: str
@@ -42,13 +62,24 @@ class Corp:
     sign_hash: str = DEFAULT_HASH
     landing_url: str | None = None
     callback_key: str | None = None
+    kind: str = CHANNEL
+    app_key: str = ""
+    map_via: str | None = None
+    map_by: str = "unionid"
+    require_follow: bool = False
     corp_secret: str = field(default="", repr=False)
     channel_secret: str = field(default="", repr=False)
+    app_secret: str = field(default="", repr=False)
     callback_token: str | None = field(default=None, repr=False)
     aes_key: str | None = field(default=None, repr=False)
     # Set by the registry: which registration this is, and when it was made (unix seconds).
     registration: str = field(default="", compare=False)
     registered_at: float = field(default=0.0, compare=False)
+
+    @property
+    def current(self) -> bool:
+        """True for the current-generation kinds (app token, app ticket, dd.requestAuthCode with clientId)."""
+        return self.kind != CHANNEL
 
     @property
     def receiver_key(self) -> str:
@@ -67,7 +98,13 @@ class Corp:
         """What may be shown to anyone: no secrets."""
         return {
             "corpid": self.corpid,
+            "kind": self.kind,
             "agent_id": self.agent_id,
+            # The appKey is the page's clientId: public by design (dd.requestAuthCode sends it from the browser).
+            "app_key": self.app_key or None,
+            "map_via": self.map_via,
+            "map_by": self.map_by if self.map_via else None,
+            "require_follow": self.require_follow,
             "origins": list(self.origins),
             "sign_hash": self.sign_hash,
             "landing_url": self.landing_url,
@@ -124,6 +161,11 @@ class CorpRegistry:
             "sign_hash": corp.sign_hash,
             "landing_url": corp.landing_url or "",
             "callback_key": corp.callback_key or "",
+            "kind": corp.kind,
+            "app_key": corp.app_key,
+            "map_via": corp.map_via or "",
+            "map_by": corp.map_by,
+            "require_follow": "1" if corp.require_follow else "",
         }
         for name in SECRET_FIELDS:
             value = getattr(corp, name)
@@ -196,15 +238,22 @@ class CorpRegistry:
             }
         except SealError as e:
             raise SecretsUnreadable(f"The secrets of corp {corpid!r} do not open with this GATEWAY_SECRET_KEY") from e
+        kind = raw.get("kind") or CHANNEL  # registrations made before kinds existed are legacy windows
         return Corp(
             corpid=raw["corpid"],
             agent_id=raw["agent_id"],
             origins=tuple(json.loads(raw.get("origins") or "[]")),
-            sign_hash=raw.get("sign_hash") or DEFAULT_HASH,
+            sign_hash=raw.get("sign_hash") or default_hash(kind),
             landing_url=raw.get("landing_url") or None,
             callback_key=raw.get("callback_key") or None,
+            kind=kind,
+            app_key=raw.get("app_key") or "",
+            map_via=raw.get("map_via") or None,
+            map_by=raw.get("map_by") or "unionid",
+            require_follow=raw.get("require_follow") == "1",
             corp_secret=opened["corp_secret"] or "",
             channel_secret=opened["channel_secret"] or "",
+            app_secret=opened["app_secret"] or "",
             callback_token=opened["callback_token"],
             aes_key=opened["aes_key"],
             registration=raw.get(REGISTRATION_FIELD, ""),

@@ -14,14 +14,16 @@ from gateway.config import Settings
 from kit.keys import NAMESPACE
 from kit.nearcache import NearCache
 from kit.sealing import Sealer, session_jwt_key
+from oapi.apps import CurrentAppClient
 from oapi.channel import ChannelClient
 from oapi.client import AppClient
 from oapi.corp import CorpClient
 from oapi.credentials import CacheSettings
+from oapi.openapi import OpenApi
 from oapi.tokens import Credentials
 from oapi.upstream import Upstream
 
-A = TypeVar("A", bound=AppClient[Any])
+A = TypeVar("A", bound=AppClient[Any] | CurrentAppClient)
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Runtime:
     store: redis.Redis
     sealer: Sealer
     upstream: Upstream
+    openapi: OpenApi  # api.dingtalk.com (v1.0), sharing the upstream's sessions, timeout and backoff
     registry: CorpRegistry
     credentials: Credentials
     session_key: bytes
@@ -40,6 +43,7 @@ class Runtime:
     # credential caches read and write only what belongs to that registration.
     _channel_clients: dict[str, ChannelClient] = field(default_factory=dict, repr=False)
     _corp_clients: dict[str, CorpClient] = field(default_factory=dict, repr=False)
+    _app_clients: dict[str, CurrentAppClient] = field(default_factory=dict, repr=False)
 
     @property
     def near(self) -> NearCache | None:
@@ -61,6 +65,13 @@ class Runtime:
     def corp_client(self, corp: Corp) -> CorpClient:
         return self._client(self._corp_clients, CorpClient, corp)
 
+    def app_client(self, corp: Corp) -> CurrentAppClient:
+        """The client of a current-generation app (kinds service-window and internal): app token and ticket."""
+        return self._client(self._app_clients, self._current_app_client, corp)
+
+    def _current_app_client(self, corp: Corp, upstream: Upstream, credentials: Credentials) -> CurrentAppClient:
+        return CurrentAppClient(corp, self.openapi, upstream, credentials)
+
     def _client(self, clients: dict[str, A], make: Callable[[Corp, Upstream, Credentials], A], corp: Corp) -> A:
         """The client of `corp`'s current registration, built on first use and again once the registration changes."""
         client = clients.get(corp.corpid)
@@ -75,16 +86,18 @@ def build_runtime(settings: Settings, store: redis.Redis) -> Runtime:
     sealer = Sealer(settings.secret_key)
     # Only over a real Redis: the in-process store is already local, and fakeredis has no CLIENT TRACKING.
     near = NearCache(store, NAMESPACE + ":") if settings.redis_url and settings.near_cache else None
+    upstream = Upstream(
+        settings.dingtalk_api_base,
+        store,
+        timeout=settings.http_timeout,
+        busy_retries=settings.busy_retries,
+    )
     return Runtime(
         settings=settings,
         store=store,
         sealer=sealer,
-        upstream=Upstream(
-            settings.dingtalk_api_base,
-            store,
-            timeout=settings.http_timeout,
-            busy_retries=settings.busy_retries,
-        ),
+        upstream=upstream,
+        openapi=OpenApi(settings.dingtalk_openapi_base, upstream),
         registry=CorpRegistry(store, sealer, cache_ttl=settings.corp_cache_ttl, near=near),
         credentials=Credentials(
             store,

@@ -27,6 +27,10 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_TICKET_COOLDOWN": 60,  # at most one forced ticket refresh per corp per window
     "GATEWAY_CONFIG_ERROR_TTL": 30,  # how long a configuration error on a token fetch is remembered
     "GATEWAY_USERID_CACHE_TTL": 3600,  # unionid -> userid mapping
+    "GATEWAY_FOLLOW_CACHE_TTL": 60,  # a follower's follow status (--require-follow); the contract caps it at 60
+    # dd.config `type` of a current service-window app: DingTalk's docs never say (dingtalk-oapi.md §7.2, U); 0,
+    # the type of every app with its own JSAPI ticket, is the likely one. Kind internal always uses 0.
+    "GATEWAY_SERVICE_WINDOW_CONFIG_TYPE": 0,
     "GATEWAY_SESSION_TTL": 7200,  # session token lifetime
     "GATEWAY_CALLBACK_WINDOW": 300,  # accepted callback timestamp skew
     "GATEWAY_TRACE_LIMIT": 200,  # trace entries kept per corp
@@ -85,6 +89,10 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, An
             "GATEWAY_SECRET_KEY is required (it signs session tokens and seals stored secrets); "
             "set it, or set GATEWAY_SANDBOX=1 to try the gateway against its simulator."
         )
+    if not 1 <= config["GATEWAY_FOLLOW_CACHE_TTL"] <= 60:
+        raise RuntimeError("GATEWAY_FOLLOW_CACHE_TTL must be between 1 and 60 seconds (the contract's bound)")
+    if config["GATEWAY_SERVICE_WINDOW_CONFIG_TYPE"] not in (0, 1):
+        raise RuntimeError("GATEWAY_SERVICE_WINDOW_CONFIG_TYPE must be 0 or 1 (dd.config's type)")
     config["DINGTALK_API_BASE"] = str(config["DINGTALK_API_BASE"]).rstrip("/")
     config["DINGTALK_OPENAPI_BASE"] = str(config["DINGTALK_OPENAPI_BASE"]).rstrip("/")
     return config
@@ -113,6 +121,8 @@ class Settings:
     ticket_cooldown: int
     config_error_ttl: int
     userid_cache_ttl: int
+    follow_cache_ttl: int
+    service_window_config_type: int
     session_ttl: int
     callback_window: int
     trace_limit: int

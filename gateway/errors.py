@@ -11,6 +11,8 @@ error handler (`web/errors.py`) renders both.
     │   ├── UnknownCorp               404 unknown_corp
     │   ├── AgentMismatch             400 agent_mismatch
     │   ├── UrlNotAllowed             403 url_not_allowed
+    │   ├── NotFollowing              403 not_following       (--require-follow, the person does not follow)
+    │   ├── MappingUnavailable        502 upstream_error      (--map-via names no registered internal app)
     │   ├── Unauthorized              401 unauthorized
     │   ├── TooManyRequests           429 rate_limited        (our own cooldown or lockout; Retry-After)
     │   ├── SecretsUnreadable         500 internal_error      (sealed under another GATEWAY_SECRET_KEY)
@@ -67,7 +69,9 @@ def contract_of(error: Failure) -> tuple[int, str]:
 def envelope(error: Failure, request_id: str | None = None) -> dict[str, Any]:
     """The contract's error envelope for any typed error."""
     body: dict[str, Any] = {"code": contract_of(error)[1], "message": error.message, "hint": error.hint}
-    if error.errcode is not None:
+    if isinstance(error.errcode, str):  # the v1.0 API's own shape (gateway-contract.md)
+        body["dingtalk"] = {"status": error.upstream_status, "code": error.errcode, "message": error.errmsg or ""}
+    elif error.errcode is not None:
         body["dingtalk"] = {"errcode": error.errcode, "errmsg": error.errmsg or ""}
     if request_id:
         body["request_id"] = request_id
@@ -116,6 +120,24 @@ class UrlNotAllowed(GatewayError):
     status = 403
     code = "url_not_allowed"
     default_hint = "Only pages under the corp's registered origins are signed; add the origin with `flask corp add`."
+
+
+class NotFollowing(GatewayError):
+    status = 403
+    code = "not_following"
+    default_hint = "This service window admits its followers only: follow it in DingTalk, then open the page again."
+
+
+class MappingUnavailable(GatewayError):
+    """A service window's `--map-via` names no registered internal app: the gateway's configuration, not the
+    person's, so the caller cannot fix it (the contract's upstream_error)."""
+
+    status = 502
+    code = "upstream_error"
+    default_hint = (
+        "Register the real org named by --map-via with `flask corp add REALCORPID --kind internal …`, "
+        "then run `flask corp check` for both."
+    )
 
 
 class Unauthorized(GatewayError):

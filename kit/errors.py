@@ -24,6 +24,7 @@ class Failure(Exception):
         errcode: int | str | None = None,
         errmsg: str | None = None,
         retry_after: int | None = None,
+        upstream_status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -31,3 +32,4 @@ class Failure(Exception):
         self.errcode = errcode
         self.errmsg = errmsg
         self.retry_after = retry_after or self.default_retry_after
+        self.upstream_status = upstream_status  # the HTTP status of a v1.0 error (its errcode is a string code)

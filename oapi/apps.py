@@ -12,13 +12,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from oapi.client import App
+from oapi.corp import CONTACT_TYPES, NO_SUCH_USER, UserLink
 from oapi.credentials import APP_TICKET, APP_TOKEN, AppTicket, AppToken
-from oapi.errcodes import expires_in, malformed, text_field
+from oapi.errcodes import effective_errcode, expires_in, malformed, text_field
 from oapi.openapi import OpenApi
 from oapi.tokens import CredentialCache, Credentials, with_token
 from oapi.upstream import Upstream
 
 API_USER_INFO = "topapi/v2/user/getuserinfo"
+API_BY_UNIONID = "topapi/user/getbyunionid"
+API_FOLLOW_STATUS = "v1.0/link/followers/statuses"
+FOLLOWED = "FOLLOWED"
 
 
 class CurrentApp(App, Protocol):
@@ -58,6 +62,11 @@ class CurrentAppClient:
         self.app_ticket: CredentialCache[AppTicket] = credentials.cache(
             app.corpid, APP_TICKET.key, AppTicket, self._fetch_ticket, fetch_invalidates=False
         )
+
+    @property
+    def corp(self) -> CurrentApp:
+        """The registration (named as oapi/client.py's clients name theirs, so the runtime keeps both alike)."""
+        return self.app
 
     def _fetch_token(self) -> tuple[str, int | None]:
         return self.fetch_token(self._openapi, self.app.corpid, self.app.app_key, self.app.app_secret)
@@ -113,3 +122,54 @@ class CurrentAppClient:
             sys=result.get("sys") is True,
             sys_level=sys_level,
         )
+
+    def userid_for_unionid(self, unionid: str) -> UserLink:
+        """Map a unionid to this app's org's userid (topapi/user/getbyunionid); nobody there is unlinked, not an
+        error. Used with the real org's internal app to map a service window's followers (§7.4)."""
+
+        def attempt(token: AppToken) -> dict[str, Any]:
+            return self._upstream.call(
+                API_BY_UNIONID,
+                {"access_token": token.value},
+                corpid=self.app.corpid,
+                idempotent=True,  # a lookup: resending it spends nothing
+                json={"unionid": unionid},
+                accept=frozenset({NO_SUCH_USER}),
+            )
+
+        body = with_token(self.app_token, attempt)
+        if effective_errcode(body) == NO_SUCH_USER:
+            return UserLink(None, None)
+        result = body.get("result")
+        if not isinstance(result, dict):
+            raise malformed(API_BY_UNIONID, body, "no `result`")
+        contact = result.get("contact_type")
+        if contact is not None and (type(contact) is not int or contact not in CONTACT_TYPES):
+            raise malformed(API_BY_UNIONID, body, f"`contact_type` {str(contact)[:20]!r} is neither 0 nor 1")
+        return UserLink(text_field(API_BY_UNIONID, result, "userid"), contact)
+
+    def follows(self, userid: str) -> bool:
+        """Whether a member of this service window's virtual org follows it (/v1.0/link/followers/statuses).
+
+        Asked with the window app's own token, so without `accountId` (§7.4: a service-window app must not pass it).
+        """
+        api = API_FOLLOW_STATUS
+
+        def attempt(token: AppToken) -> dict[str, Any]:
+            app = self.app
+            return self._openapi.call(
+                api,
+                {},
+                corpid=app.corpid,
+                app_key=app.app_key,
+                token=token.value,
+                idempotent=True,
+                query={"userId": userid},
+            )
+
+        body = with_token(self.app_token, attempt)
+        result = body.get("result")
+        status = result.get("status") if isinstance(result, dict) else None
+        if not isinstance(status, str):
+            raise malformed(api, body, "no `result.status`")
+        return status == FOLLOWED

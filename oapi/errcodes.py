@@ -59,7 +59,12 @@ def classify_v1(
         return None
     code = v1_code(status, body)
     message = str(body.get("message", ""))[:200]
-    kw: dict[str, Any] = {"errcode": code or status, "errmsg": message, "hint": hint_for(code or None)}
+    kw: dict[str, Any] = {
+        "errcode": code or status,
+        "errmsg": message,
+        "hint": hint_for(code or None),
+        "upstream_status": status,
+    }
     if code.startswith(V1_RATE_LIMIT_PREFIXES):
         return RateLimited(f"DingTalk rate-limited {api}", **kw)
     if status == 429 or code in V1_BUSY:

@@ -40,8 +40,10 @@ class OpenApi:
         token: str | None = None,
         token_fetch: bool = False,
         idempotent: bool = False,
+        query: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """POST `body` to `api` (e.g. `v1.0/oauth2/accessToken`) with `token` in the header; return the 2xx body.
+        With `query`, GET `api` with that query instead (the body is then unused: the read APIs take none).
 
         The backoff is kept per app and API (`app_key` + `api`) under the corp, so the support console lists it with
         the corp's others. `idempotent` allows retrying a 5xx; a read timeout is never resent (a POST).
@@ -51,7 +53,7 @@ class OpenApi:
         probe = backoff.check(corpid, scope)
         status, answer = 0, dict[str, Any]()
         for attempt in range(self._upstream.busy_retries + 1):
-            status, answer = self._post(api, body, token=token, corpid=corpid, idempotent=idempotent)
+            status, answer = self._send(api, body, query, token=token, corpid=corpid, idempotent=idempotent)
             if probe:  # this call was the global IP block's probe, and DingTalk answered in its own shape
                 probe = False
                 if backoff.lift_ip_block():
@@ -67,14 +69,23 @@ class OpenApi:
         log.warning("dingtalk %s corp=%s app=%s status=%s code=%s", api, corpid, app_key, status, error.errcode)
         raise error
 
-    def _post(
-        self, api: str, body: dict[str, Any], *, token: str | None, corpid: str, idempotent: bool
+    def _send(
+        self,
+        api: str,
+        body: dict[str, Any],
+        query: dict[str, str] | None,
+        *,
+        token: str | None,
+        corpid: str,
+        idempotent: bool,
     ) -> tuple[int, dict[str, Any]]:
         headers = {TOKEN_HEADER: token} if token is not None else {}
         url = f"{self.base_url}/{api}"
-        status, answer = self._upstream.send(
-            api, "POST", url, corpid=corpid, idempotent=idempotent, json=body, headers=headers
-        )
+        send = self._upstream.send
+        if query is None:
+            status, answer = send(api, "POST", url, corpid=corpid, idempotent=idempotent, json=body, headers=headers)
+        else:
+            status, answer = send(api, "GET", url, corpid=corpid, idempotent=idempotent, params=query, headers=headers)
         ok = 200 <= status < 300
         # A success is a JSON object; an error carries its code. Anything else (HTML, {"status":1111}) is the
         # egress-IP block or not DingTalk at all.

@@ -35,8 +35,11 @@ def sign(ticket: str, nonce: str, timestamp: str, url: str, algorithm: str = DEF
     return HASHES[algorithm](plain.encode("utf-8")).hexdigest()
 
 
-def sign_config(*, corpid: str, agent_id: str, ticket: str, url: str, algorithm: str = DEFAULT_HASH) -> dict[str, Any]:
-    """Sign the service window's dd.config (`type: 1`) for `url` (already normalised) with a fresh nonce and time.
+def sign_config(
+    *, corpid: str, agent_id: str, ticket: str, url: str, algorithm: str = DEFAULT_HASH, config_type: int = 1
+) -> dict[str, Any]:
+    """Sign a dd.config for `url` (already normalised) with a fresh nonce and time: `type: 1` for the legacy service
+    window (channel ticket), `type: 0` for an app with its own JSAPI ticket (§7.2).
 
     The page's config and `flask corp check`'s probe of the agent id are both built here."""
     nonce, stamp = new_nonce(), timestamp_ms()
@@ -46,7 +49,7 @@ def sign_config(*, corpid: str, agent_id: str, ticket: str, url: str, algorithm:
         "timeStamp": stamp,
         "nonceStr": nonce,
         "signature": sign(ticket, nonce, stamp, url, algorithm),
-        "type": 1,
+        "type": config_type,
         "url": url,
     }
 

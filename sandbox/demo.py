@@ -40,10 +40,14 @@ DEMO_PEOPLE: list[dict[str, Any]] = [
     },
 ]
 
-# The current generation (dingtalk-oapi.md §7): an internal app in the demo corp (as a real org), and a service
-# window's app in its virtual org with followers. The real org's members are the demo corp's employee and external
-# contact above; of the followers, one is the employee, one the external contact, one nobody in the real org, and
-# one has unfollowed. Registered by `Simulator.demo()` beside (never instead of) the legacy corp.
+# The current generation (dingtalk-oapi.md §7): an internal app in a real org, and a service window's app in that
+# org's virtual org with followers. The real org's members are the same two people as the legacy demo's employee and
+# external contact; of the followers, one is the employee, one the external contact, one nobody in the real org, and
+# one has unfollowed. Registered by `Simulator.demo()` beside (never instead of) the legacy corp. The real org has
+# its own corpid: the gateway registers one login app per corpid, and the legacy demo corp keeps its window.
+DEMO_ORG_CORPID = "dingdemoorg0001"
+DEMO_APP_AGENT_ID = "2000001"
+DEMO_WINDOW_AGENT_ID = "3000001"
 DEMO_APP_KEY = "dingdemoapp0001"
 DEMO_APP_SECRET = "Ap9kT3wQ7zLm2vRx6cYb1nHs5dGf8jUe4oKi0pWa"
 DEMO_WINDOW_CORPID = "dingdemowindow0001"  # the service window's hidden virtual org

@@ -26,6 +26,7 @@ from sandbox.demo import (
     DEMO_CORPID,
     DEMO_FOLLOWERS,
     DEMO_MEMBERS,
+    DEMO_ORG_CORPID,
     DEMO_PEOPLE,
     DEMO_WINDOW_APP_KEY,
     DEMO_WINDOW_APP_SECRET,
@@ -71,11 +72,11 @@ class Simulator:
     def add_demo_apps(self) -> None:
         """Register the current generation's demo: an internal app in the demo corp, a window app and followers."""
         apps = self.apps
-        apps.add_org(DEMO_CORPID)
+        apps.add_org(DEMO_ORG_CORPID)
         for member in DEMO_MEMBERS:
-            apps.add_member(DEMO_CORPID, **member)
-        apps.add_app(DEMO_CORPID, app_key=DEMO_APP_KEY, app_secret=DEMO_APP_SECRET)
-        apps.add_org(DEMO_WINDOW_CORPID, virtual_of=DEMO_CORPID)
+            apps.add_member(DEMO_ORG_CORPID, **member)
+        apps.add_app(DEMO_ORG_CORPID, app_key=DEMO_APP_KEY, app_secret=DEMO_APP_SECRET)
+        apps.add_org(DEMO_WINDOW_CORPID, virtual_of=DEMO_ORG_CORPID)
         apps.add_app(DEMO_WINDOW_CORPID, app_key=DEMO_WINDOW_APP_KEY, app_secret=DEMO_WINDOW_APP_SECRET)
         for f in DEMO_FOLLOWERS:
             apps.add_member(

@@ -12,8 +12,8 @@ import requests
 from sandbox.demo import (
     DEMO_APP_KEY,
     DEMO_APP_SECRET,
-    DEMO_CORPID,
     DEMO_FOLLOWERS,
+    DEMO_ORG_CORPID,
     DEMO_PEOPLE,
     DEMO_WINDOW_APP_KEY,
     DEMO_WINDOW_APP_SECRET,
@@ -159,7 +159,7 @@ def test_getbyunionid_maps_linked_followers_by_default_by_either_id(sim_server: 
 
 @pytest.mark.parametrize("recognised", [["unionid"], ["associated_unionid"], []])
 def test_real_org_recognises_only_the_chosen_ids(sim_server: SimulatorServer, recognised: list[str]) -> None:
-    assert sim_post(sim_server, "/_sim/app/recognised", {"corpid": DEMO_CORPID, "ids": recognised})["errcode"] == 0
+    assert sim_post(sim_server, "/_sim/app/recognised", {"corpid": DEMO_ORG_CORPID, "ids": recognised})["errcode"] == 0
     tok = internal_token(sim_server)
     for key in ("unionid", "associated_unionid"):
         body = by_unionid(sim_server, tok, BY_USERID[MANAGER][key])
@@ -201,12 +201,12 @@ def test_follower_apis_pass_the_controls(sim_server: SimulatorServer) -> None:
     ("path", "body"),
     [
         ("/_sim/app/follow", {"corpid": DEMO_WINDOW_CORPID, "userid": MANAGER, "followed": 1}),
-        ("/_sim/app/follow", {"corpid": DEMO_CORPID, "userid": "manager0001"}),  # a real org has no followers
+        ("/_sim/app/follow", {"corpid": DEMO_ORG_CORPID, "userid": "manager0001"}),  # a real org has no followers
         ("/_sim/app/follow", {"corpid": DEMO_WINDOW_CORPID, "userid": "nobody"}),
         ("/_sim/app/link", {"corpid": DEMO_WINDOW_CORPID, "userid": MANAGER, "real_userid": "nobody"}),
-        ("/_sim/app/recognised", {"corpid": DEMO_CORPID, "ids": ["openid"]}),
+        ("/_sim/app/recognised", {"corpid": DEMO_ORG_CORPID, "ids": ["openid"]}),
         ("/_sim/app/recognised", {"corpid": DEMO_WINDOW_CORPID, "ids": ["unionid"]}),
-        ("/_sim/app/recognised", {"corpid": DEMO_CORPID, "ids": [1]}),
+        ("/_sim/app/recognised", {"corpid": DEMO_ORG_CORPID, "ids": [1]}),
     ],
 )
 def test_follower_controls_refuse_bad_input(sim_server: SimulatorServer, path: str, body: dict[str, Any]) -> None:
@@ -218,7 +218,7 @@ def test_demo_members_sign_in_with_their_apps(sim_server: SimulatorServer) -> No
     code = sim_server.sim.mint_app_code(DEMO_WINDOW_CORPID, DEMO_WINDOW_APP_KEY, MANAGER)
     result = requests.post(url + window_token(sim_server), json={"code": code}, timeout=5).json()["result"]
     assert (result["userid"], result["associated_unionid"]) == (MANAGER, BY_USERID[MANAGER]["associated_unionid"])
-    code = sim_server.sim.mint_app_code(DEMO_CORPID, DEMO_APP_KEY, "ext0001")
+    code = sim_server.sim.mint_app_code(DEMO_ORG_CORPID, DEMO_APP_KEY, "ext0001")
     result = requests.post(url + internal_token(sim_server), json={"code": code}, timeout=5).json()["result"]
     assert result["userid"] == "ext0001"
 

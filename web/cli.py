@@ -15,11 +15,11 @@ from marshmallow import ValidationError
 
 from corp.check import TOKEN_PIPELINES, CheckResult, check_corp, check_page_config
 from corp.events import EventLog
-from corp.registry import REPLACED, Corp
+from corp.registry import CHANNEL, INTERNAL, KINDS, MAP_BY, REPLACED, Corp
 from corp.schemas import CorpRegistrationSchema, first_error, parse_origin
 from kit.errors import Failure
 from oapi.credentials import CHANNEL_TOKEN
-from oapi.signing import DEFAULT_HASH, HASHES
+from oapi.signing import HASHES
 from web.runtime import get_runtime
 
 bp = Blueprint("corp", __name__, cli_group="corp")
@@ -39,60 +39,57 @@ def require_shared_store() -> None:
 
 @bp.cli.command("add")
 @click.argument("corpid")
-@click.option("--corp-secret", help="The app's corpSecret (for the corp token).")
-@click.option("--channel-secret", help="The service window's channelSecret (for the channel token).")
-@click.option("--agent-id", help="The agentid the page passes to dd.config.")
+@click.option(
+    "--kind",
+    type=click.Choice(list(KINDS)),
+    default=CHANNEL,
+    show_default=True,
+    help="channel: the legacy service window; service-window: the current window's app in its virtual org "
+    "(CORPID = the virtual org's corpId); internal: an employee micro-app of a real org.",
+)
+@click.option("--corp-secret", help="Kind channel: the app's corpSecret (for the corp token).")
+@click.option("--channel-secret", help="Kind channel: the service window's channelSecret (for the channel token).")
+@click.option("--app-key", help="Kinds service-window and internal: the app's AppKey (Client ID).")
+@click.option("--app-secret", help="Kinds service-window and internal: the app's AppSecret (Client Secret).")
+@click.option("--agent-id", help="The app's AgentId (the page's dd.config agentId).")
 @click.option("--origin", "origins", multiple=True, help="scheme://host[:port] of the H5 pages (repeatable).")
+@click.option(
+    "--map-via",
+    help="Kind service-window: the real org (a corp registered with --kind internal) whose userids followers map to.",
+)
+@click.option(
+    "--map-by",
+    type=click.Choice(list(MAP_BY)),
+    help="With --map-via: which of the follower's ids the real org looks up (default unionid).",
+)
+@click.option("--require-follow", is_flag=True, help="Kind service-window: refuse people who do not follow the window.")
 @click.option(
     "--sign-hash",
     type=click.Choice(list(HASHES)),
-    default=DEFAULT_HASH,
-    show_default=True,
-    help="Hash of the dd.config signature.",
+    default=None,
+    help="Hash of the dd.config signature (default: sha1 for kind channel, sha256 for the others).",
 )
 @click.option("--callback-token", help="The callback token (push receiver).")
 @click.option("--aes-key", help="The callback EncodingAESKey (43 characters).")
 @click.option("--callback-key", help="Receiver key of pushes: corpId (default), appKey, suiteKey or customKey.")
-@click.option("--landing-url", help="Where the page sends a signed-in follower (token in the #fragment).")
-def add(
-    corpid: str,
-    corp_secret: str | None,
-    channel_secret: str | None,
-    agent_id: str | None,
-    origins: tuple[str, ...],
-    sign_hash: str,
-    callback_token: str | None,
-    aes_key: str | None,
-    callback_key: str | None,
-    landing_url: str | None,
-) -> None:
-    """Register a corp, or replace its registration. Secrets are stored sealed.
+@click.option("--landing-url", help="Where the page sends a signed-in person (token in the #fragment).")
+def add(corpid: str, origins: tuple[str, ...], **options: Any) -> None:
+    """Register a corp's login app, or replace its registration. Secrets are stored sealed.
 
     Replacing drops everything cached for the corp (tokens, tickets, user links, backoff and cooldowns); a refresh
     in flight for the old registration stores nothing.
     """
     require_shared_store()
-    raw = {
-        "corpid": corpid,
-        "corp_secret": corp_secret,
-        "channel_secret": channel_secret,
-        "agent_id": agent_id,
-        "origins": list(origins),
-        "sign_hash": sign_hash,
-        "callback_token": callback_token,
-        "aes_key": aes_key,
-        "callback_key": callback_key,
-        "landing_url": landing_url,
-    }
-    for name in ("corp_secret", "channel_secret", "agent_id"):
-        if not raw[name]:
-            fail(f"--{name.replace('_', '-')} is required")
+    raw = {"corpid": corpid, "origins": list(origins), **{k: v for k, v in options.items() if v not in (None, "")}}
+    raw["require_follow"] = bool(options["require_follow"])
+    if not options["agent_id"]:
+        fail("--agent-id is required")
     if not origins:
         fail("at least one --origin is required (scheme://host[:port] of the pages to sign)")
     try:
         data = CorpRegistrationSchema().load(raw)
     except ValidationError as e:
-        fail(first_error(e))
+        fail(first_error(e, flags=True))
         return
     if bool(data["callback_token"]) != bool(data["aes_key"]):
         fail("--callback-token and --aes-key go together")
@@ -100,18 +97,36 @@ def add(
         fail("--callback-key needs --callback-token and --aes-key")
     corp = Corp(
         corpid=data["corpid"],
+        kind=data["kind"],
         agent_id=data["agent_id"],
         origins=tuple(dict.fromkeys(parse_origin(o) for o in data["origins"])),
         sign_hash=data["sign_hash"],
         landing_url=data["landing_url"],
         callback_key=data["callback_key"],
-        corp_secret=data["corp_secret"],
-        channel_secret=data["channel_secret"],
+        app_key=data["app_key"] or "",
+        map_via=data["map_via"],
+        map_by=data["map_by"],
+        require_follow=data["require_follow"],
+        corp_secret=data["corp_secret"] or "",
+        channel_secret=data["channel_secret"] or "",
+        app_secret=data["app_secret"] or "",
         callback_token=data["callback_token"],
         aes_key=data["aes_key"],
     )
-    outcome = get_runtime().registry.add(corp, renew=True)
-    what = f"corp {corp.corpid} (agent {corp.agent_id}, origins {', '.join(corp.origins)})"
+    registry = get_runtime().registry
+    warning = None
+    if corp.map_via:
+        try:
+            via = registry.get(corp.map_via)
+        except Failure:
+            warning = f"{corp.map_via} is not registered yet: register it with --kind internal before followers sign in"
+        else:
+            if via.kind != INTERNAL:
+                fail(
+                    f"--map-via {corp.map_via} is registered as kind {via.kind}; it must be the real org's internal app"
+                )
+    outcome = registry.add(corp, renew=True)
+    what = f"corp {corp.corpid} (kind {corp.kind}, agent {corp.agent_id}, origins {', '.join(corp.origins)})"
     if outcome == REPLACED:
         click.echo(
             f"Replaced {what}. The previous registration and everything cached for it (tokens, tickets, user "
@@ -119,6 +134,8 @@ def add(
         )
     else:
         click.echo(f"Registered {what}.")
+    if warning:
+        click.echo(f"Warning: {warning}.", err=True)
 
 
 @bp.cli.command("list")
@@ -134,9 +151,15 @@ def list_corps(as_json: bool) -> None:
         click.echo("No corps registered. Add one with `flask corp add CORPID …`.")
     for c in corps:
         callback = "callback on" if c["callback"] else "no callback"
+        extra = f"  app_key={c['app_key']}" if c["app_key"] else ""
+        if c["map_via"]:
+            extra += f"  map_via={c['map_via']} by {c['map_by']}"
+        if c["require_follow"]:
+            extra += "  require_follow"
         click.echo(
-            f"{c['corpid']}  agent={c['agent_id']}  hash={c['sign_hash']}  {callback}  origins={','.join(c['origins'])}"
-        )  # type: ignore[arg-type]
+            f"{c['corpid']}  kind={c['kind']}  agent={c['agent_id']}  hash={c['sign_hash']}  {callback}"
+            f"  origins={','.join(c['origins'])}{extra}"  # type: ignore[arg-type]
+        )
 
 
 @bp.cli.command("remove")
