@@ -184,6 +184,7 @@ class Stack:
             env["REDIS_URL"] = self.redis_url
         if self.api_base:
             env["DINGTALK_API_BASE"] = self.api_base
+            env.setdefault("DINGTALK_OPENAPI_BASE", self.api_base)  # a simulator serves both API generations
         if self.sandbox:
             env["GATEWAY_SANDBOX"] = "1"
             origins = [self.public_url]

@@ -229,6 +229,7 @@ def run_herd(
     """Run the herd; return every request's status, body and wall-clock start/end."""
     settings: dict[str, Any] = {
         "DINGTALK_API_BASE": base_url,
+        "DINGTALK_OPENAPI_BASE": base_url,  # the simulator serves both API generations
         "REDIS_URL": redis_url,
         "GATEWAY_SECRET_KEY": secret_key,
         "GATEWAY_TOKEN_JITTER": 0,

@@ -31,6 +31,7 @@ UNLINKED = next(p for p in DEMO_PEOPLE if p["userid"] is None)
 def make_config(sim_server: SimulatorServer, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "DINGTALK_API_BASE": sim_server.base_url,
+        "DINGTALK_OPENAPI_BASE": sim_server.base_url,  # the simulator serves both API generations
         "REDIS_URL": None,
         "GATEWAY_SECRET_KEY": TEST_SECRET_KEY,
         "GATEWAY_SANDBOX": False,
