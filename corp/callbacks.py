@@ -28,6 +28,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 from prometheus_client import Counter
 
 from corp.events import HANDSHAKE_TYPES, EventLog, event_ids, event_type
+from corp.follows import FOLLOW_EVENTS, FollowCache, follow_changes
 from corp.links import LinkCache
 from corp.runtime import Runtime
 from gateway.errors import DecryptFailed, GatewayError, InvalidRequest, SignatureInvalid, UnknownCorp
@@ -63,6 +64,8 @@ KNOWN_EVENT_TYPES = frozenset(
         "suite_relieve",
         "check_create_suite_url",
         "check_update_suite_url",
+        "official_account_follow",
+        "official_account_unfollow",
     }
 )
 #: Events after which a cached unionid -> userid link may be wrong.
@@ -201,6 +204,9 @@ def handle_push(rt: Runtime, corpid: str, push: Push, *, now: float | None = Non
     if kind in LINK_EVENTS:
         userids = event_ids(event).get("UserId", [])
         LinkCache(rt.store, corpid, rt.settings.userid_cache_ttl).drop_users(userids)
+    # Only a first delivery acts: a redelivered follow must not undo a later unfollow.
+    if outcome == "stored" and kind in FOLLOW_EVENTS:
+        FollowCache(rt.store, corpid, rt.settings.follow_cache_ttl).apply(follow_changes(event))
 
     answer = "success"
     if kind in ECHO_EVENTS:

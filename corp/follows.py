@@ -7,11 +7,32 @@ The contract bounds it: an answer is kept at most GATEWAY_FOLLOW_CACHE_TTL (≤ 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import redis
 
 from kit.keys import corp_key
 
 FOLLOWED, UNFOLLOWED = "1", "0"
+# A service window's follow events (dingtalk-oapi.md §7.4), each with `data: [{"userId", "name", "type",
+# "timestamp"}]`, over HTTP push or Stream mode.
+FOLLOW_EVENTS = {"official_account_follow": True, "official_account_unfollow": False}
+_MAX_PEOPLE = 1000  # per event: bounds the work one push can cause
+
+
+def follow_changes(event: Mapping[str, Any]) -> list[tuple[str, bool]]:
+    """(userid, follows) for each person a follow or unfollow event names; [] for any other event."""
+    followed = FOLLOW_EVENTS.get(str(event.get("EventType") or event.get("eventType") or ""))
+    data = event.get("data")
+    if followed is None or not isinstance(data, list):
+        return []
+    changes = []
+    for item in data[:_MAX_PEOPLE]:
+        userid = item.get("userId") if isinstance(item, dict) else None
+        if isinstance(userid, str) and 0 < len(userid) <= 128:
+            changes.append((userid, followed))
+    return changes
 
 
 class FollowCache:
@@ -32,3 +53,12 @@ class FollowCache:
 
     def put(self, userid: str, followed: bool) -> None:
         self._store.set(self._key(userid), FOLLOWED if followed else UNFOLLOWED, ex=self._ttl)
+
+    def apply(self, changes: list[tuple[str, bool]]) -> None:
+        """Record what follow events said, so the next login sees it at once instead of after the TTL."""
+        if not changes:
+            return
+        pipe = self._store.pipeline(transaction=False)
+        for userid, followed in changes:
+            pipe.set(self._key(userid), FOLLOWED if followed else UNFOLLOWED, ex=self._ttl)
+        pipe.execute()

@@ -330,3 +330,53 @@ def test_the_session_token_is_a_jwt_with_every_contract_claim(gateway: Any, sim_
     for claim in ("iss", "sub", "corpid", "kind", "unionid", "openid", "follower_id", "userid", "contact_type"):
         assert claim in token
     assert token["linked"] is True
+
+
+# -- events act on what logins cache --------------------------------------------------------------------------
+
+
+def follow_event(kind: str, userid: str) -> dict[str, Any]:
+    """A service window's follow event as §7.4 describes it."""
+    return {"EventType": kind, "data": [{"userId": userid, "name": "x", "type": "1", "timestamp": 1700000000000}]}
+
+
+def test_follow_events_update_the_cached_follow_status(gateway: Any, sim_server: Any) -> None:
+    from tests.test_callbacks import AES_KEY, CALLBACK_TOKEN, Sender
+
+    sim = sim_server.sim
+    register(gateway, window_app(callback_token=CALLBACK_TOKEN, aes_key=AES_KEY))
+    sender = Sender(CALLBACK_TOKEN, AES_KEY, DEMO_WINDOW_CORPID)
+    url = f"/ding/callback/{DEMO_WINDOW_CORPID}"
+    who = FOLLOWER_EMPLOYEE["userid"]
+    assert login(gateway, DEMO_WINDOW_CORPID, follower_code(sim, FOLLOWER_EMPLOYEE)).status_code == 200
+    assert sim.app_controls.calls(STATUSES) == 1
+    # The person unfollows: DingTalk pushes the event, and the next login is refused at once (no status call, no
+    # waiting for the cached FOLLOWED to expire).
+    sim.followers.unfollow(DEMO_WINDOW_CORPID, who)
+    unfollowed = sender.push(gateway.test_client(), follow_event("official_account_unfollow", who), url=url)
+    assert unfollowed.status_code == 200
+    assert_error(login(gateway, DEMO_WINDOW_CORPID, follower_code(sim, FOLLOWER_EMPLOYEE)), 403, "not_following")
+    # They follow again: admitted at once.
+    sim.followers.follow(DEMO_WINDOW_CORPID, who)
+    followed = sender.push(gateway.test_client(), follow_event("official_account_follow", who), url=url)
+    assert followed.status_code == 200
+    assert login(gateway, DEMO_WINDOW_CORPID, follower_code(sim, FOLLOWER_EMPLOYEE)).status_code == 200
+    assert sim.app_controls.calls(STATUSES) == 1
+
+
+def test_a_leave_event_in_the_real_org_drops_a_followers_cached_link(gateway: Any, sim_server: Any) -> None:
+    from tests.test_callbacks import AES_KEY, CALLBACK_TOKEN, Sender
+
+    sim = sim_server.sim
+    register(gateway, internal_app(callback_token=CALLBACK_TOKEN, aes_key=AES_KEY))
+    register(gateway, window_app())  # re-registered after its real org (a replaced registration drops nothing of it)
+    assert login(gateway, DEMO_WINDOW_CORPID, follower_code(sim, FOLLOWER_EMPLOYEE)).get_json()["linked"] is True
+    assert login(gateway, DEMO_WINDOW_CORPID, follower_code(sim, FOLLOWER_EMPLOYEE)).status_code == 200
+    assert sim.app_controls.calls(BY_UNIONID) == 1  # the second login used the cached link
+    leave = {"EventType": "user_leave_org", "UserId": ["manager0001"], "TimeStamp": "1700000000000"}
+    resp = Sender(CALLBACK_TOKEN, AES_KEY, DEMO_ORG_CORPID).push(
+        gateway.test_client(), leave, url=f"/ding/callback/{DEMO_ORG_CORPID}"
+    )
+    assert resp.status_code == 200
+    assert login(gateway, DEMO_WINDOW_CORPID, follower_code(sim, FOLLOWER_EMPLOYEE)).status_code == 200
+    assert sim.app_controls.calls(BY_UNIONID) == 2  # the link was asked for again
