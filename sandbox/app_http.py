@@ -3,7 +3,7 @@
 `POST /v1.0/oauth2/...` takes a JSON body and the token in the `x-acs-dingtalk-access-token` header (in the query it
 is refused: 400 AuthenticationFailed.MissingParameter), and answers errors with non-2xx statuses. `POST
 /topapi/v2/user/getuserinfo?access_token=` keeps the oapi style. `/_client/app_code` plays dd.requestAuthCode;
-`/_sim/app/*` steers `sandbox.app_controls`.
+`/_sim/app/*` steers `sandbox.app_controls` (and `/_sim/app/dd_config` how an app's dd.config is judged).
 """
 
 from __future__ import annotations
@@ -73,6 +73,15 @@ def app_posts(sim: Simulator, field: Field) -> dict[str, JsonView]:
         sim.apps.revoke_app_tokens(field(body, "app_key", str))
         return ok()
 
+    def sim_app_dd_config(body: dict[str, Any]) -> dict[str, Any]:
+        # How DingTalk judges the app's dd.config (§7.2 leaves the hash and the type open): null keeps the setting.
+        sim.apps.set_dd_config(
+            field(body, "app_key", str),
+            sign_hash=field(body, "sign_hash", str, default=None),
+            config_type=field(body, "config_type", int, default=None),
+        )
+        return ok()
+
     def sim_app_reset_calls(body: dict[str, Any]) -> dict[str, Any]:
         sim.app_controls.reset_calls()
         return ok()
@@ -83,6 +92,7 @@ def app_posts(sim: Simulator, field: Field) -> dict[str, JsonView]:
         "/_sim/app/inject": sim_app_inject,
         "/_sim/app/latency": sim_app_latency,
         "/_sim/app/revoke": sim_app_revoke,
+        "/_sim/app/dd_config": sim_app_dd_config,
         "/_sim/app/reset_calls": sim_app_reset_calls,
         **follower_posts(sim, field),
     }

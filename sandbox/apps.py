@@ -15,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sandbox.model import SimulatorError, World
+from sandbox.signature import HASHES
 
 APP_TOKEN_TTL = 7200.0
 APP_TICKET_TTL = 7200.0
@@ -68,11 +69,20 @@ class Org:
     members: dict[str, Member] = field(default_factory=dict)  # by userid
 
 
+# How DingTalk judges an app's dd.config (dingtalk-oapi.md §7.2 leaves both open: U), per app so that a test can run
+# the gateway under either reading: the type it must carry, and the one hash DingTalk verifies its signature with.
+APP_CONFIG_TYPE = 0
+APP_SIGN_HASH = "sha256"
+
+
 @dataclass(frozen=True)
 class App:
     app_key: str
     app_secret: str
     corpid: str
+    agent_id: str = ""  # the agentId its pages' dd.config names; "" = none (such an app cannot pass dd.config)
+    sign_hash: str = APP_SIGN_HASH
+    config_type: int = APP_CONFIG_TYPE
 
 
 @dataclass
@@ -138,15 +148,48 @@ class Apps:
                 raise SimulatorError(40035, f"userid {userid} already registered in {corpid}")
             org.members[userid] = Member(userid, unionid, name, associated_unionid, sys, sys_level, contact_type)
 
-    def add_app(self, corpid: str, *, app_key: str, app_secret: str) -> None:
-        """Register an app (appKey = the page's clientId) in an org."""
+    def add_app(
+        self,
+        corpid: str,
+        *,
+        app_key: str,
+        app_secret: str,
+        agent_id: str = "",
+        sign_hash: str = APP_SIGN_HASH,
+        config_type: int = APP_CONFIG_TYPE,
+    ) -> None:
+        """Register an app (appKey = the page's clientId; agent_id = its pages' dd.config agentId) in an org."""
         if not app_key or not app_secret:
             raise SimulatorError(40035, "app_key and app_secret must be non-empty")
+        _check_dd_config(sign_hash, config_type)
         with self.world.lock:
             self._org(corpid)
             if app_key in self.apps:
                 raise SimulatorError(40035, f"app {app_key} already registered")
-            self.apps[app_key] = App(app_key, app_secret, corpid)
+            # dd.config names the app by (corpId, agentId), so two apps of one org cannot share an agent id.
+            if agent_id and self.app_of_agent(corpid, agent_id) is not None:
+                raise SimulatorError(40035, f"agent id {agent_id} already used in org {corpid}")
+            self.apps[app_key] = App(app_key, app_secret, corpid, agent_id, sign_hash, config_type)
+
+    def set_dd_config(self, app_key: str, *, sign_hash: str | None = None, config_type: int | None = None) -> None:
+        """Change how DingTalk judges the app's dd.config: the hash it verifies with, the type it requires."""
+        with self.world.lock:
+            app = self.apps.get(app_key)
+            if app is None:
+                raise SimulatorError(40035, f"no app {app_key}")
+            new = replace(
+                app,
+                sign_hash=app.sign_hash if sign_hash is None else sign_hash,
+                config_type=app.config_type if config_type is None else config_type,
+            )
+            _check_dd_config(new.sign_hash, new.config_type)
+            self.apps[app_key] = new
+
+    def app_of_agent(self, corpid: str, agent_id: str) -> App | None:
+        """The app of org `corpid` whose agent id is `agent_id` (the world's lock held)."""
+        if not agent_id:
+            return None
+        return next((a for a in self.apps.values() if a.corpid == corpid and a.agent_id == agent_id), None)
 
     def mint_app_code(self, corpid: str, client_id: str, userid: str) -> str:
         """Return what dd.requestAuthCode({corpId, clientId}) yields for this member: 5 minutes, single use."""
@@ -261,6 +304,13 @@ class Apps:
             },
             "request_id": request_id,
         }
+
+
+def _check_dd_config(sign_hash: str, config_type: int) -> None:
+    if sign_hash not in HASHES:
+        raise SimulatorError(40035, f"sign_hash must be one of {', '.join(HASHES)}")
+    if isinstance(config_type, bool) or config_type not in (0, 1):
+        raise SimulatorError(40035, "config_type must be 0 or 1 (dd.config's type)")
 
 
 def _same(given: str, expected: str) -> bool:

@@ -19,6 +19,7 @@ from sandbox.apps import Apps
 from sandbox.controls import DEFAULT_BLOCKED_IP, Controls
 from sandbox.demo import (
     DEMO_AGENT_ID,
+    DEMO_APP_AGENT_ID,
     DEMO_APP_KEY,
     DEMO_APP_SECRET,
     DEMO_CHANNEL_SECRET,
@@ -28,6 +29,7 @@ from sandbox.demo import (
     DEMO_MEMBERS,
     DEMO_ORG_CORPID,
     DEMO_PEOPLE,
+    DEMO_WINDOW_AGENT_ID,
     DEMO_WINDOW_APP_KEY,
     DEMO_WINDOW_APP_SECRET,
     DEMO_WINDOW_CORPID,
@@ -75,9 +77,14 @@ class Simulator:
         apps.add_org(DEMO_ORG_CORPID)
         for member in DEMO_MEMBERS:
             apps.add_member(DEMO_ORG_CORPID, **member)
-        apps.add_app(DEMO_ORG_CORPID, app_key=DEMO_APP_KEY, app_secret=DEMO_APP_SECRET)
+        apps.add_app(DEMO_ORG_CORPID, app_key=DEMO_APP_KEY, app_secret=DEMO_APP_SECRET, agent_id=DEMO_APP_AGENT_ID)
         apps.add_org(DEMO_WINDOW_CORPID, virtual_of=DEMO_ORG_CORPID)
-        apps.add_app(DEMO_WINDOW_CORPID, app_key=DEMO_WINDOW_APP_KEY, app_secret=DEMO_WINDOW_APP_SECRET)
+        apps.add_app(
+            DEMO_WINDOW_CORPID,
+            app_key=DEMO_WINDOW_APP_KEY,
+            app_secret=DEMO_WINDOW_APP_SECRET,
+            agent_id=DEMO_WINDOW_AGENT_ID,
+        )
         for f in DEMO_FOLLOWERS:
             apps.add_member(
                 DEMO_WINDOW_CORPID,
@@ -205,9 +212,10 @@ class Simulator:
         type: int,
         url: str,
     ) -> dict[str, Any]:
-        """Judge a dd.config call as the DingTalk client does."""
+        """Judge a dd.config call as the DingTalk client does: a legacy window (type 1) or an app (type 0)."""
         return client_side.check_config(
             self._world,
+            self.apps,
             corpId=corpId,
             agentId=agentId,
             timeStamp=timeStamp,
