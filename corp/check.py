@@ -1,5 +1,6 @@
-"""The self-test behind `flask corp check` and the support console: both tokens live, then (for the CLI) the
-channel ticket and the agent id as dd.config sees them, each failure explained.
+"""The self-test behind `flask corp check` and the support console for kind channel (the legacy service window):
+both tokens live, then (for the CLI) the channel ticket and the agent id as dd.config sees them, each failure
+explained. The current-generation kinds are checked by corp/check_apps.py, with this module's CheckResult.
 
 DingTalk has no server API that checks an agent id: its client does, when the page calls dd.config (52019, bad
 agentId; dingtalk-oapi.md §4). So the check signs a dd.config for the corp's first origin with the channel ticket
@@ -25,7 +26,7 @@ from kit.sealing import fingerprint
 from oapi.channel import ChannelClient
 from oapi.client import AppClient
 from oapi.corp import CorpClient
-from oapi.credentials import CHANNEL_TOKEN, CORP_TOKEN, ChannelTicket
+from oapi.credentials import CHANNEL_TOKEN, CORP_TOKEN
 from oapi.hints import hint_for
 from oapi.signing import normalize_url, sign_config
 from oapi.upstream import Upstream
@@ -63,12 +64,17 @@ def _fetch(client: type[AppClient[Any]], upstream: Upstream, corpid: str, secret
     return token, None
 
 
+def not_whitelisted(errmsg: str | None) -> str:
+    """What to do about an IP-whitelist refusal; DingTalk's message names the refused IP where it can."""
+    ip = _IP_RE.search(errmsg or "")
+    where = f" Add {ip.group(1)} to the app's IP whitelist." if ip else " Add the gateway's egress IP."
+    return "The gateway's IP is not on the app's whitelist." + where
+
+
 def _diagnose(error: Failure, *, pipeline: str, swapped_works: bool, same_secret: bool) -> str:
     errcode = error.errcode
     if errcode == 60020:
-        ip = _IP_RE.search(error.errmsg or "")
-        where = f" Add {ip.group(1)} to the app's IP whitelist." if ip else " Add the gateway's egress IP."
-        return "The gateway's IP is not on the app's whitelist." + where
+        return not_whitelisted(error.errmsg)
     if errcode in SECRET_REFUSED and swapped_works:
         other = "channel secret" if pipeline == CORP_TOKEN.app else "corp secret"
         return (
@@ -134,29 +140,45 @@ def check_page_config(rt: Runtime, corp: Corp) -> list[CheckResult]:
     how = f"cached, fetched {age} s ago" if cached is not None else "fetched now"
     return [
         CheckResult("ticket", True, 0, f"channel ticket fp={ticket.fingerprint} ({how})", ticket.fingerprint),
-        _check_agent(rt, corp, ticket),
+        check_agent(rt, corp, ticket.value),
     ]
 
 
-def _check_agent(rt: Runtime, corp: Corp, ticket: ChannelTicket) -> CheckResult:
+def check_agent(rt: Runtime, corp: Corp, ticket: str) -> CheckResult:
+    """The agent id, judged by DingTalk's client side with a dd.config signed for the corp's first origin with
+    `ticket` (the channel ticket, `type: 1`; a current-generation app's own ticket, `type: 0`); where no client
+    side answers, what the corp's pages reported."""
     url = normalize_url(corp.origins[0] + "/")
     config = sign_config(
-        corpid=corp.corpid, agent_id=corp.agent_id, ticket=ticket.value, url=url, algorithm=corp.sign_hash
+        corpid=corp.corpid,
+        agent_id=corp.agent_id,
+        ticket=ticket,
+        url=url,
+        algorithm=corp.sign_hash,
+        config_type=0 if corp.current else 1,
     )
     verdict = _client_verdict(rt.upstream, config)
     if verdict is None:
-        return _agent_from_page_reports(rt, corp)
+        return agent_from_page_reports(rt, corp)
     if verdict.get("ok") is True:
         return CheckResult("agent", True, 0, f"{corp.agent_id}: DingTalk accepted a dd.config signed for {url}")
     code = verdict.get("errorCode")
     errcode = code if isinstance(code, int) and not isinstance(code, bool) else None
-    if errcode == BAD_AGENT_ID:
+    if errcode == BAD_AGENT_ID and not corp.current:
         diagnosis = (
             f"DingTalk refused agent id {corp.agent_id} for corp {corp.corpid}: register the service window's "
             "AgentId from the developer console (`flask corp add … --agent-id N`)."
         )
+    elif errcode == BAD_AGENT_ID:
+        said = str(verdict.get("errorMessage") or "")[:100]
+        diagnosis = (
+            f"DingTalk refused agent id {corp.agent_id} with type 0 for corp {corp.corpid} (DingTalk: {said}): "
+            "register the AgentId of this app (appKey "
+            f"{corp.app_key}) from its page in the developer console (`flask corp add … --agent-id N`)."
+        )
     else:
-        diagnosis = f"DingTalk refused a dd.config signed for {url} with the cached ticket: {hint_for(errcode)}"
+        which = "the app's ticket" if corp.current else "the cached ticket"
+        diagnosis = f"DingTalk refused a dd.config signed for {url} with {which}: {hint_for(errcode)}"
     return CheckResult("agent", False, errcode, diagnosis)
 
 
@@ -174,7 +196,8 @@ def _client_verdict(upstream: Upstream, config: dict[str, Any]) -> dict[str, Any
     return body
 
 
-def _agent_from_page_reports(rt: Runtime, corp: Corp) -> CheckResult:
+def agent_from_page_reports(rt: Runtime, corp: Corp) -> CheckResult:
+    """The agent id as the corp's pages reported it since the registration (52019), where no client side judges."""
     reports = [
         entry
         for entry in trace.recent(rt.store, corp.corpid, count=1000, outcome="config_error")

@@ -14,8 +14,10 @@ from flask import Blueprint, current_app
 from marshmallow import ValidationError
 
 from corp.check import TOKEN_PIPELINES, CheckResult, check_corp, check_page_config
+from corp.check_apps import check_app
 from corp.events import EventLog
 from corp.registry import CHANNEL, INTERNAL, KINDS, MAP_BY, REPLACED, Corp
+from corp.runtime import Runtime
 from corp.schemas import CorpRegistrationSchema, first_error, parse_origin
 from kit.errors import Failure
 from oapi.credentials import CHANNEL_TOKEN
@@ -175,7 +177,11 @@ def remove(corpid: str) -> None:
 @click.argument("corpid")
 @click.option("--verbose", is_flag=True, help="Also print the gateway's own log lines (on stderr).")
 def check(corpid: str, verbose: bool) -> None:
-    """Live self-test: both tokens, the channel ticket and the agent id, with hints for what to fix.
+    """Live self-test of the corp's kind, with hints for what to fix.
+
+    Kind channel: both tokens, the channel ticket and the agent id. Kinds internal and service-window: the app
+    token and ticket, then the usual mistakes (an appKey registered twice, an app of the wrong org, --map-via and
+    its permission to look people up by unionid) and the agent id in a type-0 dd.config signed with the app's ticket.
 
     Exits 1 when anything failed. Unless --verbose, the gateway's log lines stay out of the report: every
     failure they would mention is in it.
@@ -187,12 +193,7 @@ def check(corpid: str, verbose: bool) -> None:
         except Failure as e:
             fail(e.message)
             return
-        results = check_corp(rt.upstream, corp)
-        if all(r.ok for r in results if r.pipeline == CHANNEL_TOKEN.app):
-            results += check_page_config(rt, corp)
-        else:
-            skipped = "Not checked, nor the agent id: both need the channel token."
-            results.append(CheckResult("ticket", False, None, skipped, skipped=True))
+        results = check_app(rt, corp) if corp.current else _check_channel(rt, corp)
     for r in results:
         mark = "skip" if r.skipped else "ok  " if r.ok else "FAIL"
         if r.ok:
@@ -204,6 +205,15 @@ def check(corpid: str, verbose: bool) -> None:
         click.echo(f"{mark} {r.pipeline:<7} {detail}")
     if any(not r.ok and not r.skipped for r in results):
         sys.exit(1)
+
+
+def _check_channel(rt: Runtime, corp: Corp) -> list[CheckResult]:
+    """Kind channel: both tokens, then the channel ticket and the agent id, which need the channel token."""
+    results = check_corp(rt.upstream, corp)
+    if all(r.ok for r in results if r.pipeline == CHANNEL_TOKEN.app):
+        return results + check_page_config(rt, corp)
+    skipped = "Not checked, nor the agent id: both need the channel token."
+    return [*results, CheckResult("ticket", False, None, skipped, skipped=True)]
 
 
 @contextmanager
