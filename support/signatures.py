@@ -1,4 +1,5 @@
-"""The signature checker: compare a dd.config signature a page reports with the corp's current channel ticket,
+"""The signature checker: compare a dd.config signature a page reports with the corp's current ticket (the channel
+ticket, or a current-generation app's own JSAPI ticket),
 and name what differs (the URL, the hash, the ticket).
 
 The page URL is read by the rule the gateway signs by (gateway/validation.py, as channel/config.py uses it):
@@ -12,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from corp.registry import Corp
+from corp.registry import CHANNEL, Corp
 from corp.runtime import Runtime
 from gateway.errors import InvalidRequest
 from gateway.validation import DEFAULT_PORTS, UrlRefused, WebUrl, parse_web_url
@@ -163,7 +164,8 @@ def check_signature(
         refusal = f"url: {e.reason}. {e.hint}"
     findings = _url_findings(corp, url, normalized, page, refusal) + _signature_findings(signature, algorithm, corpid)
 
-    ticket = rt.channel_client(corp).ticket.peek()
+    # The ticket the corp's pages are signed with: the channel ticket (legacy window) or the app's own JSAPI ticket.
+    ticket = rt.channel_client(corp).ticket.peek() if corp.kind == CHANNEL else rt.app_client(corp).app_ticket.peek()
     result: dict[str, Any] = {
         "corpid": corpid,
         "given_url": url,

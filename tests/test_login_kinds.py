@@ -380,3 +380,29 @@ def test_a_leave_event_in_the_real_org_drops_a_followers_cached_link(gateway: An
     assert resp.status_code == 200
     assert login(gateway, DEMO_WINDOW_CORPID, follower_code(sim, FOLLOWER_EMPLOYEE)).status_code == 200
     assert sim.app_controls.calls(BY_UNIONID) == 2  # the link was asked for again
+
+
+# -- the support signature checker knows an app's own ticket -------------------------------------------------------
+
+
+def test_the_signature_checker_compares_with_the_apps_own_ticket(gateway: Any) -> None:
+    from support.signatures import check_signature
+
+    page = f"{ORIGIN}/app?x=1"
+    cfg = gateway.test_client().get(
+        "/channel/config", query_string={"corpid": DEMO_ORG_CORPID, "agentid": DEMO_APP_AGENT_ID, "url": page}
+    )
+    assert cfg.status_code == 200 and cfg.get_json()["type"] == 0
+    body = cfg.get_json()
+    rt = get_runtime(gateway)
+    with gateway.test_request_context():
+        verdict = check_signature(
+            rt,
+            DEMO_ORG_CORPID,
+            url=page,
+            nonce=body["nonceStr"],
+            timestamp=body["timeStamp"],
+            signature=body["signature"],
+        )
+    assert verdict["match"] is True, verdict
+    assert verdict["ticket"]["fingerprint"] == rt.app_client(rt.corp(DEMO_ORG_CORPID)).app_ticket.peek().fingerprint
