@@ -1,11 +1,14 @@
 /*
- * The follower sign-in page (templates/channel_login.html).
+ * The sign-in page (templates/channel_login.html), for the corp's kind of login app (data-kind).
  *
- * Flow: GET /channel/config for this page's URL -> dd.config({type: 1}) -> dd.ready ->
- * dd.channel.permission.requestAuthCode -> POST /channel/login -> success view, or the corp's landing URL
- * with the session token in the fragment. dd.error is reported to /channel/config/error before the page
- * explains it. `dd` is the vendored DingTalk JSAPI, or static/sandbox-dd.js in sandbox mode: this file
- * does not know which.
+ * Legacy service window (kind channel): GET /channel/config for this page's URL -> dd.config({type: 1}) ->
+ * dd.ready -> dd.channel.permission.requestAuthCode -> POST /channel/login. dd.error is reported to
+ * /channel/config/error before the page explains it.
+ * Current apps (kinds internal and service-window, dingtalk-oapi.md §7.3): dd.requestAuthCode({corpId,
+ * clientId}), which needs no dd.config, or on clients older than 7.0.45 dd.runtime.permission.requestAuthCode
+ * ({corpId}) -> POST /channel/login; a service window that admits followers only may answer not_following.
+ * Then the success view, or the corp's landing URL with the session token in the fragment. `dd` is the
+ * vendored DingTalk JSAPI, or static/sandbox-dd.js in sandbox mode: this file does not know which.
  *
  * The auth code and the session token are never written to the page, to storage or to the log.
  */
@@ -38,7 +41,8 @@
     url_not_allowed: ["页面地址未登记", "当前页面地址不在企业登记的可信域名中，请联系企业管理员在网关中登记该域名。"],
     code_invalid: ["授权码无效", "钉钉授权码已失效或已被使用，重新获取后仍未成功。请重试。"],
     upstream_error: ["钉钉拒绝了请求", "网关调用钉钉接口被拒绝（密钥、IP 白名单或接口权限配置有误），请联系企业管理员。"],
-    upstream_unavailable: ["钉钉暂时不可用", "钉钉服务暂时无法访问或繁忙，请稍后重试。"]
+    upstream_unavailable: ["钉钉暂时不可用", "钉钉服务暂时无法访问或繁忙，请稍后重试。"],
+    not_following: ["请先关注服务窗", "该服务窗只允许关注者登录，请先在钉钉中关注该企业的服务窗。"]
   };
 
   var app = document.getElementById("app");
@@ -49,6 +53,10 @@
   var corpid = app.getAttribute("data-corpid") || "";
   var agentid = app.getAttribute("data-agentid") || "";
   var landingUrl = app.getAttribute("data-landing-url") || "";
+  var kind = app.getAttribute("data-kind") || "channel";
+  var clientId = app.getAttribute("data-client-id") || "";
+  // The current-generation kinds sign in with the app's own auth code and no dd.config (§7.3).
+  var current = kind === "internal" || kind === "service-window";
 
   function $(id) {
     return document.getElementById(id);
@@ -60,7 +68,7 @@
 
   // ---- views ------------------------------------------------------------------------------------
 
-  var VIEWS = ["view-busy", "view-success", "view-error", "view-outside"];
+  var VIEWS = ["view-busy", "view-success", "view-error", "view-outside", "view-not-following"];
 
   function show(state, viewId, status, focusId) {
     app.setAttribute("data-state", state);
@@ -84,18 +92,42 @@
     show("outside", "view-outside", "请在钉钉中打开此页面", "outside-title");
   }
 
+  /** Who the person is in the corp, in this kind's terms (a service window's people come in as followers). */
+  function identity(result) {
+    var member = result.contact_type === 1 ? "外部联系人" : "员工";
+    if (kind === "internal") {
+      return "员工";
+    }
+    return kind === "service-window" ? member + "（服务窗关注者）" : member;
+  }
+
   function showSignedIn(result) {
     $("success-linked").hidden = !result.linked;
     $("success-unlinked").hidden = !!result.linked;
+    if ($("success-follower")) {
+      $("success-follower").textContent = String(result.follower_id || "");
+    }
     if (result.linked) {
       $("success-userid").textContent = String(result.userid);
-      $("success-kind").textContent = result.contact_type === 1 ? "外部联系人" : "员工";
+      $("success-kind").textContent = identity(result);
       $("success-title").textContent = "登录成功";
       show("signed-in", "view-success", "登录成功：" + result.userid, "success-title");
+    } else if (kind === "service-window") {
+      $("success-title").textContent = "已验证关注者身份";
+      show("not-linked", "view-success", "已验证服务窗关注者身份，未关联企业成员", "success-title");
     } else {
       $("success-title").textContent = "已验证钉钉身份";
       show("not-linked", "view-success", "已验证钉钉身份，未关联员工记录", "success-title");
     }
+  }
+
+  function showNotFollowing(err) {
+    if (!$("view-not-following")) {
+      showGatewayError(err);
+      return;
+    }
+    app.setAttribute("data-error", "not_following");
+    show("not-following", "view-not-following", "请先关注服务窗", "not-following-title");
   }
 
   /** Show a failure; `tech` is what an administrator needs (codes, request id), never a secret. */
@@ -199,10 +231,43 @@
     return { code: isNaN(number) ? 0 : number, message: message ? String(message) : "" };
   }
 
+  /**
+   * The container's way to ask for this kind's auth code, as a function of the callbacks, or null if it has
+   * none: the legacy window's channel code; for current apps dd.requestAuthCode with the app's clientId, else
+   * the archived dd.runtime.permission.requestAuthCode, which takes the corpId only (the container knows the app).
+   */
+  function codeRequester(corpId) {
+    var dd = window.dd || {};
+    if (!current) {
+      var channel = dd.channel && dd.channel.permission;
+      return channel && typeof channel.requestAuthCode === "function"
+        ? function (callbacks) {
+          return channel.requestAuthCode(Object.assign({ corpId: corpId }, callbacks));
+        }
+        : null;
+    }
+    if (typeof dd.requestAuthCode === "function") {
+      return function (callbacks) {
+        return dd.requestAuthCode(Object.assign({ corpId: corpId, clientId: clientId }, callbacks));
+      };
+    }
+    var runtime = dd.runtime && dd.runtime.permission;
+    if (runtime && typeof runtime.requestAuthCode === "function") {
+      return function (callbacks) {
+        return runtime.requestAuthCode(Object.assign({ corpId: corpId }, callbacks));
+      };
+    }
+    return null;
+  }
+
   function requestCode(corpId) {
     return new Promise(function (resolve, reject) {
-      var pending = window.dd.channel.permission.requestAuthCode({
-        corpId: corpId,
+      var requester = codeRequester(corpId);
+      if (!requester) {
+        reject({ errorCode: -1, errorMessage: "requestAuthCode unavailable" });
+        return;
+      }
+      var pending = requester({
         onSuccess: function (info) {
           resolve(info && info.code);
         },
@@ -270,9 +335,10 @@
 
   function onAuthCodeError(err) {
     var e = describe(err);
-    showError("auth_code", "无法获取钉钉授权",
-      "钉钉没有返回授权码。请确认你已关注该企业的服务窗，然后重试。",
-      ["requestAuthCode " + e.code, e.message]);
+    var cause = kind === "internal"
+      ? "钉钉没有返回授权码。请确认你是该企业的成员、已获授权使用此应用，然后重试。"
+      : "钉钉没有返回授权码。请确认你已关注该企业的服务窗，然后重试。";
+    showError("auth_code", "无法获取钉钉授权", cause, ["requestAuthCode " + e.code, e.message]);
   }
 
   function land(result) {
@@ -309,6 +375,10 @@
             if (err instanceof GatewayError && err.code === "code_invalid" && attempt === 0) {
               return signIn(1);
             }
+            if (err instanceof GatewayError && err.code === "not_following") {
+              showNotFollowing(err);
+              return undefined;
+            }
             if (err instanceof GatewayError) {
               showGatewayError(err);
             } else {
@@ -323,12 +393,22 @@
   }
 
   function start() {
-    if (!window.dd || !window.dd.channel) {
+    if (!window.dd || (!current && !window.dd.channel)) {
       showError("jsapi_missing", "钉钉组件加载失败", "页面未能加载钉钉 JSAPI，请检查网络后重试。", ["dd undefined"]);
       return;
     }
     if (!inDingTalk()) {
       showOutside();
+      return;
+    }
+    if (current) {
+      if (!codeRequester(corpid)) {
+        showError("jsapi_missing", "无法获取钉钉授权",
+          "页面加载的钉钉组件或当前钉钉客户端不支持获取登录授权码。请将钉钉更新到最新版本后重试；如果问题持续，请联系企业管理员。",
+          ["requestAuthCode unavailable"]);
+        return;
+      }
+      signIn(0); // no dd.config: requestAuthCode with the clientId needs none (§7.3)
       return;
     }
     busy("configuring", "正在验证页面…");
@@ -352,6 +432,12 @@
     // dd.config may be called once per page: a retry is a fresh page load.
     location.reload();
   });
+  if ($("not-following-retry")) {
+    $("not-following-retry").addEventListener("click", function () {
+      // A fresh code and login: the follow event has updated the gateway's cached status, or its cache ran out.
+      location.reload();
+    });
+  }
 
   start();
 })();

@@ -3,14 +3,19 @@
  * page's real code (static/channel-login.js) runs unchanged.
  *
  * dd.config is really checked, by the simulator's client side (POST /sandbox/client/check_config), so a
- * wrong signature fails the way DingTalk fails it (dd.error with 52013). requestAuthCode mints a code
- * (POST /sandbox/client/auth_code) for a demo follower picked in the page's sandbox panel; later calls
- * on the same page reuse that follower, as the real container would.
+ * wrong signature fails the way DingTalk fails it (dd.error with 52013). dd.channel.permission.requestAuthCode
+ * mints a follower's code (POST /sandbox/client/auth_code) after dd.config; dd.requestAuthCode({corpId,
+ * clientId}) and the older dd.runtime.permission.requestAuthCode({corpId}) mint a current app's code (POST
+ * /sandbox/client/app_code) without any dd.config, as the real client does (dingtalk-oapi.md §7.3). The person
+ * is picked in the page's sandbox panel from the demo people of the page's corp (GET /sandbox/people); later
+ * calls on the same page reuse that person, as the real container would.
  *
  * One-shot fault injection for tests and demos, `?sandbox_break=` in the page URL:
- *   signature  dd.config gets a tampered signature (expect 52013)
- *   code       the first auth code is one the simulator never issued (the page must ask for another)
- *   codes      every auth code is bogus (the page must give up after one fresh try)
+ *   signature   dd.config gets a tampered signature (expect 52013)
+ *   code        the first auth code is one the simulator never issued (the page must ask for another)
+ *   codes       every auth code is bogus (the page must give up after one fresh try)
+ *   old_client  a client older than 7.0.45: no dd.requestAuthCode (the page must fall back to
+ *               dd.runtime.permission.requestAuthCode)
  * The flag is removed from the address bar at once, so "retry" (a reload) runs the healthy flow.
  */
 (function () {
@@ -120,11 +125,23 @@
     });
   }
 
-  // ---- the follower picker (the container's "who is signed in to DingTalk") ------------------------
+  // ---- the person picker (the container's "who is signed in to DingTalk") --------------------------
 
-  var chosen = null; // Promise of the picked follower's unionid
+  var chosen = null; // Promise of the picked person: a follower's unionid (legacy window) or a member's userid
 
-  function renderPeople(people) {
+  /** The id the simulator mints a code for: the unionid for the legacy window, else the userid in the org. */
+  function personId(kind, person) {
+    return kind === "channel" ? person.unionid : person.userid;
+  }
+
+  function personDetail(kind, person) {
+    if (kind === "service-window") {
+      return "关注者 " + person.userid;
+    }
+    return person.userid ? "userid " + person.userid : "无企业账号";
+  }
+
+  function renderPeople(kind, people) {
     var list = document.getElementById("sandbox-people");
     list.textContent = "";
     people.forEach(function (person, index) {
@@ -133,9 +150,9 @@
       row.className = "picker__row";
       var input = document.createElement("input");
       input.type = "radio";
-      input.name = "unionid";
+      input.name = "person";
       input.id = id;
-      input.value = person.unionid;
+      input.value = personId(kind, person);
       input.required = true;
       var label = document.createElement("label");
       label.htmlFor = id;
@@ -144,7 +161,7 @@
       name.textContent = person.name + "（" + person.label + "）";
       var detail = document.createElement("span");
       detail.className = "picker__detail mono";
-      detail.textContent = person.userid ? "userid " + person.userid : "无企业账号";
+      detail.textContent = personDetail(kind, person);
       label.appendChild(name);
       label.appendChild(detail);
       row.appendChild(input);
@@ -153,16 +170,19 @@
     });
   }
 
-  function pickFollower() {
+  function pickPerson(corpId) {
     if (chosen) {
       return chosen;
     }
-    chosen = fetch("/sandbox/people", { credentials: "same-origin" })
+    chosen = fetch("/sandbox/people?corpid=" + encodeURIComponent(corpId), { credentials: "same-origin" })
       .then(function (resp) {
+        if (!resp.ok) {
+          throw { errorCode: 9, errorMessage: "沙盒中没有该企业的演示身份" };
+        }
         return resp.json();
       })
       .then(function (data) {
-        renderPeople(data.people || []);
+        renderPeople(data.kind, data.people || []);
         var panel = document.getElementById("sandbox-panel");
         var form = document.getElementById("sandbox-picker");
         panel.hidden = false;
@@ -170,7 +190,7 @@
         return new Promise(function (resolve) {
           form.addEventListener("submit", function onSubmit(event) {
             event.preventDefault();
-            var picked = form.querySelector("input[name=unionid]:checked");
+            var picked = form.querySelector("input[name=person]:checked");
             if (!picked) {
               return;
             }
@@ -186,38 +206,48 @@
     return chosen;
   }
 
-  // ---- dd.channel.permission.requestAuthCode -----------------------------------------------------
+  // ---- minting codes -----------------------------------------------------------------------------------
 
-  function mintCode(corpId, unionid) {
+  /** A code that looks real but that the simulator never issued, when a fault asks for one (else null). */
+  function bogusCode() {
     codesIssued += 1;
     if (fault === "codes" || (fault === "code" && codesIssued === 1)) {
-      // Looks like a real code; the simulator never issued it, so the exchange fails with 40078.
-      return Promise.resolve({ code: "0000sandbox0stale0code0" + codesIssued });
+      // The exchange then fails with 40078, as for a spent code.
+      return { code: "0000sandbox0stale0code0" + codesIssued };
     }
-    return post("/sandbox/client/auth_code", { corpid: corpId, unionid: unionid }).then(function (data) {
-      if (data && data.code) {
-        return { code: data.code };
-      }
-      throw { errorCode: (data && data.errcode) || 9, errorMessage: (data && data.errmsg) || "沙盒授权失败" };
-    });
+    return null;
   }
 
-  function requestAuthCode(options) {
-    var opts = options || {};
-    var result = configPromise()
-      .then(function (config) {
-        return config;
-      }, function () {
-        throw { errorCode: 7, errorMessage: "dd.config 未通过校验，无权调用 requestAuthCode" };
-      })
-      .then(function (config) {
-        if (String(opts.corpId || "") !== config.corpId) {
-          throw { errorCode: 3, errorMessage: "corpId 与 dd.config 不一致" };
-        }
-        return pickFollower().then(function (unionid) {
-          return mintCode(config.corpId, unionid);
-        });
-      });
+  function minted(data) {
+    if (data && data.code) {
+      return { code: data.code };
+    }
+    throw { errorCode: (data && data.errcode) || 9, errorMessage: (data && data.errmsg) || "沙盒授权失败" };
+  }
+
+  function mintCode(corpId, unionid) {
+    var bogus = bogusCode();
+    if (bogus) {
+      return Promise.resolve(bogus);
+    }
+    return post("/sandbox/client/auth_code", { corpid: corpId, unionid: unionid }).then(minted);
+  }
+
+  /** An app's code; without clientId (the older API) the gateway's sandbox names the corp's registered app. */
+  function mintAppCode(corpId, clientId, userid) {
+    var bogus = bogusCode();
+    if (bogus) {
+      return Promise.resolve(bogus);
+    }
+    var body = { corpid: corpId, userid: userid };
+    if (clientId !== null) {
+      body.client_id = clientId;
+    }
+    return post("/sandbox/client/app_code", body).then(minted);
+  }
+
+  /** Call the options' onSuccess/onFail when result settles, and hand result back (the JSAPI returns a promise). */
+  function settle(result, opts) {
     result.then(
       function (info) {
         if (typeof opts.onSuccess === "function") {
@@ -233,6 +263,54 @@
     return result;
   }
 
+  // ---- dd.channel.permission.requestAuthCode (legacy window: after dd.config) ------------------------
+
+  function requestAuthCode(options) {
+    var opts = options || {};
+    var result = configPromise()
+      .then(function (config) {
+        return config;
+      }, function () {
+        throw { errorCode: 7, errorMessage: "dd.config 未通过校验，无权调用 requestAuthCode" };
+      })
+      .then(function (config) {
+        if (String(opts.corpId || "") !== config.corpId) {
+          throw { errorCode: 3, errorMessage: "corpId 与 dd.config 不一致" };
+        }
+        return pickPerson(config.corpId).then(function (unionid) {
+          return mintCode(config.corpId, unionid);
+        });
+      });
+    return settle(result, opts);
+  }
+
+  // ---- dd.requestAuthCode and dd.runtime.permission.requestAuthCode (current apps: no dd.config) -----
+
+  function appCode(opts, clientId) {
+    var corpId = String(opts.corpId || "");
+    var result = Promise.resolve().then(function () {
+      if (!corpId) {
+        throw { errorCode: 3, errorMessage: "缺少参数 corpId" };
+      }
+      if (clientId === "") {
+        throw { errorCode: 3, errorMessage: "缺少参数 clientId" };
+      }
+      return pickPerson(corpId).then(function (userid) {
+        return mintAppCode(corpId, clientId, userid);
+      });
+    });
+    return settle(result, opts);
+  }
+
+  function requestAppCode(options) {
+    var opts = options || {};
+    return appCode(opts, String(opts.clientId || ""));
+  }
+
+  function requestOldAppCode(options) {
+    return appCode(options || {}, null);
+  }
+
   var again = document.getElementById("sandbox-again");
   if (again) {
     again.addEventListener("click", function () {
@@ -240,11 +318,16 @@
     });
   }
 
-  window.dd = {
+  var dd = {
     env: { platform: "sandbox", platformSub: "", version: "sandbox", appType: "WEB", language: "zh-CN" },
     config: config,
     ready: ready,
     error: error,
-    channel: { permission: { requestAuthCode: requestAuthCode } }
+    channel: { permission: { requestAuthCode: requestAuthCode } },
+    runtime: { permission: { requestAuthCode: requestOldAppCode } }
   };
+  if (fault !== "old_client") {
+    dd.requestAuthCode = requestAppCode; // client 7.0.45 and later
+  }
+  window.dd = dd;
 })();

@@ -1,7 +1,8 @@
-"""The follower sign-in page end to end in Debian's headless chromium (Playwright), against a live gateway.
+"""The sign-in page end to end in Debian's headless chromium (Playwright), against a live gateway.
 
 The gateway runs in sandbox mode on a real loopback port, so the page's own code runs: /channel/config,
-the simulated container's dd.config check and requestAuthCode, /channel/login. Outside sandbox mode the
+the simulated container's dd.config check and requestAuthCode, /channel/login; for the current kinds
+(internal, service-window) dd.requestAuthCode with the app's clientId and no dd.config. Outside sandbox mode the
 page gets the vendored official JSAPI: in a plain browser it must say "open in DingTalk", and behind a
 stand-in for DingTalk's Android bridge it must run the same flow. Each state is saved as a screenshot in
 artifacts/screenshots/. Skipped without chromium or Playwright, except under CI=true.
@@ -23,7 +24,21 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from channel.session import verify_token
 from corp.registry import Corp
 from gateway import trace
-from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID, DEMO_PEOPLE
+from sandbox.demo import (
+    DEMO_AGENT_ID,
+    DEMO_APP_AGENT_ID,
+    DEMO_APP_KEY,
+    DEMO_CHANNEL_SECRET,
+    DEMO_CORP_SECRET,
+    DEMO_CORPID,
+    DEMO_FOLLOWERS,
+    DEMO_MEMBERS,
+    DEMO_ORG_CORPID,
+    DEMO_PEOPLE,
+    DEMO_WINDOW_AGENT_ID,
+    DEMO_WINDOW_APP_KEY,
+    DEMO_WINDOW_CORPID,
+)
 from sandbox.server import SimulatorServer
 from sandbox.state import Simulator
 from tests.helpers import SHOTS
@@ -62,13 +77,13 @@ class LiveGateway:
     thread: threading.Thread
     simulator: SimulatorServer | None = None
 
-    def page_url(self, **extra: str) -> str:
-        query = f"corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}"
+    def page_url(self, corpid: str = DEMO_CORPID, agentid: str = DEMO_AGENT_ID, **extra: str) -> str:
+        query = f"corpid={corpid}&agentid={agentid}"
         query += "".join(f"&{k}={v}" for k, v in extra.items())
         return f"{self.origin}/channel/login?{query}"
 
-    def trace(self) -> list[dict[str, Any]]:
-        return trace.recent(get_runtime(self.app).store, DEMO_CORPID)
+    def trace(self, corpid: str = DEMO_CORPID) -> list[dict[str, Any]]:
+        return trace.recent(get_runtime(self.app).store, corpid)
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -160,6 +175,15 @@ def visit(browser: Any, origin: str, *, page_errors: int = 0, **context_options:
             foreign.append(url)
     assert foreign == [], f"the page requested other hosts: {foreign}"
     assert len(v.page_errors) == page_errors, f"uncaught errors on the page: {v.page_errors}"
+
+
+def assert_nothing_secret_kept(v: Visit, sent: dict[str, Any], body: dict[str, Any]) -> None:
+    """Neither the auth code nor the session token reaches the page (or its storage)."""
+    html = v.page.content()
+    assert sent["code"] not in html
+    assert "token" not in body or body["token"] not in html
+    assert v.page.evaluate("() => document.cookie") == ""
+    assert v.page.evaluate("() => window.localStorage.length + window.sessionStorage.length") == 0
 
 
 def login_exchange(v: Visit, action: Callable[[], None]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -328,6 +352,26 @@ def test_outside_dingtalk_says_to_open_it_in_dingtalk(browser: Any, plain_gatewa
         v.shot("09-unknown-corp")
 
 
+def test_internal_app_outside_dingtalk_says_where_to_open_it(browser: Any, plain_gateway: LiveGateway) -> None:
+    live = plain_gateway
+    get_runtime(live.app).registry.add(
+        Corp(
+            corpid=DEMO_ORG_CORPID,
+            kind="internal",
+            agent_id=DEMO_APP_AGENT_ID,
+            origins=(live.origin,),
+            app_key=DEMO_APP_KEY,
+            app_secret="not-used-by-the-page",
+        )
+    )
+    with visit(browser, live.origin) as v:
+        v.page.goto(live.page_url(DEMO_ORG_CORPID, DEMO_APP_AGENT_ID))
+        v.state("outside")
+        assert "工作台" in v.page.inner_text("#view-outside")
+        assert not any("/channel/" in u and "/channel/login?" not in u for u in v.requests)
+        v.shot("18-internal-outside-dingtalk")
+
+
 # A stand-in for DingTalk's Android container: the native bridge the official JSAPI talks to
 # (window.nuva -> WebViewJavascriptBridgeAndroid(success, fail, service, action, params)), answered from
 # Python through an exposed function, so no request leaves the page.
@@ -411,3 +455,114 @@ def test_official_jsapi_reports_a_signature_failure(browser: Any, plain_gateway:
     assert native.calls == ["runtime.permission.requestJsApis"]  # no auth code after a failed dd.config
     entry = plain_gateway.trace()[0]
     assert entry["kind"] == "config_error" and entry["errcodes"] == [52013]
+
+
+# ---- the current-generation kinds (issue 17): dd.requestAuthCode with the app's clientId, no dd.config ---------
+
+EMPLOYEE_MEMBER = {**next(m for m in DEMO_MEMBERS if m["contact_type"] == 0), "label": "员工"}
+FOLLOWER = {f["userid"]: f for f in DEMO_FOLLOWERS}
+MEMBER = {m["userid"]: m for m in DEMO_MEMBERS}
+
+
+def app_code_exchange(v: Visit, person: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Pick person in the simulated container; return what it sent to /sandbox/client/app_code, and the JSON request
+    and response of the POST /channel/login that followed."""
+    with v.page.expect_request(
+        lambda r: urlsplit(r.url).path == "/sandbox/client/app_code", timeout=TIMEOUT_MS
+    ) as minted:
+        sent, body = login_exchange(v, lambda: v.pick(person))
+    return minted.value.post_data_json, sent, body
+
+
+def assert_no_dd_config(v: Visit) -> None:
+    """The current kinds never sign a dd.config: requestAuthCode with the clientId needs none (§7.3)."""
+    assert not any("/channel/config" in u or "/sandbox/client/check_config" in u for u in v.requests)
+
+
+@pytest.mark.parametrize("old_client", [False, True], ids=["requestAuthCode", "runtime-permission-fallback"])
+def test_employee_signs_in_to_the_internal_app(browser: Any, gateway: LiveGateway, old_client: bool) -> None:
+    extra = {"sandbox_break": "old_client"} if old_client else {}
+    with visit(browser, gateway.origin) as v:
+        v.page.goto(gateway.page_url(DEMO_ORG_CORPID, DEMO_APP_AGENT_ID, **extra))
+        v.page.wait_for_selector("#sandbox-panel:not([hidden])", timeout=TIMEOUT_MS)
+        assert "选择一位演示员工" in v.page.inner_text("#sandbox-legend")
+        assert v.page.title() == "企业应用登录"
+        if not old_client:
+            v.shot("11-internal-picker")
+        minted, sent, body = app_code_exchange(v, EMPLOYEE_MEMBER)
+        v.state("signed-in")
+        assert v.page.inner_text("#success-userid") == EMPLOYEE_MEMBER["userid"]
+        assert v.page.inner_text("#success-kind") == "员工"
+        assert "企业员工" in v.page.inner_text("#success-linked")
+        assert v.page.evaluate("() => typeof window.dd.requestAuthCode") == ("undefined" if old_client else "function")
+        v.shot("16-internal-old-client-signed-in" if old_client else "12-internal-employee-signed-in")
+        assert_nothing_secret_kept(v, sent, body)
+        assert_no_dd_config(v)
+    # The newer API sends the app's clientId; the archived one sends none (the container knows the app).
+    expected = {"corpid": DEMO_ORG_CORPID, "userid": EMPLOYEE_MEMBER["userid"]}
+    assert minted == (expected if old_client else {**expected, "client_id": DEMO_APP_KEY})
+    assert body["kind"] == "internal" and body["contact_type"] == 0 and body["follower_id"] is None
+    entry = gateway.trace(DEMO_ORG_CORPID)[0]
+    assert entry["kind"] == "login" and entry["outcome"] == "linked"
+
+
+@pytest.mark.parametrize(
+    ("follower_id", "shot"),
+    [("vfollower0001", "13-window-employee"), ("vfollower0002", "14-window-external")],
+    ids=["mapped-to-employee", "mapped-to-external-contact"],
+)
+def test_follower_mapped_into_the_real_org_signs_in(
+    browser: Any, gateway: LiveGateway, follower_id: str, shot: str
+) -> None:
+    follower = FOLLOWER[follower_id]
+    member = MEMBER[follower["links_to"]]
+    with visit(browser, gateway.origin) as v:
+        v.page.goto(gateway.page_url(DEMO_WINDOW_CORPID, DEMO_WINDOW_AGENT_ID))
+        minted, sent, body = app_code_exchange(v, follower)
+        v.state("signed-in")
+        assert v.page.inner_text("#success-userid") == member["userid"]
+        who = "员工" if member["contact_type"] == 0 else "外部联系人"
+        assert v.page.inner_text("#success-kind") == f"{who}（服务窗关注者）"
+        assert v.page.inner_text("#success-follower") == follower_id
+        assert "通过服务窗登录" in v.page.inner_text("#success-linked")
+        assert v.page.is_hidden("#success-unlinked")
+        v.shot(shot)
+        assert_nothing_secret_kept(v, sent, body)
+        assert_no_dd_config(v)
+        assert v.page.evaluate("() => document.documentElement.scrollWidth") <= VIEWPORT["width"]
+    assert minted == {"corpid": DEMO_WINDOW_CORPID, "client_id": DEMO_WINDOW_APP_KEY, "userid": follower_id}
+    assert body["linked"] is True and body["contact_type"] == member["contact_type"]
+    assert body["follower_id"] == follower_id and body["kind"] == "service-window"
+
+
+def test_follower_not_in_the_real_org_is_verified_but_not_linked(browser: Any, gateway: LiveGateway) -> None:
+    follower = next(f for f in DEMO_FOLLOWERS if f["followed"] and f["links_to"] is None)
+    with visit(browser, gateway.origin) as v:
+        v.page.goto(gateway.page_url(DEMO_WINDOW_CORPID, DEMO_WINDOW_AGENT_ID))
+        _, sent, body = app_code_exchange(v, follower)
+        v.state("not-linked")
+        assert v.page.inner_text("#success-title") == "已验证关注者身份"
+        assert "未关联企业成员" in v.page.inner_text("#success-unlinked")
+        assert v.page.is_hidden("#success-linked")
+        assert v.page.inner_text("#success-follower") == follower["userid"]
+        v.shot("15-window-not-linked")
+        assert_nothing_secret_kept(v, sent, body)
+    assert body["linked"] is False and body["userid"] is None
+    assert gateway.trace(DEMO_WINDOW_CORPID)[0]["outcome"] == "not_linked"
+
+
+def test_unfollowed_follower_is_asked_to_follow_first(browser: Any, gateway: LiveGateway) -> None:
+    gone = next(f for f in DEMO_FOLLOWERS if not f["followed"])
+    with visit(browser, gateway.origin) as v:
+        v.page.goto(gateway.page_url(DEMO_WINDOW_CORPID, DEMO_WINDOW_AGENT_ID))
+        _, sent, body = app_code_exchange(v, gone)
+        v.state("not-following")
+        assert v.page.inner_text("#not-following-title") == "请先关注服务窗"
+        assert "只允许关注者登录" in v.page.inner_text("#view-not-following")
+        assert v.page.get_by_role("button", name="我已关注，重新登录").is_visible()
+        assert v.page.is_hidden("#view-success") and v.page.is_hidden("#view-error")
+        assert len(v.logins()) == 1  # refused for who they are: no fresh code is tried
+        v.shot("17-window-not-following")
+        assert_nothing_secret_kept(v, sent, body)
+    assert body["error"]["code"] == "not_following"
+    assert gateway.trace(DEMO_WINDOW_CORPID)[0]["outcome"] == "not_following"

@@ -101,7 +101,8 @@ def config_error() -> tuple[Response, int]:
 
 @bp.get("/login")
 def page() -> tuple[str, int]:
-    """The H5 page that runs the follower flow inside DingTalk (and in a plain browser in sandbox mode).
+    """The H5 page that signs a person in inside DingTalk (and in a plain browser in sandbox mode), for the corp's
+    kind of login app: the legacy window's follower flow, or dd.requestAuthCode with the app's clientId.
 
     A link that cannot work (parameters missing, corp unknown, wrong agent) gets a friendly page, not JSON.
     """
@@ -112,7 +113,7 @@ def page() -> tuple[str, int]:
         args = {}  # mangled beyond reading (not UTF-8): the same page as a link with parameters missing
     corpid = args.get("corpid", "")
     agentid = args.get("agentid", "")
-    problem, status, landing_url = None, 200, None
+    problem, status, landing_url, kind, client_id = None, 200, None, "", ""
     if not corpid or not agentid:
         problem, status = "missing", 400
     else:
@@ -121,13 +122,17 @@ def page() -> tuple[str, int]:
         except UnknownCorp:
             problem, status = "unknown_corp", 404
         else:
-            landing_url = corp.landing_url
+            landing_url, kind = corp.landing_url, corp.kind
+            # The appKey is the clientId the browser sends to dd.requestAuthCode: public by design, not a secret.
+            client_id = corp.app_key if corp.current else ""
             if agentid != corp.agent_id:
                 problem, status = "agent_mismatch", 400
     html = render_template(
         "channel_login.html",
         corpid=corpid,
         agentid=agentid,
+        kind=kind,
+        client_id=client_id,
         sandbox=rt.settings.sandbox,
         problem=problem,
         landing_url=landing_url,

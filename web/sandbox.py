@@ -1,4 +1,5 @@
-"""Sandbox mode inside the gateway: the demo corp, and the simulated DingTalk client the page talks to.
+"""Sandbox mode inside the gateway: one demo login app of each kind, and the simulated DingTalk client the page talks
+to.
 
 The page's simulated `dd` (static/sandbox-dd.js) calls these routes on the gateway's own origin, and they
 forward to the simulator's client side (`/_client/...`), wherever the simulator runs (a thread in this process,
@@ -13,10 +14,27 @@ from typing import Any
 import requests
 from flask import Blueprint, Flask, Response, jsonify, request
 
-from corp.registry import Corp
+from corp.registry import CHANNEL, INTERNAL, SERVICE_WINDOW, Corp, default_hash
+from gateway.errors import UnknownCorp
 from gateway.validation import json_object
 from oapi.errors import UpstreamUnavailable
-from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID, DEMO_PEOPLE
+from sandbox.demo import (
+    DEMO_AGENT_ID,
+    DEMO_APP_AGENT_ID,
+    DEMO_APP_KEY,
+    DEMO_APP_SECRET,
+    DEMO_CHANNEL_SECRET,
+    DEMO_CORP_SECRET,
+    DEMO_CORPID,
+    DEMO_FOLLOWERS,
+    DEMO_MEMBERS,
+    DEMO_ORG_CORPID,
+    DEMO_PEOPLE,
+    DEMO_WINDOW_AGENT_ID,
+    DEMO_WINDOW_APP_KEY,
+    DEMO_WINDOW_APP_SECRET,
+    DEMO_WINDOW_CORPID,
+)
 from web.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -37,9 +55,12 @@ def start_simulator(app: Flask) -> str:
 
 
 def register_demo_corp(app: Flask) -> None:
-    """Register the demo corp for the sandbox's origins (idempotent)."""
+    """Register one demo login app of each kind for the sandbox's origins (idempotent): the legacy service window,
+    the real org's internal app, and the current service window mapped into that org. The window admits followers
+    only (`require_follow`), so the demo's unfollowed follower shows the page's not_following view."""
     origins = tuple(o.strip() for o in get_runtime(app).settings.sandbox_origins.split(",") if o.strip())
-    get_runtime(app).registry.add(
+    registry = get_runtime(app).registry
+    registry.add(
         Corp(
             corpid=DEMO_CORPID,
             agent_id=DEMO_AGENT_ID,
@@ -48,6 +69,51 @@ def register_demo_corp(app: Flask) -> None:
             channel_secret=DEMO_CHANNEL_SECRET,
         )
     )
+    registry.add(
+        Corp(
+            corpid=DEMO_ORG_CORPID,
+            kind=INTERNAL,
+            agent_id=DEMO_APP_AGENT_ID,
+            origins=origins,
+            sign_hash=default_hash(INTERNAL),
+            app_key=DEMO_APP_KEY,
+            app_secret=DEMO_APP_SECRET,
+        )
+    )
+    registry.add(
+        Corp(
+            corpid=DEMO_WINDOW_CORPID,
+            kind=SERVICE_WINDOW,
+            agent_id=DEMO_WINDOW_AGENT_ID,
+            origins=origins,
+            sign_hash=default_hash(SERVICE_WINDOW),
+            app_key=DEMO_WINDOW_APP_KEY,
+            app_secret=DEMO_WINDOW_APP_SECRET,
+            map_via=DEMO_ORG_CORPID,
+            require_follow=True,
+        )
+    )
+
+
+def demo_people(corpid: str) -> tuple[str, str, list[dict[str, Any]]]:
+    """The kind, agent id and pickable people of a demo corp (public demo data: labels, names and ids only).
+
+    The internal app lists the real org's employees only: an external contact is no member of the workbench, and
+    the gateway reports everyone who signs in with an internal app as an employee (contact_type 0).
+    """
+    if corpid == DEMO_CORPID:
+        return CHANNEL, DEMO_AGENT_ID, [{k: p[k] for k in ("label", "name", "unionid", "userid")} for p in DEMO_PEOPLE]
+    if corpid == DEMO_ORG_CORPID:
+        employees = [m for m in DEMO_MEMBERS if m["contact_type"] == 0]
+        return (
+            INTERNAL,
+            DEMO_APP_AGENT_ID,
+            [{"label": "员工", "name": m["name"], "userid": m["userid"]} for m in employees],
+        )
+    if corpid == DEMO_WINDOW_CORPID:
+        followers = [{k: f[k] for k in ("label", "name", "userid")} for f in DEMO_FOLLOWERS]
+        return SERVICE_WINDOW, DEMO_WINDOW_AGENT_ID, followers
+    raise UnknownCorp(f"{corpid} is none of the sandbox's demo corps")
 
 
 def _forward(path: str, body: dict[str, Any]) -> Response:
@@ -66,14 +132,10 @@ def _body() -> dict[str, Any]:
 
 @bp.get("/people")
 def people() -> Response:
-    """The demo followers a tester can sign in as (no secrets: public demo data)."""
-    return jsonify(
-        {
-            "corpid": DEMO_CORPID,
-            "agentid": DEMO_AGENT_ID,
-            "people": [{k: p[k] for k in ("label", "name", "unionid", "userid")} for p in DEMO_PEOPLE],
-        }
-    )
+    """The people a tester can sign in as on the page of `?corpid=` (the legacy demo corp when absent)."""
+    corpid = request.args.get("corpid") or DEMO_CORPID
+    kind, agentid, pickable = demo_people(corpid)
+    return jsonify({"corpid": corpid, "agentid": agentid, "kind": kind, "people": pickable})
 
 
 @bp.post("/client/check_config")
@@ -89,3 +151,17 @@ def auth_code() -> Response:
     """What dd.channel.permission.requestAuthCode does: mint a single-use code for the chosen follower."""
     body = _body()
     return _forward("auth_code", {"corpid": body.get("corpid"), "unionid": body.get("unionid")})
+
+
+@bp.post("/client/app_code")
+def app_code() -> Response:
+    """What dd.requestAuthCode({corpId, clientId}) does: mint a single-use code of the app for the chosen member.
+
+    The older dd.runtime.permission.requestAuthCode({corpId}) sends no clientId: the real container knows which app
+    opened the page; the sandbox stands in with the app registered for the corpid.
+    """
+    body = _body()
+    corpid, client_id = body.get("corpid"), body.get("client_id")
+    if client_id is None and isinstance(corpid, str) and corpid:
+        client_id = get_runtime().corp(corpid).app_key or None
+    return _forward("app_code", {"corpid": corpid, "client_id": client_id, "userid": body.get("userid")})
