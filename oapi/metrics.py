@@ -1,4 +1,6 @@
-"""oapi's Prometheus metrics: upstream calls by API and errcode, credential fetches by corp and pipeline.
+"""oapi's Prometheus metrics: upstream calls by API and errcode (a v1.0 call: its path, and its string code or its
+HTTP status), credential fetches and forced refreshes by corp and pipeline (`app:token`, `app:ticket` beside the
+legacy pipelines).
 
 Module-level, because prometheus_client registries are process-wide; the gateway's /metrics reports them.
 """
@@ -13,4 +15,11 @@ CREDENTIAL_FETCHES = Counter(
     "dtgw_credential_fetches_total",
     "Token and ticket fetches from DingTalk",
     ["corpid", "pipeline", "outcome"],
+)
+# Forced refreshes (the support console's button; `trigger` says who forced it) by outcome: refreshed, cooldown
+# (refused: one ran within GATEWAY_TICKET_COOLDOWN) or error. What a refresh fetched is in CREDENTIAL_FETCHES too.
+FORCED_REFRESHES = Counter(
+    "dtgw_forced_refreshes_total",
+    "Forced credential refreshes",
+    ["corpid", "pipeline", "trigger", "outcome"],
 )

@@ -6,6 +6,7 @@
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const initialCorp = document.querySelector('meta[name="initial-corp"]').content;
   let corpid = "";
+  const TOKEN_LINES = new Set(["corp", "channel"]);
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
@@ -54,7 +55,9 @@
   function errorText(body) {
     const err = body && body.error;
     if (!err) return "请求失败 request failed";
-    const dt = err.dingtalk ? ` (errcode ${err.dingtalk.errcode})` : "";
+    // The old API's answers carry an int errcode, api.dingtalk.com's (v1.0) a string code and an HTTP status.
+    const d = err.dingtalk;
+    const dt = d ? ` (errcode ${d.errcode !== undefined ? d.errcode : d.code}${d.status ? ", HTTP " + d.status : ""})` : "";
     return `${err.message}${dt} — ${err.hint}`;
   }
 
@@ -77,7 +80,8 @@
       const link = el("a", { href: "?corp=" + encodeURIComponent(corp.corpid), "data-corpid": corp.corpid }, corp.corpid);
       link.addEventListener("click", (ev) => { ev.preventDefault(); selectCorp(corp.corpid); });
       const codes = latest && latest.errcodes.length ? el("span", { class: "muted", text: " " + latest.errcodes.map((e) => e.errcode).join(", ") }) : null;
-      list.append(el("li", { class: "corp-item", id: "corp-" + corp.corpid }, link, " ", badge, codes));
+      const kind = el("span", { class: "muted kind", text: " " + corp.kind });
+      list.append(el("li", { class: "corp-item", id: "corp-" + corp.corpid, "data-kind": corp.kind }, link, kind, " ", badge, codes));
     }
     const wanted = initialCorp || corpid || body.corps[0].corpid;
     if (wanted) selectCorp(wanted);
@@ -103,14 +107,25 @@
     document.getElementById("corp-id").textContent = body.corp.corpid;
     const facts = document.getElementById("corp-facts");
     facts.replaceChildren();
+    const c = body.corp;
+    const via = body.map_via;
     const rows = [
+      ["类型 kind", c.kind],
+      ...(c.app_key ? [["appKey", c.app_key]] : []),
+      ...(via ? [["map_via", `${via.corpid} (by ${c.map_by}) — ` + (via.usable ? "internal app registered" : via.registered ? `registered as ${via.kind || "unreadable"}, not internal: logins cannot map` : "not registered: logins cannot map")]] : []),
+      ...(c.kind === "service-window" ? [["require_follow", c.require_follow ? "yes" : "no"]] : []),
       ["agentId", body.corp.agent_id],
       ["origins", body.corp.origins.join("  ")],
       ["sign_hash", body.corp.sign_hash],
       ["callback", body.corp.callback ? "yes (" + body.corp.callback_key + ")" : "no"],
       ["退避 backoff", Object.keys(body.backoff).length ? Object.entries(body.backoff).map(([k, v]) => `${k}: ${v} s`).join(", ") : "—"],
     ];
-    for (const [k, v] of rows) facts.append(el("dt", { text: k }), el("dd", { text: v }));
+    for (const [k, v] of rows) facts.append(el("dt", { text: k }), el("dd", { text: v, "data-fact": k }));
+    document.getElementById("corp-kind").textContent = c.kind;
+    // The signature checker compares with the channel ticket: a current-kind corp has none.
+    const current = c.kind !== "channel";
+    document.getElementById("sig-form").hidden = current;
+    document.getElementById("sig-current").hidden = !current;
     renderPipelines(body.pipelines);
     for (const id of ["corp-summary", "pipelines", "trace", "sigcheck", "selftest"]) show(id);
   }
@@ -120,7 +135,8 @@
     tbody.replaceChildren();
     for (const p of pipelines) {
       const failure = p.failure
-        ? el("div", { class: "failure" }, el("strong", { text: "errcode " + p.failure.errcode }), " ", p.failure.hint)
+        ? el("div", { class: "failure" }, el("strong", { text: "errcode " + p.failure.errcode }), " ", p.failure.hint,
+            p.failure.dingtalk ? el("div", { class: "muted", text: "钉钉 DingTalk: " + p.failure.dingtalk }) : null)
         : "—";
       const backoff = Object.keys(p.backoff).length ? Object.entries(p.backoff).map(([k, v]) => `${k}: ${v} s`).join(", ") : "—";
       const button = el("button", { type: "button", class: "refresh", "data-pipeline": p.pipeline, id: "refresh-" + p.pipeline }, "强制刷新 Force refresh");
@@ -179,12 +195,16 @@
     }
     for (const e of body.entries) {
       const codes = el("div", {});
-      for (const c of e.errcodes) codes.append(el("div", { class: "errcode" }, el("strong", { text: c.errcode }), " ", c.hint));
+      for (const c of e.errcodes) {
+        codes.append(el("div", { class: "errcode" }, el("strong", { text: c.errcode }), " ", c.hint,
+          c.dingtalk ? el("div", { class: "muted", text: "钉钉 DingTalk: " + c.dingtalk }) : null));
+      }
       if (!e.errcodes.length && e.hint) codes.append(el("div", { text: e.hint }));
       if (!e.errcodes.length && !e.hint) codes.append("—");
       const detail = [];
       if (e.userid) detail.push("userid " + e.userid);
       if (e.unionid) detail.push("unionid " + e.unionid);
+      if (e.follower_id) detail.push("follower_id " + e.follower_id);
       if (e.url) detail.push(e.url);
       if (e.message) detail.push(e.message);
       if (e.ticket_refreshed) detail.push("ticket refreshed");
@@ -192,7 +212,8 @@
         ? el("a", { href: "/support/logs/" + encodeURIComponent(e.request_id), class: "request-id", title: "日志 log lines" }, el("code", { text: e.request_id }))
         : "—";
       tbody.append(el("tr", { class: "trace-row outcome-" + e.outcome },
-        el("td", { text: fmtTime(e.time) }), el("td", { text: e.kind || "" }), el("td", { text: e.step || "" }),
+        el("td", { text: fmtTime(e.time) }), el("td", { text: (e.kind || "") + (e.app_kind ? " · " + e.app_kind : "") }),
+        el("td", { text: e.step || "" }),
         el("td", {}, el("span", { class: "badge outcome-" + e.outcome, text: e.outcome })),
         el("td", {}, codes), el("td", { class: "detail", text: detail.join(" · ") }), el("td", {}, rid)));
     }
@@ -235,8 +256,11 @@
     out.replaceChildren();
     if (status !== 200) { out.append(el("li", { class: status === 429 ? "refused" : "bad", text: errorText(body) })); return; }
     for (const r of body.results) {
-      out.append(el("li", { class: "selftest " + (r.ok ? "ok" : "bad"), "data-pipeline": r.pipeline },
-        el("strong", { text: `${r.pipeline} token: ${r.ok ? "OK" : "失败 failed"}` }),
+      // Kind channel's lines are its two tokens; a current kind's are named checks (app, ticket, org, …).
+      const name = TOKEN_LINES.has(r.pipeline) ? `${r.pipeline} token` : r.pipeline;
+      const verdict = r.skipped ? "跳过 skipped" : r.ok ? "OK" : "失败 failed";
+      out.append(el("li", { class: "selftest " + (r.skipped ? "skip" : r.ok ? "ok" : "bad"), "data-pipeline": r.pipeline },
+        el("strong", { text: `${name}: ${verdict}` }),
         r.errcode ? ` (errcode ${r.errcode})` : "",
         r.fingerprint ? el("span", {}, " fp ", el("code", { text: r.fingerprint })) : "",
         el("div", { class: "diagnosis", text: r.diagnosis })));

@@ -1,7 +1,8 @@
 """The login trace as the console shows it: the newest attempts and config errors, with a hint for every errcode.
 
 Entries are copied field by field (an unknown field is never passed through), and a page URL goes through the
-one redaction policy (gateway/trace.py) again on the way out.
+one redaction policy (gateway/trace.py) again on the way out. An errcode is an oapi int or a v1.0 string code
+(`Forbidden.AccessDenied.IpNotInWhiteList`): both are shown, with our hint and DingTalk's documented text.
 """
 
 from __future__ import annotations
@@ -10,17 +11,29 @@ from typing import Any
 
 from corp.runtime import Runtime
 from gateway import trace
-from oapi.hints import hint_for
+from oapi.hints import dingtalk_text, hint_for
+from support.pipelines import errcode_view
 
-KNOWN_OUTCOMES = ("linked", "not_linked", "code_invalid", "upstream_error", "upstream_unavailable", "config_error")
+KNOWN_OUTCOMES = (
+    "linked",
+    "not_linked",
+    "code_invalid",
+    "not_following",  # kind service-window with --require-follow
+    "upstream_error",
+    "upstream_unavailable",
+    "config_error",
+)
 _TRACE_FIELDS = (
     "time",
     "kind",
+    "app_kind",  # the corp's kind of login app when the attempt was made (channel, internal, service-window)
     "step",
     "outcome",
     "request_id",
     "userid",
     "unionid",
+    "follower_id",  # kind service-window: the follower's userid in the window's virtual org
+    "follow_cached",
     "contact_type",
     "link_cached",
     "agent_ok",
@@ -32,13 +45,9 @@ _TRACE_FIELDS = (
 def trace_entry_view(entry: dict[str, Any]) -> dict[str, Any]:
     """A trace entry as the console shows it: known fields only, a hint for every errcode."""
     view = {name: entry.get(name) for name in _TRACE_FIELDS if name in entry}
-    errcodes: list[int] = []
-    for raw in entry.get("errcodes") or []:
-        try:
-            errcodes.append(int(raw))
-        except (TypeError, ValueError):
-            continue
-    view["errcodes"] = [{"errcode": code, "hint": hint_for(code)} for code in errcodes]
+    raw = entry.get("errcodes")
+    errcodes = [code for code in map(errcode_view, raw if isinstance(raw, list) else []) if code is not None]
+    view["errcodes"] = [{"errcode": code, "hint": hint_for(code), "dingtalk": dingtalk_text(code)} for code in errcodes]
     view["hint"] = entry.get("hint") or (hint_for(errcodes[0]) if errcodes else None)
     if entry.get("url"):
         # Writers record it redacted; the console does not rely on every writer having done so.

@@ -1,5 +1,6 @@
 """Prometheus metrics of the web layer (requests by route), and the /metrics endpoint, which also reports oapi's
-(upstream calls by API and errcode, credential fetches by corp and pipeline: oapi/metrics.py)."""
+(oapi/metrics.py: upstream calls by API and errcode, both API generations; credential fetches and forced refreshes
+by corp and pipeline, the current-generation `app:token` and `app:ticket` included)."""
 
 from __future__ import annotations
 

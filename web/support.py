@@ -237,7 +237,8 @@ def api_corp(corpid: str) -> Response:
 @bp.post("/api/corps/<corpid>/refresh/<pipeline>")
 @admin_only
 def api_refresh(corpid: str, pipeline: str) -> Response:
-    """200 with the new state, or 429 rate_limited (Retry-After) while the pipeline's cooldown runs."""
+    """200 with the new state, or 429 rate_limited (Retry-After) while the pipeline's cooldown runs; 400 for a
+    pipeline the corp's kind does not have (app_token of a kind-channel corp, channel_ticket of an internal app)."""
     pipelines.check_pipeline(pipeline)  # before the corp: a bad name is 400 whatever the corp
     try:
         result = pipelines.refresh(get_runtime(), corpid, pipeline)
