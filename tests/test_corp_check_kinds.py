@@ -259,3 +259,19 @@ def test_wrong_agent_id(app: Any, runner: Any) -> None:
     mark, detail = lines["agent"]
     assert mark == "FAIL" and "errcode=52019" in detail and "agent id 999" in detail, output
     assert DEMO_WINDOW_APP_KEY in detail
+
+
+def test_the_ticket_line_says_whether_it_is_the_one_pages_are_signed_with(app: Any, runner: Any, sim: Any) -> None:
+    from urllib.parse import quote
+
+    register(app, REAL_ORG)
+    page = quote(ORIGIN + "/", safe="")
+    config = app.test_client().get(f"/channel/config?corpid={DEMO_ORG_CORPID}&agentid={DEMO_APP_AGENT_ID}&url={page}")
+    assert config.status_code == 200
+    code, lines, output = check(runner, DEMO_ORG_CORPID)
+    assert code == 0, output
+    # A repeat fetch renews the same ticket (§7.2): the live one is the one cached, which stays cached.
+    cached = get_runtime(app).app_client(get_runtime(app).corp(DEMO_ORG_CORPID)).app_ticket.peek()
+    assert cached is not None
+    assert f"fp={cached.fingerprint} (dd.config type 0; the one cached)" in lines["ticket"][1]
+    assert sim.app_controls.calls(JSAPI_TICKETS) == 2
