@@ -260,9 +260,44 @@
     return null;
   }
 
+  // dd.requestAuthCode's name in dingtalk-jsapi's own table of minimum client versions (7.0.45 on mobile).
+  var CLIENT_ID_AUTH_API = "runtime.permission.requestAuthCodeV2";
+
+  /**
+   * A promise of codeRequester's choice, corrected by the client: the bundled dd.requestAuthCode is always a
+   * function, so on a client older than it supports (dd.checkJsApi, from the SDK's own version table, says
+   * false) use the archived dd.runtime.permission.requestAuthCode instead.
+   */
+  function chooseRequester(corpId) {
+    var dd = window.dd || {};
+    var preferred = codeRequester(corpId);
+    var runtime = dd.runtime && dd.runtime.permission;
+    var older = runtime && typeof runtime.requestAuthCode === "function"
+      ? function (callbacks) {
+        return runtime.requestAuthCode(Object.assign({ corpId: corpId }, callbacks));
+      }
+      : null;
+    if (!current || typeof dd.requestAuthCode !== "function" || typeof dd.checkJsApi !== "function" || !older) {
+      return Promise.resolve(preferred);
+    }
+    return Promise.resolve(dd.checkJsApi({ jsApiList: [CLIENT_ID_AUTH_API] })).then(
+      function (supported) {
+        return supported && supported[CLIENT_ID_AUTH_API] === false ? older : preferred;
+      },
+      function () {
+        return preferred;
+      }
+    );
+  }
+
   function requestCode(corpId) {
+    return chooseRequester(corpId).then(function (requester) {
+      return askFor(requester);
+    });
+  }
+
+  function askFor(requester) {
     return new Promise(function (resolve, reject) {
-      var requester = codeRequester(corpId);
       if (!requester) {
         reject({ errorCode: -1, errorMessage: "requestAuthCode unavailable" });
         return;

@@ -14,8 +14,8 @@
  *   signature   dd.config gets a tampered signature (expect 52013)
  *   code        the first auth code is one the simulator never issued (the page must ask for another)
  *   codes       every auth code is bogus (the page must give up after one fresh try)
- *   old_client  a client older than 7.0.45: no dd.requestAuthCode (the page must fall back to
- *               dd.runtime.permission.requestAuthCode)
+ *   old_client  a client older than 7.0.45: dd.checkJsApi says dd.requestAuthCode is unsupported, and calling
+ *               it fails (the page must fall back to dd.runtime.permission.requestAuthCode)
  * The flag is removed from the address bar at once, so "retry" (a reload) runs the healthy flow.
  */
 (function () {
@@ -311,6 +311,22 @@
     return appCode(options || {}, null);
   }
 
+  // What an older client does with dd.requestAuthCode: the vendored SDK has the function, the client not the API.
+  function unsupported(options) {
+    var result = Promise.reject({ errorCode: 9, errorMessage: "当前客户端版本不支持该 API，请升级钉钉" });
+    return settle(result, options || {});
+  }
+
+  // dd.checkJsApi as the SDK answers it from its table of minimum client versions.
+  function checkJsApi(options) {
+    var list = (options && options.jsApiList) || [];
+    var answer = {};
+    list.forEach(function (name) {
+      answer[name] = !(fault === "old_client" && name === "runtime.permission.requestAuthCodeV2");
+    });
+    return Promise.resolve(answer);
+  }
+
   var again = document.getElementById("sandbox-again");
   if (again) {
     again.addEventListener("click", function () {
@@ -323,11 +339,11 @@
     config: config,
     ready: ready,
     error: error,
+    checkJsApi: checkJsApi,
     channel: { permission: { requestAuthCode: requestAuthCode } },
-    runtime: { permission: { requestAuthCode: requestOldAppCode } }
+    runtime: { permission: { requestAuthCode: requestOldAppCode } },
+    // Client 7.0.45 and later; an older one (old_client) has the SDK's function but refuses the call.
+    requestAuthCode: fault === "old_client" ? unsupported : requestAppCode
   };
-  if (fault !== "old_client") {
-    dd.requestAuthCode = requestAppCode; // client 7.0.45 and later
-  }
   window.dd = dd;
 })();

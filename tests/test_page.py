@@ -219,6 +219,11 @@ def test_vendored_jsapi_is_the_pinned_package() -> None:
     bundle = (STATIC / "vendor" / "dingtalk.open.js").read_text("utf-8")
     assert bundle.startswith(f"/*! dingtalk-jsapi {pinned} (MIT")
     assert "channel.permission.requestAuthCode" in bundle
+    # The current kinds' code (dd.requestAuthCode, "runtime.permission.requestAuthCodeV2" inside the SDK), the
+    # archived fallback, and the SDK's version check the page chooses between them with.
+    assert "runtime.permission.requestAuthCodeV2" in bundle
+    assert "runtime.permission.requestAuthCode" in bundle.replace("runtime.permission.requestAuthCodeV2", "")
+    assert "checkJsApi" in bundle
     assert len(bundle) < 120_000
     assert f"`dingtalk-jsapi` {pinned}" in (STATIC / "vendor" / "README.md").read_text("utf-8")
 
