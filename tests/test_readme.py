@@ -25,7 +25,16 @@ import redis
 import requests
 
 from corp.registry import INDEX, CorpRegistry
-from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID
+from sandbox.demo import (
+    DEMO_AGENT_ID,
+    DEMO_APP_KEY,
+    DEMO_APP_SECRET,
+    DEMO_CORPID,
+    DEMO_ORG_CORPID,
+    DEMO_WINDOW_APP_KEY,
+    DEMO_WINDOW_APP_SECRET,
+    DEMO_WINDOW_CORPID,
+)
 from sandbox.processes import free_port
 from sandbox.server import SimulatorServer
 from tests.helpers import CI
@@ -51,6 +60,13 @@ def registering_block() -> str:
     """The sh block of "Registering a corp"."""
     match = re.search(r"^```sh\n(.*?)^```$", section("Registering a corp"), re.S | re.M)
     assert match, "'Registering a corp' has no ```sh block"
+    return match.group(1)
+
+
+def kinds_block() -> str:
+    """The sh block of "Choosing a kind of login app"."""
+    match = re.search(r"^```sh\n(.*?)^```$", section("Choosing a kind of login app"), re.S | re.M)
+    assert match, "'Choosing a kind of login app' has no ```sh block"
     return match.group(1)
 
 
@@ -170,6 +186,33 @@ def test_registering_a_corp_block_runs_as_written(
     assert "Xq7vR2mK9pLw4sTz8nBc3dFh6jYe1uGa5oNi0kWx" not in listed[0]
     assert not real_redis.exists(CorpRegistry.key(DEMO_CORPID))
     assert DEMO_CORPID not in real_redis.smembers(INDEX)
+
+
+@pytest.mark.redis
+def test_choosing_a_kind_block_runs_as_written(
+    installed: None, real_redis: redis.Redis, redis_url: str, sim_server: SimulatorServer
+) -> None:
+    block = kinds_block()
+    assert "--kind internal" in block and "--kind service-window" in block
+    # Where the block's Redis and simulator are on this machine; everything else (DINGTALK_OPENAPI_BASE included)
+    # is the README's.
+    env = newcomer_env(REDIS_URL=redis_url, DINGTALK_API_BASE=sim_server.base_url)
+    result = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", block], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
+    out = result.stdout
+    assert result.returncode == 0, f"{out}\n{result.stderr}"
+    assert f"Registered corp {DEMO_ORG_CORPID} (kind internal" in out
+    assert f"Registered corp {DEMO_WINDOW_CORPID} (kind service-window" in out
+    assert re.search(rf"^{DEMO_WINDOW_CORPID} .*kind=service-window.*map_via={DEMO_ORG_CORPID}", out, re.M), out
+    # Both self-tests reached the simulator's current-generation API and passed.
+    assert "FAIL" not in out, out
+    assert sim_server.sim.app_controls.calls("v1.0/oauth2/accessToken", DEMO_APP_KEY) >= 1
+    assert sim_server.sim.app_controls.calls("v1.0/oauth2/accessToken", DEMO_WINDOW_APP_KEY) >= 1
+    for secret in (DEMO_APP_SECRET, DEMO_WINDOW_APP_SECRET):
+        assert secret not in out
+    assert not real_redis.exists(CorpRegistry.key(DEMO_ORG_CORPID))
+    assert not real_redis.exists(CorpRegistry.key(DEMO_WINDOW_CORPID))
 
 
 # ---- Production -------------------------------------------------------------------------------------------------
