@@ -122,10 +122,6 @@
     ];
     for (const [k, v] of rows) facts.append(el("dt", { text: k }), el("dd", { text: v, "data-fact": k }));
     document.getElementById("corp-kind").textContent = c.kind;
-    // The signature checker compares with the channel ticket: a current-kind corp has none.
-    const current = c.kind !== "channel";
-    document.getElementById("sig-form").hidden = current;
-    document.getElementById("sig-current").hidden = !current;
     renderPipelines(body.pipelines);
     for (const id of ["corp-summary", "pipelines", "trace", "sigcheck", "selftest"]) show(id);
   }
