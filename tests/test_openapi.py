@@ -128,7 +128,7 @@ def test_wrong_app_secret_is_a_remembered_configuration_error(
             client.app_token.get()
         assert type(caught.value) is UpstreamError
         assert caught.value.errcode == "invalidClientIdOrSecret"
-        assert "appKey or appSecret" in caught.value.hint
+        assert "appKey/appSecret" in caught.value.hint
     assert sim.app_controls.calls(APP_TOKEN.api) == 1  # the second was answered from the remembered failure
 
 
