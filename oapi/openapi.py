@@ -89,7 +89,8 @@ class OpenApi:
         ok = 200 <= status < 300
         # A success is a JSON object; an error carries its code. Anything else (HTML, {"status":1111}) is the
         # egress-IP block or not DingTalk at all.
-        if not isinstance(answer, dict) or (not ok and not v1_code(status, answer)):
+        # The block's JSON may come with any status, 200 included, so it is recognised by its body first.
+        if not isinstance(answer, dict) or answer.get("status") == 1111 or (not ok and not v1_code(status, answer)):
             self._upstream.blocked(api, answer, status=status, base="DINGTALK_OPENAPI_BASE")
         UPSTREAM_CALLS.labels(api, v1_code(status, answer) or str(status)).inc()
         return status, answer

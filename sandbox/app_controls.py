@@ -17,6 +17,8 @@ from sandbox.followers import FOLLOWER_V1_APIS, GET_BY_UNIONID
 from sandbox.model import SimulatorError, World
 
 QPS_LIMITED = "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi"
+# What a blocked egress IP gets instead of JSON (§7.1): a gateway's error page.
+IP_BLOCK_PAGE = "<html><head><title>403 Forbidden</title></head><body><h1>访问被拒绝</h1></body></html>"
 SYSTEM_BUSY = "systemBusy"
 
 ALL_V1_APIS = (*V1_APIS, *FOLLOWER_V1_APIS)
@@ -32,8 +34,11 @@ class _Injected:
     remaining: int
     app_key: str | None
     sub_code: str | None = None  # topapi only: errcode 88 carries the real reason here (§7.1)
+    raw: dict[str, Any] | str | None = None  # answered as it is: the egress-IP block's JSON, or an HTML page
 
-    def body(self, api: str) -> dict[str, Any]:
+    def body(self, api: str) -> dict[str, Any] | str:
+        if self.raw is not None:
+            return self.raw
         if api in TOPAPIS:  # topapi keeps the oapi style: HTTP 200 with an errcode
             body: dict[str, Any] = {"errcode": int(self.code), "errmsg": self.message}
             if self.sub_code is not None:
@@ -94,6 +99,19 @@ class AppControls:
             fault = _Injected(200, str(errcode), message, times, app_key, sub_code)
             self._injected.setdefault(api, deque()).append(fault)
 
+    def inject_ip_block(self, api: str, *, html: bool = False, wait: int = 5, times: int = 1) -> None:
+        """Make the next `times` calls of api (either style) answer as DingTalk's egress-IP block does (§7.1, the same
+        on both bases): `{"status": 1111, "wait": N}`, or with `html` an HTML page instead of JSON."""
+        _check_api(api, ALL_APIS)
+        if times < 1 or isinstance(wait, bool) or not isinstance(wait, int) or wait < 1:
+            raise SimulatorError(40035, "times and wait must be positive whole numbers")
+        raw: dict[str, Any] | str = (
+            IP_BLOCK_PAGE if html else {"status": 1111, "wait": wait, "message": "访问频率过高，请稍后再试"}
+        )
+        with self._world.lock:
+            fault = _Injected(200, "1111", "ip blocked", times, None, raw=raw)
+            self._injected.setdefault(api, deque()).append(fault)
+
     def set_latency(self, api: str, seconds: float) -> None:
         """Delay every answer of api by seconds (0 turns it off)."""
         _check_api(api, ALL_APIS)
@@ -119,7 +137,7 @@ class AppControls:
         with self._world.lock:
             self._calls.clear()
 
-    def screen(self, api: str, app_key: str | None) -> tuple[int, dict[str, Any]] | None:
+    def screen(self, api: str, app_key: str | None) -> tuple[int, dict[str, Any] | str] | None:
         """Count the call; return the (status, body) a control imposes on it, or None. Called with the lock held.
 
         An injected error comes first, then the QPS limit (rejected calls count towards it too).

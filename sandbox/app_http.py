@@ -65,6 +65,15 @@ def app_posts(sim: Simulator, field: Field) -> dict[str, JsonView]:
         )
         return ok()
 
+    def sim_app_ip_block(body: dict[str, Any]) -> dict[str, Any]:
+        sim.app_controls.inject_ip_block(
+            field(body, "api", str),
+            html=field(body, "html", bool, default=False),
+            wait=field(body, "wait", int, default=5),
+            times=field(body, "times", int, default=1),
+        )
+        return ok()
+
     def sim_app_latency(body: dict[str, Any]) -> dict[str, Any]:
         sim.app_controls.set_latency(field(body, "api", str), field(body, "seconds", (int, float)))
         return ok()
@@ -93,12 +102,13 @@ def app_posts(sim: Simulator, field: Field) -> dict[str, JsonView]:
         "/_sim/app/latency": sim_app_latency,
         "/_sim/app/revoke": sim_app_revoke,
         "/_sim/app/dd_config": sim_app_dd_config,
+        "/_sim/app/ip_block": sim_app_ip_block,
         "/_sim/app/reset_calls": sim_app_reset_calls,
         **follower_posts(sim, field),
     }
 
 
-def respond_v1(sim: Simulator, api: str, token: str | None, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+def respond_v1(sim: Simulator, api: str, token: str | None, body: dict[str, Any]) -> tuple[int, dict[str, Any] | str]:
     """Answer one v1.0 call behind the controls."""
     apps = sim.apps
     sim.app_controls.wait(api)
@@ -107,7 +117,7 @@ def respond_v1(sim: Simulator, api: str, token: str | None, body: dict[str, Any]
         return imposed if imposed is not None else apps.answer_v1(api, token, body)
 
 
-def respond_user_info(sim: Simulator, token: str | None, body: dict[str, Any]) -> dict[str, Any]:
+def respond_user_info(sim: Simulator, token: str | None, body: dict[str, Any]) -> dict[str, Any] | str:
     """Answer one topapi getuserinfo call behind the controls."""
     apps = sim.apps
     sim.app_controls.wait(GET_USER_INFO)
@@ -117,7 +127,7 @@ def respond_user_info(sim: Simulator, token: str | None, body: dict[str, Any]) -
 
 
 def _app_view(sim: Simulator, api: str) -> Callable[[], Response]:
-    def answer(token: str | None) -> tuple[int, dict[str, Any]]:
+    def answer(token: str | None) -> tuple[int, dict[str, Any] | str]:
         body = request.get_json(silent=True)
         return respond_v1(sim, api, token, body if isinstance(body, dict) else {})
 

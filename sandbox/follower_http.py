@@ -63,7 +63,9 @@ def follower_posts(sim: Simulator, field: Field) -> dict[str, JsonView]:
     }
 
 
-def respond_followers(sim: Simulator, api: str, token: str | None, args: dict[str, str]) -> tuple[int, dict[str, Any]]:
+def respond_followers(
+    sim: Simulator, api: str, token: str | None, args: dict[str, str]
+) -> tuple[int, dict[str, Any] | str]:
     """Answer one /v1.0/link/followers* call behind the controls."""
     sim.app_controls.wait(api)
     with sim.apps.world.lock:
@@ -71,7 +73,7 @@ def respond_followers(sim: Simulator, api: str, token: str | None, args: dict[st
         return imposed if imposed is not None else sim.followers.answer_v1(api, token, args)
 
 
-def respond_get_by_unionid(sim: Simulator, token: str | None, body: dict[str, Any]) -> dict[str, Any]:
+def respond_get_by_unionid(sim: Simulator, token: str | None, body: dict[str, Any]) -> dict[str, Any] | str:
     """Answer one topapi getbyunionid call behind the controls."""
     sim.app_controls.wait(GET_BY_UNIONID)
     with sim.apps.world.lock:

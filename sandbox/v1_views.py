@@ -11,23 +11,31 @@ from flask import Response, jsonify, request
 from sandbox.apps import TOKEN_HEADER, V1Error
 from sandbox.model import SimulatorError
 
-# token -> (HTTP status, JSON answer); the view reads the body or the query itself
-V1Answer = Callable[[str | None], tuple[int, dict[str, Any]]]
-# (token, JSON body) -> topapi answer
-TopapiAnswer = Callable[[str | None, dict[str, Any]], dict[str, Any]]
+# token -> (HTTP status, JSON answer, or an HTML page as a blocked IP gets); the view reads the body or the query
+V1Answer = Callable[[str | None], tuple[int, dict[str, Any] | str]]
+# (token, JSON body) -> topapi answer (JSON, or an HTML page)
+TopapiAnswer = Callable[[str | None, dict[str, Any]], dict[str, Any] | str]
+
+
+def render(status: int, body: dict[str, Any] | str) -> Response:
+    """JSON, or an HTML page where DingTalk's egress-IP block answers without JSON."""
+    if isinstance(body, str):
+        return Response(body, status=status, mimetype="text/html")
+    response = jsonify(body)
+    response.status_code = status
+    return response
 
 
 def v1_view(api: str, answer: V1Answer, *, token_in_query_refused: bool = True) -> Callable[[], Response]:
     """A v1.0 endpoint: `answer(token from the header)`, unless the caller put a token in the query."""
 
     def view() -> Response:
+        body: dict[str, Any] | str
         if token_in_query_refused and "access_token" in request.args:
             status, body = V1Error(400, "AuthenticationFailed.MissingParameter", f"缺少参数 {TOKEN_HEADER}").answer()
         else:
             status, body = answer(request.headers.get(TOKEN_HEADER))
-        response = jsonify(body)
-        response.status_code = status
-        return response
+        return render(status, body)
 
     view.__name__ = f"v1_{api.replace('/', '_').replace('.', '_')}"
     return view
@@ -42,7 +50,7 @@ def topapi_view(name: str, answer: TopapiAnswer) -> Callable[[], Response]:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             return jsonify(SimulatorError(40035, "不合法的参数: body must be a JSON object").reply())
-        return jsonify(answer(request.args.get("access_token"), body))
+        return render(200, answer(request.args.get("access_token"), body))
 
     view.__name__ = f"topapi_{name}"
     return view

@@ -255,3 +255,25 @@ def test_answer_without_a_v1_code_is_unavailable_not_an_ip_block(v1: SimulatorSe
     assert not isinstance(caught.value, RateLimited)
     assert "HTTP 404" in caught.value.message
     assert upstream.backoff.active(APP_CORPID) == {}
+
+
+@pytest.mark.parametrize("html", [False, True], ids=["status-1111", "html-page"])
+def test_the_egress_ip_block_on_api_dingtalk_com_stops_every_corp(
+    v1: SimulatorServer, upstream: Upstream, html: bool
+) -> None:
+    """§7.1: api.dingtalk.com answers a blocked egress IP as oapi does ({"status":1111} or an HTML page); the
+    gateway holds every corp's calls, on both bases, instead of reading it as one app's error."""
+    sim = v1.sim
+    openapi = OpenApi(v1.base_url, upstream)
+    sim.app_controls.inject_ip_block("v1.0/oauth2/accessToken", html=html, wait=30)
+    with pytest.raises(RateLimited) as caught:
+        CurrentAppClient.fetch_token(openapi, APP_CORPID, APP_KEY, APP_SECRET)
+    assert caught.value.errcode == 1111
+    assert "egress IP" in caught.value.message
+    calls = sim.app_controls.calls("v1.0/oauth2/accessToken")
+    # Another corp's call, on the other base, is held back without reaching DingTalk.
+    with pytest.raises(RateLimited):
+        upstream.call("gettoken", {"corpid": "dingother0001", "corpsecret": "s"}, corpid="dingother0001")
+    assert sim.calls("gettoken") == 0
+    assert sim.app_controls.calls("v1.0/oauth2/accessToken") == calls
+    assert "*ip-block*" in upstream.backoff.active(APP_CORPID)
