@@ -16,6 +16,7 @@ from web import cors, errors, metrics
 from web.callbacks import bp as callbacks_bp
 from web.channel import bp as channel_bp
 from web.cli import bp as corp_bp
+from web.keys import bp as keys_bp
 from web.jsonio import StrictJSONProvider
 from web.runtime import EXTENSION, get_runtime
 
@@ -58,6 +59,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(channel_bp)
     cors.init_app(app)
     app.register_blueprint(corp_bp)
+    app.register_blueprint(keys_bp)
     app.register_blueprint(support_bp)
     app.register_blueprint(callbacks_bp)
     if sandbox:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from channel.session import issue_token
+from channel.session import issue_token, session_claims
 from corp.follows import FollowCache
 from corp.links import LinkCache
 from corp.registry import CHANNEL, INTERNAL, SERVICE_WINDOW, Corp
@@ -51,9 +51,18 @@ class Person:
     follower_id: str | None = None  # kind service-window only: the follower's userid in the virtual org
 
 
-def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, Any]:
-    """Sign a person in with the corp's login app, whatever its kind; every attempt, good or bad, leaves a trace
-    entry (without the code)."""
+def login(rt: Runtime, corpid: str, code: str, *, request_id: str, issuer: str) -> dict[str, Any]:
+    """Sign a person in and hand them a session token (gateway-contract.md `/channel/login`)."""
+    person = identify(rt, corpid, code, request_id=request_id)
+    ttl = rt.settings.session_ttl
+    token = issue_token(rt.keys, session_claims(**person), issuer=issuer, ttl=ttl)
+    return {**person, "linked": person["userid"] is not None, "token": token, "expires_in": ttl}
+
+
+def identify(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, Any]:
+    """Find out who an auth code belongs to, with the corp's login app, whatever its kind: the contract's person
+    fields (corpid, kind, openid, unionid, follower_id, userid, contact_type). Every attempt, good or bad, leaves
+    a trace entry (without the code)."""
     corp = rt.corp(corpid)
     entry: dict[str, Any] = {"kind": "login", "app_kind": corp.kind, "request_id": request_id}
     steps = _Steps()
@@ -67,18 +76,6 @@ def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, 
             person = _employee(rt, corp, code, steps)
         steps.at = "done"
         link = person.link
-        ttl = rt.settings.session_ttl
-        token = issue_token(
-            rt.session_key,
-            corpid=corpid,
-            kind=corp.kind,
-            openid=person.openid,
-            unionid=person.unionid,
-            follower_id=person.follower_id,
-            userid=link.userid,
-            contact_type=link.contact_type,
-            ttl=ttl,
-        )
     except Failure as e:
         entry.update(
             step=steps.at,
@@ -108,9 +105,6 @@ def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, 
         "follower_id": person.follower_id,
         "userid": link.userid,
         "contact_type": link.contact_type,
-        "linked": link.linked,
-        "token": token,
-        "expires_in": ttl,
     }
 
 

@@ -14,7 +14,7 @@ from gateway.errors import InvalidRequest, UnknownCorp
 from gateway.logs import current_request_id
 from gateway.validation import JSON_OBJECT_HINT, json_object, load, parse_query
 from web.cors import CORPID_KEY, corp_allows
-from web.runtime import get_runtime
+from web.runtime import get_runtime, issuer
 
 bp = Blueprint("channel", __name__, url_prefix="/channel")
 
@@ -80,7 +80,8 @@ def config() -> Response:
 def login_view() -> Response:
     body = load(LOGIN_BODY, json_body())
     request.environ[CORPID_KEY] = body["corpid"]
-    return jsonify(login(get_runtime(), body["corpid"], body["code"], request_id=current_request_id() or ""))
+    rt, request_id = get_runtime(), current_request_id() or ""
+    return jsonify(login(rt, body["corpid"], body["code"], request_id=request_id, issuer=issuer()))
 
 
 @bp.post("/config/error")
