@@ -16,8 +16,8 @@ from web import cors, errors, metrics
 from web.callbacks import bp as callbacks_bp
 from web.channel import bp as channel_bp
 from web.cli import bp as corp_bp
-from web.keys import bp as keys_bp
 from web.jsonio import StrictJSONProvider
+from web.keys import bp as keys_bp
 from web.runtime import EXTENSION, get_runtime
 
 log = logging.getLogger("gateway")

@@ -11,9 +11,9 @@ import redis
 
 from corp.registry import Corp, CorpRegistry
 from gateway.config import Settings
+from identity.keys import KeyRing
 from kit.keys import NAMESPACE
 from kit.nearcache import NearCache
-from identity.keys import KeyRing
 from kit.sealing import Sealer
 from oapi.apps import CurrentAppClient
 from oapi.channel import ChannelClient
