@@ -1,5 +1,6 @@
 """Login per kind of login app (gateway-contract.md `/channel/login`): an auth code -> who the person is in the
-corp's terms -> a session token.
+corp's terms -> a session token, or, for an OpenID Connect client (`oauth` handle), the client's redirect URI with
+an authorization code.
 
 - channel: code -> openid/unionid (channel token) -> userid (corp token);
 - internal: code -> the employee's userid (app token);
@@ -19,13 +20,21 @@ from corp.links import LinkCache
 from corp.registry import CHANNEL, INTERNAL, SERVICE_WINDOW, Corp
 from corp.runtime import Runtime
 from gateway import trace
-from gateway.errors import MappingUnavailable, NotFollowing, UnknownCorp, contract_of
+from gateway.errors import InvalidRequest, MappingUnavailable, NotFollowing, UnknownCorp, contract_of
 from gateway.store import WRITE_REFUSED
+from identity.authorizations import PendingAuthorization, fingerprint
 from kit.errors import Failure
 from oapi.corp import NO_SUCH_USER, UserLink
 from oapi.hints import hint_for
 
 log = logging.getLogger(__name__)
+# Completes an OpenID Connect authorization once the person is known (web/oidc.py, with the protocol library):
+# the pending request and the person's session claims -> the URI the page navigates to.
+Authorize = Callable[[PendingAuthorization, dict[str, Any]], str]
+HANDLE_HINT = (
+    "Start the sign-in again from the application: its sign-in link (/oauth/authorize) makes a new one. A handle "
+    "serves one sign-in and lives 10 minutes."
+)
 EMPLOYEE = 0  # contact_type of an internal app's person (the contract: `contact_type` 0)
 
 
@@ -57,6 +66,32 @@ def login(rt: Runtime, corpid: str, code: str, *, request_id: str, issuer: str) 
     ttl = rt.settings.session_ttl
     token = issue_token(rt.keys, session_claims(**person), issuer=issuer, ttl=ttl)
     return {**person, "linked": person["userid"] is not None, "token": token, "expires_in": ttl}
+
+
+def login_for_client(
+    rt: Runtime, corpid: str, code: str, handle: str, *, request_id: str, authorize: Authorize
+) -> dict[str, Any]:
+    """Sign a person in for an OpenID Connect client: the contract's person fields and `redirect`, the client's
+    redirect URI with an authorization code (instead of a session token).
+
+    The handle is checked before the auth code is spent, and used up (atomically) only once the person is known:
+    a login that fails (a stale auth code the page replaces, DingTalk down) leaves it for the next try.
+    """
+    pending = rt.authorizations.peek(handle)
+    if pending is None:
+        raise InvalidRequest("oauth: the handle is unknown, used or expired", hint=HANDLE_HINT)
+    if pending.corpid != corpid:
+        raise InvalidRequest(
+            f"oauth: the handle is for another corp than {corpid}",
+            hint="Open the sign-in page with the link /oauth/authorize redirected to, unchanged.",
+        )
+    person = identify(rt, corpid, code, request_id=request_id)
+    taken = rt.authorizations.take(handle)
+    if taken is None:  # another tab with the same link got there first, or it expired meanwhile
+        raise InvalidRequest("oauth: the handle was used or expired meanwhile", hint=HANDLE_HINT)
+    redirect = authorize(taken, session_claims(**person))
+    log.info("corp=%s authorized client=%s (handle %s)", corpid, taken.client_id, fingerprint(handle)[:12])
+    return {**person, "linked": person["userid"] is not None, "redirect": redirect}
 
 
 def identify(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, Any]:

@@ -11,6 +11,8 @@ import redis
 
 from corp.registry import Corp, CorpRegistry
 from gateway.config import Settings
+from identity.authorizations import Authorizations
+from identity.clients import ClientRegistry
 from identity.keys import KeyRing
 from kit.keys import NAMESPACE
 from kit.nearcache import NearCache
@@ -39,6 +41,8 @@ class Runtime:
     registry: CorpRegistry
     credentials: Credentials
     keys: KeyRing  # the ES256 keys that sign session and ID tokens (identity/keys.py)
+    clients: ClientRegistry  # the OpenID Connect provider's relying parties (identity/clients.py)
+    authorizations: Authorizations  # its handles, codes and access tokens (identity/authorizations.py)
     # One client per corp registration, shared by every thread: clients hold no per-user state (house style 4).
     # A re-read registration (a new Corp object, once the registry hears of a change) gets new ones, whose
     # credential caches read and write only what belongs to that registration.
@@ -113,4 +117,6 @@ def build_runtime(settings: Settings, store: redis.Redis) -> Runtime:
             near,
         ),
         keys=KeyRing(store, sealer, max_token_ttl=settings.session_ttl),
+        clients=ClientRegistry(store),
+        authorizations=Authorizations(store),
     )

@@ -3,7 +3,9 @@
  *
  * Flow: GET /channel/config for this page's URL -> dd.config({type: 1}) -> dd.ready ->
  * dd.channel.permission.requestAuthCode -> POST /channel/login -> success view, or the corp's landing URL
- * with the session token in the fragment. dd.error is reported to /channel/config/error before the page
+ * with the session token in the fragment. Opened by the OpenID Connect provider (`oauth=HANDLE` in the URL),
+ * the page sends the handle with the login and goes where the answer's `redirect` says (the client's
+ * redirect URI with its code). dd.error is reported to /channel/config/error before the page
  * explains it. `dd` is the vendored DingTalk JSAPI, or static/sandbox-dd.js in sandbox mode: this file
  * does not know which.
  *
@@ -49,6 +51,7 @@
   var corpid = app.getAttribute("data-corpid") || "";
   var agentid = app.getAttribute("data-agentid") || "";
   var landingUrl = app.getAttribute("data-landing-url") || "";
+  var oauth = new URLSearchParams(location.search).get("oauth") || ""; // OpenID Connect: the pending sign-in
 
   function $(id) {
     return document.getElementById(id);
@@ -297,9 +300,16 @@
     return requestCode(corpid).then(
       function (code) {
         busy("signing-in", "正在登录…");
-        return call("POST", "/channel/login", { corpid: corpid, code: String(code || "") }).then(
+        var body = { corpid: corpid, code: String(code || "") };
+        if (oauth) {
+          body.oauth = oauth;
+        }
+        return call("POST", "/channel/login", body).then(
           function (result) {
-            if (landingUrl) {
+            if (result.redirect) {
+              busy("redirecting", "登录成功，正在返回应用…");
+              location.replace(result.redirect);
+            } else if (landingUrl) {
               land(result);
             } else {
               showSignedIn(result);
@@ -309,7 +319,10 @@
             if (err instanceof GatewayError && err.code === "code_invalid" && attempt === 0) {
               return signIn(1);
             }
-            if (err instanceof GatewayError) {
+            if (err instanceof GatewayError && oauth && err.code === "invalid_request") {
+              showError("oauth", "登录请求已失效", "这次登录请求已使用或已过期，请返回应用重新登录。", [
+                "oauth", err.requestId && "请求 ID " + err.requestId]);
+            } else if (err instanceof GatewayError) {
               showGatewayError(err);
             } else {
               showNetworkError();
