@@ -16,11 +16,13 @@ import base64
 import dataclasses
 import hashlib
 import logging
+import re
 import secrets
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -720,3 +722,20 @@ def test_no_secret_code_handle_or_token_in_the_store_or_the_logs(
         assert secret not in dump
         assert secret not in gateway_log
     assert fingerprint(handle)[:12] in gateway_log and fingerprint(code)[:12] in gateway_log
+
+
+def test_the_readmes_verification_snippet_runs(provider: Provider) -> None:
+    """README, "Verifying the session token": the few lines of PyJWT a relying system copies, run as written."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
+    match = re.search(r"^### Verifying the session token\n.*?^```python\n(.*?)^```", readme, re.S | re.M)
+    assert match, "README has no python block under 'Verifying the session token'"
+    code = match.group(1).replace('"https://login.example.com"', repr(provider.base))
+    assert code != match.group(1)
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    mint = provider.sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"])
+    login = requests.post(f"{provider.base}/channel/login", json={"corpid": DEMO_CORPID, "code": mint}, timeout=10)
+    token = login.json()["token"]
+    assert namespace["verify"](token, DEMO_CORPID)["userid"] == EMPLOYEE["userid"]
+    with pytest.raises(jwt.InvalidAudienceError):
+        namespace["verify"](token, "dingother0001")
