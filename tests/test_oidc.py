@@ -634,6 +634,47 @@ def test_token_response_and_id_token(provider: Provider) -> None:
     assert set(again.json()) <= {"error", "error_description", "error_uri"}
 
 
+def test_browser_apps_may_call_the_token_and_userinfo_endpoints(provider: Provider) -> None:
+    origin = {"Origin": "https://spa.example.com"}
+    for path in ("/oauth/token", "/oauth/userinfo", "/.well-known/openid-configuration"):
+        preflight = requests.options(
+            f"{provider.base}{path}",
+            headers={
+                **origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization",
+            },
+            timeout=TIMEOUT,
+        )
+        assert preflight.status_code == 200, path
+        assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+        assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
+        assert "Access-Control-Allow-Credentials" not in preflight.headers
+    rp = RelyingParty(provider, PUBLIC, pkce=True)
+    redirect = rp.redirect_after_sign_in()
+    body = {
+        "grant_type": "authorization_code",
+        "code": query_of(redirect)["code"],
+        "redirect_uri": REDIRECT,
+        "client_id": PUBLIC,
+        "code_verifier": rp.session._code_verifier,
+    }
+    token = requests.post(f"{provider.base}/oauth/token", data=body, headers=origin, timeout=TIMEOUT)
+    assert token.status_code == 200 and token.headers["Access-Control-Allow-Origin"] == "*"
+    refused = requests.get(f"{provider.base}/oauth/userinfo", headers=origin, timeout=TIMEOUT)
+    assert refused.status_code == 401 and refused.headers["Access-Control-Allow-Origin"] == "*"
+    assert "WWW-Authenticate" in refused.headers["Access-Control-Expose-Headers"]
+    authorize = requests.get(rp.authorization_url(), headers=origin, allow_redirects=False, timeout=TIMEOUT)
+    assert "Access-Control-Allow-Origin" not in authorize.headers  # a navigation, not an API
+
+
+def test_the_authorization_endpoint_takes_post_too(provider: Provider) -> None:
+    """Core §3.1.2.1: GET and POST (form-encoded) at the authorization endpoint."""
+    form = {"response_type": "code", "client_id": CONFIDENTIAL, "redirect_uri": REDIRECT, "scope": "openid"}
+    response = requests.post(f"{provider.base}/oauth/authorize", data=form, allow_redirects=False, timeout=TIMEOUT)
+    assert sign_in(provider, handle_of(response)).status_code == 200
+
+
 def test_no_nonce_sent_none_in_the_id_token(provider: Provider) -> None:
     rp = RelyingParty(provider, secret=provider.secret)
     url, rp.state = rp.session.authorization_url(rp.meta["authorization_endpoint"])  # no nonce

@@ -341,11 +341,25 @@ def init_app(app: Flask) -> None:
     """Build the provider and mount its routes."""
     app.extensions[EXTENSION] = create_server(app)
     app.register_blueprint(bp)
-    # Authlib logs issued tokens at DEBUG (`Issue token … to …`): whatever level the app runs at, not those.
-    logging.getLogger("authlib").setLevel(max(logging.getLogger("authlib").getEffectiveLevel(), logging.INFO))
 
 
 # -- the routes --------------------------------------------------------------------------------------------------
+
+# Browser apps (public clients) call these from their own origin. No cookie or other ambient credential is involved
+# (the token endpoint needs the code and its verifier, userinfo a bearer token), so any origin may read the answers.
+CROSS_ORIGIN = frozenset({"oidc.discovery", "oidc.token", "oidc.userinfo"})
+
+
+@bp.after_request
+def allow_browser_apps(response: Response) -> Response:
+    if request.endpoint in CROSS_ORIGIN and "Origin" in request.headers:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Max-Age"] = "600"
+    return response
 
 
 @bp.get("/.well-known/openid-configuration")
@@ -376,7 +390,7 @@ def discovery() -> Response:
     return response
 
 
-@bp.get("/oauth/authorize")
+@bp.route("/oauth/authorize", methods=["GET", "POST"])  # Core §3.1.2.1: both, the POST form-encoded
 def authorize() -> WerkzeugResponse | tuple[str, int, dict[str, str]]:
     """Validate an authorization request and send the browser to the corp's sign-in page with a handle."""
     base = oidc_issuer()
