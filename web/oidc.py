@@ -91,7 +91,7 @@ def oidc_issuer() -> str:
 # -- Authlib's view of the store ---------------------------------------------------------------------------------
 
 
-class OidcClient(ClientMixin):  # type: ignore[misc]
+class OidcClient(ClientMixin):
     """A registered client (identity/clients.py) as Authlib asks about it."""
 
     def __init__(self, client: Client) -> None:
@@ -128,7 +128,7 @@ class OidcClient(ClientMixin):  # type: ignore[misc]
         return grant_type == "authorization_code"
 
 
-class StoredCode(AuthorizationCodeMixin):  # type: ignore[misc]
+class StoredCode(AuthorizationCodeMixin):
     """An authorization code taken from the store (identity/authorizations.IssuedCode)."""
 
     def __init__(self, code: str, issued: IssuedCode) -> None:
@@ -150,7 +150,7 @@ class StoredCode(AuthorizationCodeMixin):  # type: ignore[misc]
         return self.issued.auth_time
 
 
-class AccessToken(TokenMixin):  # type: ignore[misc]
+class AccessToken(TokenMixin):
     """A live access token (identity/authorizations.AccessGrant) of a still registered client."""
 
     def __init__(self, grant: AccessGrant, client: OidcClient) -> None:
@@ -205,7 +205,7 @@ def new_access_token(**_: Any) -> str:
 # -- the grant and its extensions --------------------------------------------------------------------------------
 
 
-class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
+class CodeGrant(AuthorizationCodeGrant):
     """The authorization code grant, its codes in the store (single-use: taken in one command)."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
@@ -257,7 +257,7 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         return authorization_code.issued.claims
 
 
-class S256Challenge(CodeChallenge):  # type: ignore[misc]
+class S256Challenge(CodeChallenge):
     """PKCE with S256 only: a public client must send a challenge, and `plain` (or no method) is refused."""
 
     SUPPORTED_CODE_CHALLENGE_METHOD = [PKCE_METHOD]
@@ -272,7 +272,7 @@ class S256Challenge(CodeChallenge):  # type: ignore[misc]
             raise InvalidRequestError("A public client must send code_challenge with code_challenge_method=S256")
 
 
-class IdTokens(OpenIDCode):  # type: ignore[misc]
+class IdTokens(OpenIDCode):
     """The ID token of the code flow, signed by the key ring (ES256, `kid`): the person's session claims, `aud` the
     client, the request's `nonce`, `auth_time` and `at_hash`."""
 
@@ -301,7 +301,7 @@ class IdTokens(OpenIDCode):  # type: ignore[misc]
         return tokens.sign(rt.keys, claims, issuer=oidc_issuer(), audience=audience, ttl=rt.settings.session_ttl)
 
 
-class AccessTokens(BearerTokenValidator):  # type: ignore[misc]
+class AccessTokens(BearerTokenValidator):
     def authenticate_token(self, token_string: str) -> AccessToken | None:
         rt = get_runtime()
         grant = rt.authorizations.access(token_string)
@@ -313,7 +313,7 @@ class AccessTokens(BearerTokenValidator):  # type: ignore[misc]
         return AccessToken(grant, OidcClient(client))
 
 
-class UserInfo(UserInfoEndpoint):  # type: ignore[misc]
+class UserInfo(UserInfoEndpoint):
     def generate_user_info(self, user: dict[str, Any], scope: str) -> dict[str, Any]:
         return dict(user)
 
