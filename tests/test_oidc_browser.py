@@ -65,10 +65,13 @@ class Callback:
     seen: list[str] = field(default_factory=list)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO") != urlsplit(self.url).path:  # the browser's own asks (/favicon.ico)
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found"]
         query = environ.get("QUERY_STRING", "")
         self.seen.append(f"{self.url}?{query}" if query else self.url)
         start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-        page = "<!doctype html><title>RP</title><h1 id='rp'>Relying party: code received</h1>"
+        page = "<!doctype html><title>RP</title><link rel='icon' href='data:,'><h1 id='rp'>Code received</h1>"
         return [page.encode()]
 
 
