@@ -12,11 +12,13 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from corp.runtime import build_runtime
 from gateway import logs, store
 from gateway.config import DEFAULTS, Settings, load_config
-from web import cors, errors, metrics
+from web import cors, errors, metrics, oidc
 from web.callbacks import bp as callbacks_bp
 from web.channel import bp as channel_bp
 from web.cli import bp as corp_bp
+from web.clients_cli import bp as clients_bp
 from web.jsonio import StrictJSONProvider
+from web.keys import bp as keys_bp
 from web.runtime import EXTENSION, get_runtime
 
 log = logging.getLogger("gateway")
@@ -58,6 +60,9 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(channel_bp)
     cors.init_app(app)
     app.register_blueprint(corp_bp)
+    app.register_blueprint(keys_bp)
+    app.register_blueprint(clients_bp)
+    oidc.init_app(app)
     app.register_blueprint(support_bp)
     app.register_blueprint(callbacks_bp)
     if sandbox:

@@ -1,5 +1,6 @@
 """Login per kind of login app (gateway-contract.md `/channel/login`): an auth code -> who the person is in the
-corp's terms -> a session token.
+corp's terms -> a session token, or, for an OpenID Connect client (`oauth` handle), the client's redirect URI with
+an authorization code.
 
 - channel: code -> openid/unionid (channel token) -> userid (corp token);
 - internal: code -> the employee's userid (app token);
@@ -13,19 +14,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from channel.session import issue_token
+from channel.session import issue_token, session_claims
 from corp.follows import FollowCache
 from corp.links import LinkCache
 from corp.registry import CHANNEL, INTERNAL, SERVICE_WINDOW, Corp
 from corp.runtime import Runtime
 from gateway import trace
-from gateway.errors import MappingUnavailable, NotFollowing, UnknownCorp, contract_of
+from gateway.errors import InvalidRequest, MappingUnavailable, NotFollowing, UnknownCorp, contract_of
 from gateway.store import WRITE_REFUSED
+from identity.authorizations import PendingAuthorization, fingerprint
 from kit.errors import Failure
 from oapi.corp import NO_SUCH_USER, UserLink
 from oapi.hints import hint_for
 
 log = logging.getLogger(__name__)
+# Completes an OpenID Connect authorization once the person is known (web/oidc.py, with the protocol library):
+# the pending request and the person's session claims -> the URI the page navigates to.
+Authorize = Callable[[PendingAuthorization, dict[str, Any]], str]
+HANDLE_HINT = (
+    "Start the sign-in again from the application: its sign-in link (/oauth/authorize) makes a new one. A handle "
+    "serves one sign-in and lives 10 minutes."
+)
 EMPLOYEE = 0  # contact_type of an internal app's person (the contract: `contact_type` 0)
 
 
@@ -51,9 +60,44 @@ class Person:
     follower_id: str | None = None  # kind service-window only: the follower's userid in the virtual org
 
 
-def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, Any]:
-    """Sign a person in with the corp's login app, whatever its kind; every attempt, good or bad, leaves a trace
-    entry (without the code)."""
+def login(rt: Runtime, corpid: str, code: str, *, request_id: str, issuer: str) -> dict[str, Any]:
+    """Sign a person in and hand them a session token (gateway-contract.md `/channel/login`)."""
+    person = identify(rt, corpid, code, request_id=request_id)
+    ttl = rt.settings.session_ttl
+    token = issue_token(rt.keys, session_claims(**person), issuer=issuer, ttl=ttl)
+    return {**person, "linked": person["userid"] is not None, "token": token, "expires_in": ttl}
+
+
+def login_for_client(
+    rt: Runtime, corpid: str, code: str, handle: str, *, request_id: str, authorize: Authorize
+) -> dict[str, Any]:
+    """Sign a person in for an OpenID Connect client: the contract's person fields and `redirect`, the client's
+    redirect URI with an authorization code (instead of a session token).
+
+    The handle is checked before the auth code is spent, and used up (atomically) only once the person is known:
+    a login that fails (a stale auth code the page replaces, DingTalk down) leaves it for the next try.
+    """
+    pending = rt.authorizations.peek(handle)
+    if pending is None:
+        raise InvalidRequest("oauth: the handle is unknown, used or expired", hint=HANDLE_HINT)
+    if pending.corpid != corpid:
+        raise InvalidRequest(
+            f"oauth: the handle is for another corp than {corpid}",
+            hint="Open the sign-in page with the link /oauth/authorize redirected to, unchanged.",
+        )
+    person = identify(rt, corpid, code, request_id=request_id)
+    taken = rt.authorizations.take(handle)
+    if taken is None:  # another tab with the same link got there first, or it expired meanwhile
+        raise InvalidRequest("oauth: the handle was used or expired meanwhile", hint=HANDLE_HINT)
+    redirect = authorize(taken, session_claims(**person))
+    log.info("corp=%s authorized client=%s (handle %s)", corpid, taken.client_id, fingerprint(handle)[:12])
+    return {**person, "linked": person["userid"] is not None, "redirect": redirect}
+
+
+def identify(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, Any]:
+    """Find out who an auth code belongs to, with the corp's login app, whatever its kind: the contract's person
+    fields (corpid, kind, openid, unionid, follower_id, userid, contact_type). Every attempt, good or bad, leaves
+    a trace entry (without the code)."""
     corp = rt.corp(corpid)
     entry: dict[str, Any] = {"kind": "login", "app_kind": corp.kind, "request_id": request_id}
     steps = _Steps()
@@ -67,18 +111,6 @@ def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, 
             person = _employee(rt, corp, code, steps)
         steps.at = "done"
         link = person.link
-        ttl = rt.settings.session_ttl
-        token = issue_token(
-            rt.session_key,
-            corpid=corpid,
-            kind=corp.kind,
-            openid=person.openid,
-            unionid=person.unionid,
-            follower_id=person.follower_id,
-            userid=link.userid,
-            contact_type=link.contact_type,
-            ttl=ttl,
-        )
     except Failure as e:
         entry.update(
             step=steps.at,
@@ -108,9 +140,6 @@ def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, 
         "follower_id": person.follower_id,
         "userid": link.userid,
         "contact_type": link.contact_type,
-        "linked": link.linked,
-        "token": token,
-        "expires_in": ttl,
     }
 
 

@@ -25,6 +25,11 @@ class LoginBody(Schema):
 
     corpid = fields.String(required=True, validate=CORPID)
     code = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    # The OpenID Connect provider's handle, from the page's URL (gateway-contract.md, /oauth/authorize).
+    oauth = fields.String(
+        load_default=None,
+        validate=validate.Regexp(r"^[A-Za-z0-9_\-]{16,128}$", error="must be the oauth handle of the page's URL"),
+    )
 
 
 class ConfigErrorBody(Schema):

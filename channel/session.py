@@ -1,37 +1,29 @@
-"""The session token handed to the page: an HS256 JWT the enterprise's system verifies with any JWT library.
+"""The session token handed to the page: an ES256 JWT signed with the gateway's current key (`kid` in the header),
+which the enterprise's system verifies with the public keys at `/.well-known/jwks.json`, holding no secret of ours.
 
-Key: HMAC-SHA256(GATEWAY_SECRET_KEY, "dtgw session-jwt v1"), so the existing system can derive it in two
-lines without ever seeing the other keys derived from the same secret.
+`aud` is the corpid, so a token of one corp is refused where another corp's is expected; `iss` is GATEWAY_ISSUER.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import jwt
-
-ISSUER = "dingtalk-channel-gateway"
-ALGORITHM = "HS256"
+from identity import tokens
+from identity.keys import KeyRing
 
 
-def issue_token(
-    key: bytes,
+def session_claims(
     *,
     corpid: str,
+    kind: str,
     openid: str | None,
     unionid: str,
+    follower_id: str | None,
     userid: str | None,
-    ttl: int,
-    kind: str = "channel",
-    follower_id: str | None = None,
-    contact_type: int | None = None,
-    now: float | None = None,
-) -> str:
-    """Sign a session token; `sub` is the userid when linked, else `unionid:<unionid>`."""
-    iat = int(now if now is not None else time.time())
-    claims: dict[str, Any] = {
-        "iss": ISSUER,
+    contact_type: int | None,
+) -> dict[str, Any]:
+    """The person's claims (gateway-contract.md): `sub` is the userid when linked, else `unionid:<unionid>`."""
+    return {
         "sub": userid if userid else f"unionid:{unionid}",
         "corpid": corpid,
         "kind": kind,
@@ -41,12 +33,14 @@ def issue_token(
         "userid": userid,
         "contact_type": contact_type,
         "linked": userid is not None,
-        "iat": iat,
-        "exp": iat + int(ttl),
     }
-    return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
-def verify_token(key: bytes, token: str) -> dict[str, Any]:
-    """Decode and check a session token (raises jwt.InvalidTokenError)."""
-    return jwt.decode(token, key, algorithms=[ALGORITHM], issuer=ISSUER, options={"require": ["exp", "iat", "sub"]})
+def issue_token(keys: KeyRing, claims: dict[str, Any], *, issuer: str, ttl: int, now: float | None = None) -> str:
+    """Sign a session token for `claims` (session_claims), audience the corp."""
+    return tokens.sign(keys, claims, issuer=issuer, audience=claims["corpid"], ttl=ttl, now=now)
+
+
+def verify_token(keys: KeyRing, token: str, *, issuer: str, corpid: str) -> dict[str, Any]:
+    """Decode and check a session token for `corpid` (raises jwt.InvalidTokenError)."""
+    return tokens.verify(keys, token, issuer=issuer, audience=corpid)

@@ -11,9 +11,12 @@ import redis
 
 from corp.registry import Corp, CorpRegistry
 from gateway.config import Settings
+from identity.authorizations import Authorizations
+from identity.clients import ClientRegistry
+from identity.keys import KeyRing
 from kit.keys import NAMESPACE
 from kit.nearcache import NearCache
-from kit.sealing import Sealer, session_jwt_key
+from kit.sealing import Sealer
 from oapi.apps import CurrentAppClient
 from oapi.channel import ChannelClient
 from oapi.client import AppClient
@@ -37,7 +40,9 @@ class Runtime:
     openapi: OpenApi  # api.dingtalk.com (v1.0), sharing the upstream's sessions, timeout and backoff
     registry: CorpRegistry
     credentials: Credentials
-    session_key: bytes
+    keys: KeyRing  # the ES256 keys that sign session and ID tokens (identity/keys.py)
+    clients: ClientRegistry  # the OpenID Connect provider's relying parties (identity/clients.py)
+    authorizations: Authorizations  # its handles, codes and access tokens (identity/authorizations.py)
     # One client per corp registration, shared by every thread: clients hold no per-user state (house style 4).
     # A re-read registration (a new Corp object, once the registry hears of a change) gets new ones, whose
     # credential caches read and write only what belongs to that registration.
@@ -111,5 +116,7 @@ def build_runtime(settings: Settings, store: redis.Redis) -> Runtime:
             ),
             near,
         ),
-        session_key=session_jwt_key(settings.secret_key),
+        keys=KeyRing(store, sealer, max_token_ttl=settings.session_ttl),
+        clients=ClientRegistry(store),
+        authorizations=Authorizations(store),
     )

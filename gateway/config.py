@@ -18,6 +18,9 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_SECRET_KEY": None,
     "GATEWAY_SANDBOX": False,
     "GATEWAY_ADMIN_TOKEN": None,
+    # `iss` of every token the gateway signs and the OpenID Connect issuer: the gateway's public base URL. Unset
+    # (sandbox mode, or no OpenID Connect in use): the URL the request came in on.
+    "GATEWAY_ISSUER": None,
     # Tunables (seconds unless named otherwise); the contract leaves these to us.
     "GATEWAY_HTTP_TIMEOUT": 5.0,  # per upstream call (connect and read)
     "GATEWAY_TOKEN_MARGIN": 300,  # refresh credentials this long before DingTalk expires them
@@ -93,6 +96,8 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, An
         raise RuntimeError("GATEWAY_FOLLOW_CACHE_TTL must be between 1 and 60 seconds (the contract's bound)")
     if config["GATEWAY_SERVICE_WINDOW_CONFIG_TYPE"] not in (0, 1):
         raise RuntimeError("GATEWAY_SERVICE_WINDOW_CONFIG_TYPE must be 0 or 1 (dd.config's type)")
+    if config["GATEWAY_ISSUER"]:
+        config["GATEWAY_ISSUER"] = str(config["GATEWAY_ISSUER"]).rstrip("/")
     config["DINGTALK_API_BASE"] = str(config["DINGTALK_API_BASE"]).rstrip("/")
     config["DINGTALK_OPENAPI_BASE"] = str(config["DINGTALK_OPENAPI_BASE"]).rstrip("/")
     return config
@@ -113,6 +118,7 @@ class Settings:
     secret_key: str
     sandbox: bool
     admin_token: str | None
+    issuer: str | None
     http_timeout: float
     token_margin: int
     token_jitter: int

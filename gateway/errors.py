@@ -16,6 +16,7 @@ error handler (`web/errors.py`) renders both.
     │   ├── Unauthorized              401 unauthorized
     │   ├── TooManyRequests           429 rate_limited        (our own cooldown or lockout; Retry-After)
     │   ├── SecretsUnreadable         500 internal_error      (sealed under another GATEWAY_SECRET_KEY)
+    │   ├── IssuerUnset               500 internal_error      (OpenID Connect outside sandbox mode, no GATEWAY_ISSUER)
     │   ├── SignatureInvalid          403 signature_invalid
     │   ├── DecryptFailed             400 decrypt_failed
     │   └── StoreUnavailable          503 store_unavailable   (Redis unreachable, full or read-only; Retry-After)
@@ -161,6 +162,16 @@ class SecretsUnreadable(GatewayError):
     default_hint = (
         "GATEWAY_SECRET_KEY differs from the key this corp's secrets were sealed with: restore the old key, "
         "or register the corp again with `flask corp add`."
+    )
+
+
+class IssuerUnset(GatewayError):
+    """The OpenID Connect provider needs its public base URL, and outside sandbox mode it is not guessed from the
+    request: relying parties compare it with `iss` character for character."""
+
+    default_hint = (
+        "Set GATEWAY_ISSUER to the gateway's public base URL (https://login.example.com), the same in every worker, "
+        "then restart it."
     )
 
 

@@ -46,6 +46,10 @@ def configure_logging() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactQueryFilter) for f in logger.filters):
             logger.addFilter(RedactQueryFilter())
+    # Authlib (the OpenID Connect provider) logs the tokens it issues at DEBUG: never, whatever the root level.
+    authlib = logging.getLogger("authlib")
+    if authlib.level < logging.INFO:
+        authlib.setLevel(logging.INFO)
     root = logging.getLogger()
     if not any(isinstance(f, RequestIdFilter) for h in root.handlers for f in h.filters):
         handler = logging.StreamHandler()

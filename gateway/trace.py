@@ -21,8 +21,10 @@ KINDS = ("login", "config_error")
 
 # The one redaction policy for page URLs and text that may hold them (traces, the page's reported errorMessage,
 # access logs). Query parameters with these in their name are nobody's business outside the page: auth codes,
-# tokens, tickets, secrets, signatures. `errcode`-like names are diagnostics, not secrets.
-_SENSITIVE = re.compile(r"(code|token|ticket|secret|passw|sign)", re.IGNORECASE)
+# tokens, tickets, secrets, signatures, the OpenID Connect provider's `oauth` handle. `errcode`-like names are
+# diagnostics, not secrets.
+_WORDS = "code|token|ticket|secret|passw|sign|oauth"
+_SENSITIVE = re.compile(rf"({_WORDS})", re.IGNORECASE)
 _NOT_SENSITIVE = re.compile(r"(err|error|status)_?code", re.IGNORECASE)
 MASK = "***"
 # A `name=value` pair anywhere in text, its `=` possibly percent-encoded (a page URL inside another URL's query,
@@ -30,7 +32,7 @@ MASK = "***"
 # a whole run of name characters with a sensitive word in it (lookbehind, possessive): linear time on any input,
 # since access log lines are made of whatever a client sends.
 _PAIR = re.compile(
-    r"(?<![A-Za-z0-9_.\-])(?=[A-Za-z0-9_.\-]*?(?:code|token|ticket|secret|passw|sign))"
+    rf"(?<![A-Za-z0-9_.\-])(?=[A-Za-z0-9_.\-]*?(?:{_WORDS}))"
     r"(?P<name>[A-Za-z0-9_.\-]++)(?P<eq>=|%3[Dd])(?P<value>(?:(?!%2[036])[^\s&#;\"'])*+)",
     re.IGNORECASE,
 )

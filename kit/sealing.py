@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 
 from Crypto.Cipher import AES
 from Crypto.Hash import SHA256
@@ -76,9 +75,3 @@ class Sealer:
 def fingerprint(value: str) -> str:
     """A short, non-reversible tag for logs and the console: 'same token or not' without the token."""
     return hashlib.sha256(value.encode()).hexdigest()[:10]
-
-
-def session_jwt_key(secret_key: str) -> bytes:
-    """The HS256 key of the session JWT: HMAC-SHA256(GATEWAY_SECRET_KEY, "dtgw session-jwt v1") (README documents it,
-    so the enterprise's system can derive it too)."""
-    return hmac.new(secret_key.encode(), b"dtgw session-jwt v1", hashlib.sha256).digest()

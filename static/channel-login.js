@@ -7,7 +7,9 @@
  * Current apps (kinds internal and service-window, dingtalk-oapi.md §7.3): dd.requestAuthCode({corpId,
  * clientId}), which needs no dd.config, or on clients older than 7.0.45 dd.runtime.permission.requestAuthCode
  * ({corpId}) -> POST /channel/login; a service window that admits followers only may answer not_following.
- * Then the success view, or the corp's landing URL with the session token in the fragment. `dd` is the
+ * Then the success view, or the corp's landing URL with the session token in the fragment. Opened by the
+ * OpenID Connect provider (`oauth=HANDLE` in the URL), the page sends the handle with the login and goes where
+ * the answer's `redirect` says (the client's redirect URI with its code), for every kind. `dd` is the
  * vendored DingTalk JSAPI, or static/sandbox-dd.js in sandbox mode: this file does not know which.
  *
  * The auth code and the session token are never written to the page, to storage or to the log.
@@ -57,6 +59,7 @@
   var clientId = app.getAttribute("data-client-id") || "";
   // The current-generation kinds sign in with the app's own auth code and no dd.config (§7.3).
   var current = kind === "internal" || kind === "service-window";
+  var oauth = new URLSearchParams(location.search).get("oauth") || ""; // OpenID Connect: the pending sign-in
 
   function $(id) {
     return document.getElementById(id);
@@ -398,9 +401,16 @@
     return requestCode(corpid).then(
       function (code) {
         busy("signing-in", "正在登录…");
-        return call("POST", "/channel/login", { corpid: corpid, code: String(code || "") }).then(
+        var body = { corpid: corpid, code: String(code || "") };
+        if (oauth) {
+          body.oauth = oauth;
+        }
+        return call("POST", "/channel/login", body).then(
           function (result) {
-            if (landingUrl) {
+            if (result.redirect) {
+              busy("redirecting", "登录成功，正在返回应用…");
+              location.replace(result.redirect);
+            } else if (landingUrl) {
               land(result);
             } else {
               showSignedIn(result);
@@ -414,7 +424,10 @@
               showNotFollowing(err);
               return undefined;
             }
-            if (err instanceof GatewayError) {
+            if (err instanceof GatewayError && oauth && err.code === "invalid_request") {
+              showError("oauth", "登录请求已失效", "这次登录请求已使用或已过期，请返回应用重新登录。", [
+                "oauth", err.requestId && "请求 ID " + err.requestId]);
+            } else if (err instanceof GatewayError) {
               showGatewayError(err);
             } else {
               showNetworkError();

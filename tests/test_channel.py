@@ -10,12 +10,13 @@ from urllib.parse import quote
 import jwt
 import pytest
 
-from channel.session import ISSUER, verify_token
+from channel.session import verify_token
 from gateway import trace
-from kit.sealing import session_jwt_key
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
 from tests.helpers import EMPLOYEE, EXTERNAL, ORIGIN, TEST_SECRET_KEY, UNLINKED
 from web.runtime import get_runtime
+
+LOCAL = "http://localhost"  # the issuer of tokens signed for Flask's test client (GATEWAY_ISSUER unset)
 
 CFG = f"/channel/config?corpid={DEMO_CORPID}&agentid={DEMO_AGENT_ID}"
 
@@ -259,27 +260,27 @@ def test_login_outcomes(client: Any, sim: Any, person: dict, userid: Any, contac
     body = resp.json
     assert (body["userid"], body["contact_type"], body["linked"]) == (userid, contact_type, linked)
     assert body["unionid"] == person["unionid"] and body["openid"] == person["openid"]
-    claims = verify_token(session_jwt_key(TEST_SECRET_KEY), body["token"])
+    claims = verify_token(get_runtime(client.application).keys, body["token"], issuer=LOCAL, corpid=DEMO_CORPID)
     assert claims["sub"] == (userid or f"unionid:{person['unionid']}")
     assert claims["exp"] - claims["iat"] == body["expires_in"] == 7200
 
 
 def test_token_verifies_with_plain_pyjwt_and_tamper_fails(client: Any, sim: Any) -> None:
     token = login(client, sim.mint_auth_code(DEMO_CORPID, EMPLOYEE["unionid"])).json["token"]
-    # What the enterprise's system does: derive the key from GATEWAY_SECRET_KEY and verify with PyJWT.
-    import hashlib
-    import hmac
-
-    key = hmac.new(TEST_SECRET_KEY.encode(), b"dtgw session-jwt v1", hashlib.sha256).digest()
-    claims = jwt.decode(token, key, algorithms=["HS256"], issuer=ISSUER)
-    assert set(claims) >= {"iss", "sub", "corpid", "unionid", "openid", "userid", "iat", "exp"}
+    # What the enterprise's system does: take the public key named by the token's kid from the JWKS, verify with
+    # PyJWT (tests/test_identity.py does it over HTTP with PyJWKClient).
+    jwks = client.get("/.well-known/jwks.json").json
+    kid = jwt.get_unverified_header(token)["kid"]
+    key = jwt.PyJWK(next(k for k in jwks["keys"] if k["kid"] == kid)).key
+    claims = jwt.decode(token, key, algorithms=["ES256"], issuer=LOCAL, audience=DEMO_CORPID)
+    assert set(claims) >= {"iss", "aud", "sub", "corpid", "unionid", "openid", "userid", "iat", "exp"}
     assert claims["userid"] == "manager0001" and claims["corpid"] == DEMO_CORPID
     header, payload, sig = token.split(".")
     forged = jwt.utils.base64url_encode(json.dumps({**claims, "userid": "boss"}).encode()).decode()
     with pytest.raises(jwt.InvalidSignatureError):
-        jwt.decode(f"{header}.{forged}.{sig}", key, algorithms=["HS256"])
-    with pytest.raises(jwt.InvalidSignatureError):
-        jwt.decode(token, b"another key of at least thirty-two bytes", algorithms=["HS256"])
+        jwt.decode(f"{header}.{forged}.{sig}", key, algorithms=["ES256"], audience=DEMO_CORPID)
+    with pytest.raises(jwt.InvalidAlgorithmError):  # no downgrade to a symmetric key
+        jwt.decode(token, "a secret", algorithms=["HS256"], audience=DEMO_CORPID)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jwt
 import pytest
 
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORP_SECRET, DEMO_CORPID
@@ -188,6 +189,12 @@ def test_no_plaintext_secret_in_real_redis(redis_app: Any, real_redis: Any) -> N
     rt = get_runtime(redis_app)
     ticket = rt.channel_client(rt.corp(DEMO_CORPID)).ticket.peek()
     assert ticket is not None
+    # The signing key (made on first use, here by the JWKS) is sealed too: neither its PEM nor its private scalar.
+    assert client.get("/.well-known/jwks.json").status_code == 200
+    private = rt.keys.signing_key().private_key
+    scalar = jwt.algorithms.ECAlgorithm.to_jwk(private, as_dict=True)["d"]
+    dump = store_dump(real_redis)
+    assert "PRIVATE KEY" not in dump and scalar not in dump
     for secret in (
         "CorpSecretValue123",
         "ChannelSecretValue456",

@@ -28,7 +28,7 @@ from sandbox.demo import (
     DEMO_WINDOW_APP_SECRET,
     DEMO_WINDOW_CORPID,
 )
-from tests.helpers import ORIGIN, TEST_SECRET_KEY, make_config
+from tests.helpers import ORIGIN, make_config
 from web.runtime import get_runtime
 
 pytestmark = pytest.mark.redis
@@ -100,14 +100,8 @@ def login(app: Any, corpid: str, code: str) -> Any:
     return app.test_client().post("/channel/login", json={"corpid": corpid, "code": code})
 
 
-def claims(body: dict[str, Any]) -> dict[str, Any]:
-    return verify_token(get_runtime_key(), body["token"])
-
-
-def get_runtime_key() -> bytes:
-    from kit.sealing import session_jwt_key
-
-    return session_jwt_key(TEST_SECRET_KEY)
+def claims(app: Any, body: dict[str, Any]) -> dict[str, Any]:
+    return verify_token(get_runtime(app).keys, body["token"], issuer="http://localhost", corpid=body["corpid"])
 
 
 def assert_error(resp: Any, status: int, code: str) -> dict[str, Any]:
@@ -136,7 +130,7 @@ def test_an_employee_signs_in_with_an_internal_app(gateway: Any, sim_server: Any
         "contact_type": 0,
         "linked": True,
     }
-    token = claims(body)
+    token = claims(gateway, body)
     assert token["sub"] == EMPLOYEE["userid"]
     assert (token["kind"], token["userid"], token["corpid"], token["linked"]) == (
         "internal",
@@ -173,7 +167,7 @@ def test_a_follower_signs_in_and_is_mapped_to_the_real_org(
     assert body["unionid"] == follower["unionid"]
     assert body["openid"] is None
     assert (body["userid"], body["contact_type"], body["linked"]) == (userid, contact_type, userid is not None)
-    token = claims(body)
+    token = claims(gateway, body)
     assert token["sub"] == (userid or f"unionid:{follower['unionid']}")
     assert token["follower_id"] == follower["userid"]
     assert token["linked"] is (userid is not None)

@@ -301,7 +301,7 @@ def test_landing_url_gets_the_token_in_the_fragment(browser: Any, gateway: LiveG
             token = urlsplit(v.page.url).fragment.removeprefix("token=")
     finally:
         registry.add(demo)
-    claims = verify_token(get_runtime(gateway.app).session_key, token)
+    claims = verify_token(get_runtime(gateway.app).keys, token, issuer=gateway.origin, corpid=DEMO_CORPID)
     assert claims["sub"] == EMPLOYEE["userid"] and claims["corpid"] == DEMO_CORPID
 
 

@@ -8,13 +8,14 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, render_template, request
 
 from channel.config import report_config_error, signed_config
-from channel.login import login
+from channel.login import login, login_for_client
 from channel.schemas import ConfigErrorBody, ConfigQuery, LoginBody
 from gateway.errors import InvalidRequest, UnknownCorp
 from gateway.logs import current_request_id
 from gateway.validation import JSON_OBJECT_HINT, json_object, load, parse_query
 from web.cors import CORPID_KEY, corp_allows
-from web.runtime import get_runtime
+from web.oidc import complete_authorization
+from web.runtime import get_runtime, issuer
 
 bp = Blueprint("channel", __name__, url_prefix="/channel")
 
@@ -80,7 +81,13 @@ def config() -> Response:
 def login_view() -> Response:
     body = load(LOGIN_BODY, json_body())
     request.environ[CORPID_KEY] = body["corpid"]
-    return jsonify(login(get_runtime(), body["corpid"], body["code"], request_id=current_request_id() or ""))
+    rt, request_id = get_runtime(), current_request_id() or ""
+    if body["oauth"]:  # an OpenID Connect client's sign-in: its redirect URI with a code, instead of a token
+        result = login_for_client(
+            rt, body["corpid"], body["code"], body["oauth"], request_id=request_id, authorize=complete_authorization
+        )
+        return jsonify(result)
+    return jsonify(login(rt, body["corpid"], body["code"], request_id=request_id, issuer=issuer()))
 
 
 @bp.post("/config/error")
