@@ -87,6 +87,27 @@
     if (wanted) selectCorp(wanted);
   }
 
+  // -- signing keys and OpenID Connect clients (never secrets) ---------------------------------------
+  async function loadIdentity() {
+    const { status, body } = await api("identity");
+    const keys = document.getElementById("key-rows");
+    const clients = document.getElementById("client-rows");
+    if (status !== 200) { keys.replaceChildren(el("tr", {}, el("td", { colspan: "3", text: errorText(body) }))); return; }
+    keys.replaceChildren(...body.keys.map((k) => el("tr", { "data-kid": k.kid, class: k.current ? "current" : "retired" },
+      el("td", {}, el("code", { text: k.kid })),
+      el("td", { text: k.current ? "当前 current" : "上一把 previous (retired " + k.retired_at + ")" }),
+      el("td", { text: k.published_until || "—" }))));
+    if (!body.clients.length) {
+      clients.replaceChildren(el("tr", {}, el("td", { colspan: "4", class: "muted", text: "没有已注册的客户端 no clients (flask client add)" })));
+      return;
+    }
+    clients.replaceChildren(...body.clients.map((c) => el("tr", { "data-client": c.client_id },
+      el("td", {}, el("code", { text: c.client_id })),
+      el("td", { text: c.corpid + (c.corp_registered ? "" : " (未注册 not registered)") }),
+      el("td", { text: c.type }),
+      el("td", { text: c.redirect_uris.join("  ") }))));
+  }
+
   async function selectCorp(id) {
     corpid = id;
     for (const li of document.querySelectorAll(".corp-item")) li.classList.toggle("selected", li.id === "corp-" + id);
@@ -267,4 +288,5 @@
   document.getElementById("sig-form").addEventListener("submit", checkSignature);
   document.getElementById("selftest-run").addEventListener("click", selfTest);
   loadCorps();
+  loadIdentity();
 })();

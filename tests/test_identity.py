@@ -76,7 +76,9 @@ def test_a_token_of_one_corp_fails_where_another_is_expected(served: tuple[Any, 
 
 def test_the_jwks_holds_public_keys_only(served: tuple[Any, str]) -> None:
     app, _ = served
-    keys = app.test_client().get("/.well-known/jwks.json").get_json()["keys"]
+    resp = app.test_client().get("/.well-known/jwks.json", headers={"Origin": "https://spa.example.com"})
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"  # a browser RP may fetch it
+    keys = resp.get_json()["keys"]
     assert len(keys) == 1
     assert {k["kty"] for k in keys} == {"EC"} and {k["alg"] for k in keys} == {"ES256"}
     assert all("d" not in k for k in keys)

@@ -18,6 +18,8 @@ JWKS_MAX_AGE = 300
 def jwks() -> Response:
     response = jsonify(get_runtime().keys.jwks())
     response.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE}"
+    # Public keys, read by relying parties' browser code too (a public client verifying its ID token).
+    response.headers["Access-Control-Allow-Origin"] = "*"
     return response
 
 

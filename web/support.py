@@ -26,7 +26,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from gateway.errors import InvalidRequest, TooManyRequests, Unauthorized
 from gateway.logs import REQUEST_ID_RE
 from gateway.validation import UrlRefused, json_object, load, origin_from_header, parse_web_url
-from support import logbuffer, pipelines, schemas, signatures, traces
+from support import identity, logbuffer, pipelines, schemas, signatures, traces
 from support.auth import COOKIE, COOKIE_PATH, CSRF_HEADER, Guard, Session, Settings
 from support.selftest import self_test
 from web.runtime import get_runtime
@@ -226,6 +226,13 @@ def log_page(request_id: str) -> Any:
 @admin_only
 def api_corps() -> Response:
     return jsonify({"corps": traces.corps_overview(get_runtime())})
+
+
+@bp.get("/api/identity")
+@admin_only
+def api_identity() -> Response:
+    """Signing key ids (current, previous) and the OpenID Connect clients; ?corpid= narrows the clients."""
+    return jsonify(identity.identity_overview(get_runtime(), request.args.get("corpid") or None))
 
 
 @bp.get("/api/corps/<corpid>")
