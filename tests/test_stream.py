@@ -477,3 +477,46 @@ def test_settings_validate_the_backoff(sim_server: SimulatorServer) -> None:
         create_app(make_config(sim_server, GATEWAY_STREAM_BACKOFF_MIN=5, GATEWAY_STREAM_BACKOFF_MAX=1))
     settings = StreamSettings()
     assert (settings.backoff_min, settings.backoff_max) == (1.0, 60.0)
+
+
+def test_sandbox_mode_pushes_demo_events_over_stream(sim_server: SimulatorServer, sim: Simulator) -> None:
+    from app import create_app
+
+    application = create_app(make_config(sim_server, GATEWAY_SANDBOX=True))
+    try:
+        client = application.test_client()
+        body = {"corpid": DEMO_ORG_CORPID, "event_type": "user_leave_org", "data": {"userId": ["manager0001"]}}
+        answer = client.post("/sandbox/stream/push", json=body).get_json()
+        assert answer["errcode"] == 0 and sim.stream.pending(DEMO_APP_KEY) == [answer["event_id"]]
+        legacy = client.post("/sandbox/stream/push", json={**body, "corpid": DEMO_CORPID})
+        assert legacy.status_code == 400
+    finally:
+        get_runtime(application).close()
+
+
+def test_the_local_stack_runs_the_receiver_beside_gunicorn(real_redis: redis.Redis, redis_url: str) -> None:
+    """scripts/serve's stack (sandbox/stack.py) with `stream`: the demo apps connect, an event pushed to the shared
+    simulator is recorded, /healthz on gunicorn shows it, and the receiver's own metrics port counts it."""
+    import requests
+
+    from sandbox.stack import Stack
+
+    stack = Stack(workers=1, threads=2, sandbox=True, redis_url=redis_url, stream=True)
+    try:
+        stack.start_simulator()
+        stack.start_gunicorn()
+        stack.start_stream()
+
+        def report() -> dict[str, Any]:
+            streams = requests.get(f"{stack.gunicorn_url}/healthz", timeout=5).json()["streams"]
+            return dict(streams.get(DEMO_ORG_CORPID) or {})
+
+        until(lambda: report().get("state") == CONNECTED, what="the demo app connected")
+        push = {"app_key": DEMO_APP_KEY, "event_type": "user_add_org", "data": {"userId": ["u1"]}}
+        requests.post(f"{stack.api_base}/_sim/stream/push", json=push, timeout=5).raise_for_status()
+        until(lambda: report().get("acks") == 1, what="the event acknowledged")
+        metrics = requests.get(f"http://127.0.0.1:{stack.stream_metrics_port}/metrics", timeout=5).text
+        assert f'dtgw_stream_acks_total{{corpid="{DEMO_ORG_CORPID}"}} 1.0' in metrics
+        assert EventLog(real_redis, DEMO_ORG_CORPID).recent()[0].source == "stream"
+    finally:
+        stack.stop()
