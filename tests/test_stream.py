@@ -520,3 +520,20 @@ def test_the_local_stack_runs_the_receiver_beside_gunicorn(real_redis: redis.Red
         assert EventLog(real_redis, DEMO_ORG_CORPID).recent()[0].source == "stream"
     finally:
         stack.stop()
+
+
+def test_an_event_taken_over_http_and_over_stream_is_recorded_once(gateway: Any, sim: Simulator, receive: Any) -> None:
+    """The common id: a push whose payload carries DingTalk's eventId, then the same event over Stream mode (its
+    eventId header): one entry, and the Stream delivery is still acknowledged (as a duplicate)."""
+    from tests.test_callbacks import AES_KEY, CALLBACK_TOKEN, Sender
+
+    get_runtime(gateway).registry.add(internal_app(callback_token=CALLBACK_TOKEN, aes_key=AES_KEY), renew=True)
+    pushed = {"EventType": "user_leave_org", "eventId": "ev-both-ways", "UserId": ["ext0001"], "TimeStamp": "1"}
+    sender = Sender(CALLBACK_TOKEN, AES_KEY, DEMO_ORG_CORPID)
+    assert sender.push(gateway.test_client(), pushed, url=f"/ding/callback/{DEMO_ORG_CORPID}").status_code == 200
+    receive(DEMO_ORG_CORPID)
+    until(lambda: connected(sim, DEMO_APP_KEY), what="a connection")
+    sim.stream.push(DEMO_APP_KEY, "user_leave_org", {"userId": ["ext0001"]}, event_id="ev-both-ways")
+    until(lambda: not sim.stream.pending(DEMO_APP_KEY), what="the acknowledgement")
+    [event] = log_of(gateway).recent()
+    assert (event.event_id, event.source) == ("ev-both-ways", "push")
