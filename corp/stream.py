@@ -27,7 +27,7 @@ from corp.runtime import Runtime
 from corp.stream_state import HEARTBEAT, STATE_TTL, StreamStates
 from gateway.errors import UnknownCorp
 from kit.errors import Failure
-from oapi.stream import StreamClient, StreamEvent, StreamSettings
+from oapi.stream import RecordingUnavailable, StreamClient, StreamEvent, StreamSettings
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,10 @@ class StreamRunner:
 
     def _recorder(self, corpid: str) -> Callable[[StreamEvent], str]:
         def record(event: StreamEvent) -> str:
-            return record_and_apply(self.rt, corpid, event.as_event(), source="stream").outcome
+            try:
+                return record_and_apply(self.rt, corpid, event.as_event(), source="stream").outcome
+            except redis.RedisError as e:  # the store, not the event: every event would fail alike
+                raise RecordingUnavailable(f"store unavailable ({type(e).__name__})") from e
 
         return record
 

@@ -16,9 +16,10 @@ SDK is known to misbehave, this module does its own, and says why at each place:
   connection, a stop event, and the exceptions imported from where they live.
 
 At least once, recorded once: an event is acknowledged only after `record` (run on a worker thread, so pings and
-other apps' connections go on meanwhile) returned; when it raises (the store is down), nothing is acknowledged, the
-connection is closed so that DingTalk delivers the event again to the next one, and the app reconnects after a
-backoff, once `ready()` says the store answers again.
+other apps' connections go on meanwhile) returned. When it raises RecordingUnavailable (the store is down), nothing
+is acknowledged, the connection is closed so that DingTalk delivers the event again to the next one, and the app
+reconnects after a backoff, once `ready()` says the store answers again. When it raises anything else, that event
+alone is left unacknowledged (DingTalk delivers it again later) and the connection goes on.
 
 Nothing here logs a secret, a ticket or an event's payload: the corpid, the app key, event types and ids only.
 """
@@ -77,8 +78,18 @@ class CurrentApp(Protocol):
     def app_secret(self) -> str: ...
 
 
+class RecordingUnavailable(Exception):
+    """Raised by `record` when nothing can be recorded now (the store is down): the event is not acknowledged, and
+    the connection is closed so that DingTalk delivers it again once the app has reconnected."""
+
+
 class NotRecorded(Exception):
-    """`record` could not record an event (the store is down): the event must not be acknowledged."""
+    """The store could not record an event: no acknowledgement; close the connection, back off, reconnect."""
+
+
+class Unacknowledged(Exception):
+    """`record` failed on this event alone (a bug, an event it cannot read): no acknowledgement, so DingTalk
+    delivers it again later, but the connection goes on with the next events."""
 
 
 @dataclass(frozen=True)
@@ -199,9 +210,20 @@ class _Recorder(EventHandler):
         stream_event = StreamEvent.from_message(event)
         try:
             outcome = await asyncio.to_thread(self._record, stream_event)
-        except Exception as e:
+        except RecordingUnavailable as e:
             STREAM_EVENTS.labels(self._corpid, "failed").inc()
-            raise NotRecorded(f"{type(e).__name__}") from e
+            raise NotRecorded(str(e) or type(e).__name__) from e
+        except Exception as e:
+            # The type only: an exception's text may quote the event.
+            STREAM_EVENTS.labels(self._corpid, "error").inc()
+            log.error(
+                "stream corpid=%s event type=%s id=%s: recording failed (%s); not acknowledged",
+                self._corpid,
+                stream_event.type or "-",
+                stream_event.event_id or "-",
+                type(e).__name__,
+            )
+            raise Unacknowledged(type(e).__name__) from e
         STREAM_EVENTS.labels(self._corpid, outcome).inc()
         log.info(
             "stream corpid=%s event type=%s id=%s outcome=%s",
@@ -216,9 +238,10 @@ class _Recorder(EventHandler):
 class StreamClient(DingTalkStreamClient):  # type: ignore[misc]
     """One app's Stream connection: open, receive, record, acknowledge, and again after any end, until stopped.
 
-    `record(event)` runs on a worker thread and returns an outcome label (for the metrics); it raises when the
-    event was not recorded. `ready()` (also on a worker thread) says whether recording can work now: no connection
-    is opened while it is False. `on_change()` is called (on the loop) whenever `status` changes state.
+    `record(event)` runs on a worker thread and returns an outcome label (for the metrics); it raises
+    RecordingUnavailable when nothing can be recorded now, anything else when this event was not recorded.
+    `ready()` (also on a worker thread) says whether recording can work now: no connection is opened while it is
+    False. `on_change()` is called (on the loop) whenever `status` changes state.
     """
 
     websocket: ClientConnection | None  # the SDK's name for the live connection
@@ -401,7 +424,11 @@ class StreamClient(DingTalkStreamClient):  # type: ignore[misc]
                 return ""
             self.status.last_event = time.time()
             self.status.events += 1
-            ack = await self.event_handler.raw_process(event)  # raises NotRecorded: no acknowledgement
+            try:
+                ack = await self.event_handler.raw_process(event)  # NotRecorded goes up: close, reconnect
+            except Unacknowledged as e:
+                self.status.last_error = f"record: {e}"
+                return ""
             await self._send(ack)
             self.status.acks += 1
             self.status.last_ack = time.time()

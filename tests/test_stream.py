@@ -307,6 +307,29 @@ def test_with_the_store_down_nothing_is_acknowledged_and_it_reconnects_later(
     assert [e.event_id for e in log_of(gateway).recent()] == [event_id]
 
 
+def test_an_event_that_fails_alone_is_left_unacknowledged_and_the_rest_go_on(
+    gateway: Any, sim: Simulator, receive: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import corp.stream
+
+    real_record = corp.stream.record_and_apply
+
+    def record(rt: Any, corpid: str, event: dict[str, Any], **kw: Any) -> Any:
+        if event.get("EventType") == "poison":
+            raise ValueError("cannot read it")
+        return real_record(rt, corpid, event, **kw)
+
+    monkeypatch.setattr(corp.stream, "record_and_apply", record)
+    receiver = receive(DEMO_ORG_CORPID)
+    until(lambda: connected(sim, DEMO_APP_KEY), what="a connection")
+    poison = sim.stream.push(DEMO_APP_KEY, "poison", {})
+    fine = sim.stream.push(DEMO_APP_KEY, "user_add_org", {"userId": ["u1"]})
+    until(lambda: sim.stream.pending(DEMO_APP_KEY) == [poison], what="the other event acknowledged")
+    assert [e.event_id for e in log_of(gateway).recent()] == [fine]
+    assert len(sim.stream.connections(DEMO_APP_KEY)) == 1  # the connection went on
+    assert receiver.client(DEMO_ORG_CORPID).status.last_error == "record: ValueError"
+
+
 def test_opening_a_connection_times_out_and_is_tried_again(gateway: Any, sim: Simulator, receive: Any) -> None:
     sim.app_controls.set_latency(OPEN_CONNECTION, 4.0)  # above GATEWAY_STREAM_TIMEOUT (2 s)
     receiver = receive(DEMO_ORG_CORPID)
