@@ -353,8 +353,11 @@ class StreamClient(DingTalkStreamClient):  # type: ignore[misc]
             )
         except (OSError, InvalidHandshake, TimeoutError) as e:
             self.backoff.failed()
+            # The type only: some of these exceptions quote the URI, and the URI carries the ticket.
             self.status.last_error = f"connect: {type(e).__name__}"
-            log.warning("stream corpid=%s app=%s: connecting failed (%s)", self.app.corpid, self.app.app_key, e)
+            log.warning(
+                "stream corpid=%s app=%s: connecting failed (%s)", self.app.corpid, self.app.app_key, type(e).__name__
+            )
             return "connect_failed"
         self.websocket = ws
         self.backoff.succeeded()

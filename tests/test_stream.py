@@ -223,6 +223,8 @@ def test_200_events_with_duplicates_drops_and_a_disconnect_are_each_recorded_onc
             sim.stream.drop(DEMO_APP_KEY)
         if n == 100:
             sim.stream.disconnect(DEMO_APP_KEY)
+        if n == 170:
+            sim.stream.ping(DEMO_APP_KEY)
         if n in (61, 101, 141):  # the next connection is up before the next interruption
             count = {61: 2, 101: 3, 141: 4}[n]
             until(lambda c=count: len(sim.stream.connections(DEMO_APP_KEY)) == c and connected(sim, DEMO_APP_KEY))
@@ -234,6 +236,7 @@ def test_200_events_with_duplicates_drops_and_a_disconnect_are_each_recorded_onc
     acked = {a.event_id for a in sim.stream.acks(DEMO_APP_KEY) if a.code == 200}
     assert acked == set(pushed)
     assert early == []
+    until(lambda: any(a.event_id is None and a.code == 200 for a in sim.stream.acks(DEMO_APP_KEY, events_only=False)))
     connections = sim.stream.connections(DEMO_APP_KEY)
     assert [c.how for c in connections] == ["dropped", "closed", "dropped", "open"]  # "closed": by the client
     for ended, following in zip(connections, connections[1:], strict=False):
