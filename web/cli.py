@@ -20,7 +20,6 @@ from corp.events import EventLog
 from corp.registry import CHANNEL, INTERNAL, KINDS, MAP_BY, REPLACED, Corp
 from corp.runtime import Runtime
 from corp.schemas import CorpRegistrationSchema, first_error, parse_origin
-from corp.stream import StreamRunner, run_stream
 from kit.errors import Failure
 from oapi.credentials import CHANNEL_TOKEN
 from oapi.signing import HASHES
@@ -284,6 +283,9 @@ def stream(corpids: tuple[str, ...], metrics_port: int | None) -> None:
     follows the registry (GATEWAY_STREAM_RESCAN). Reconnects on its own (GATEWAY_STREAM_BACKOFF_MIN … _MAX seconds)
     and stops cleanly on SIGTERM or Ctrl-C. Each connection's state is shown by /healthz.
     """
+    # Imported here: the SDK (and the aiohttp it pulls in) costs every web worker a quarter of a second otherwise.
+    from corp.stream import StreamRunner, run_stream
+
     rt = get_runtime()
     if not rt.settings.redis_url and not current_app.config.get("TESTING"):
         fail("REDIS_URL is not set: the events must go to the shared store the web side reads")
