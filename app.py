@@ -6,16 +6,19 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import redis
 from flask import Flask, Response, jsonify
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from corp.runtime import build_runtime
+from corp.stream_state import StreamStates
 from gateway import logs, store
 from gateway.config import DEFAULTS, Settings, load_config
 from web import cors, errors, metrics, oidc
 from web.callbacks import bp as callbacks_bp
 from web.channel import bp as channel_bp
 from web.cli import bp as corp_bp
+from web.cli import events_bp
 from web.clients_cli import bp as clients_bp
 from web.jsonio import StrictJSONProvider
 from web.keys import bp as keys_bp
@@ -63,6 +66,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(keys_bp)
     app.register_blueprint(clients_bp)
     oidc.init_app(app)
+    app.register_blueprint(events_bp)
     app.register_blueprint(support_bp)
     app.register_blueprint(callbacks_bp)
     if sandbox:
@@ -83,7 +87,18 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
             # Informational: without it every page view reads the ticket from the store (slower, still correct).
             "near_cache": near.status() if near is not None else "off",
             "sandbox": sandbox,
+            # Informational too: what `flask events stream` reports per app (state, last event); {} when it never ran.
+            "streams": _streams(app) if ok else {},
         }
         return jsonify(body), 200 if ok else 503
 
     return app
+
+
+def _streams(app: Flask) -> dict[str, Any]:
+    """The stream process's reports (corp/stream_state.py), or {} when the store refuses to say."""
+    try:
+        return StreamStates(store.get_store(app)).read_all()
+    except redis.RedisError:  # the store went away between the ping and this read: healthz still answers
+        log.warning("healthz: stream states unreadable", exc_info=True)
+        return {}

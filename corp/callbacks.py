@@ -11,10 +11,10 @@ A push is checked in this order, and the first failure answers:
     payload decrypts to a JSON object for our receiver key      else 400 decrypt_failed
     (signature, nonce) not seen in the last 2 windows           else 403 signature_invalid (replayed)
 
-Then the event is recorded in the corp's event log (corp.events; duplicates stored once) and its effects
-applied, all before the encrypted reply is sent: an acknowledged event is never lost. Effects are idempotent
-and run on every delivery, so an event whose first delivery was stored but not acknowledged (store hiccup
-after the append) still has them. Nothing decrypted is ever logged or put in an error.
+Then corp.intake.record_and_apply records the event in the corp's event log (duplicates stored once, by
+DingTalk's event id when the payload carries one, so an event also taken over Stream mode is not recorded
+twice) and applies its effects, all before the encrypted reply is sent: an acknowledged event is never lost.
+Nothing decrypted is ever logged or put in an error.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 from prometheus_client import Counter
 
-from corp.events import HANDSHAKE_TYPES, EventLog, event_ids, event_type
-from corp.follows import FOLLOW_EVENTS, FollowCache, follow_changes
-from corp.links import LinkCache
+from corp.events import EventLog
+from corp.intake import record_and_apply
 from corp.runtime import Runtime
 from gateway.errors import DecryptFailed, GatewayError, InvalidRequest, SignatureInvalid, UnknownCorp
 from gateway.validation import json_object, load
@@ -68,8 +67,6 @@ KNOWN_EVENT_TYPES = frozenset(
         "official_account_unfollow",
     }
 )
-#: Events after which a cached unionid -> userid link may be wrong.
-LINK_EVENTS = frozenset({"user_leave_org", "user_modify_org"})
 #: Events whose reply echoes the event's Random instead of "success".
 ECHO_EVENTS = frozenset({"check_create_suite_url", "check_update_suite_url"})
 
@@ -196,17 +193,8 @@ def handle_push(rt: Runtime, corpid: str, push: Push, *, now: float | None = Non
             "comes from something else (a proxy resending, or an attacker).",
         )
 
-    kind = event_type(event)
-    if kind in HANDSHAKE_TYPES:
-        outcome = "handshake"
-    else:
-        outcome = "stored" if events.append(event).stored else "duplicate"
-    if kind in LINK_EVENTS:
-        userids = event_ids(event).get("UserId", [])
-        LinkCache(rt.store, corpid, rt.settings.userid_cache_ttl).drop_users(userids)
-    # Only a first delivery acts: a redelivered follow must not undo a later unfollow.
-    if outcome == "stored" and kind in FOLLOW_EVENTS:
-        FollowCache(rt.store, corpid, rt.settings.follow_cache_ttl).apply(follow_changes(event))
+    intake = record_and_apply(rt, corpid, event, source="push")
+    kind, outcome = intake.type, intake.outcome
 
     answer = "success"
     if kind in ECHO_EVENTS:

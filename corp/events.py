@@ -7,7 +7,8 @@ Keys (one hash tag per corp, so the script below also runs on a Redis Cluster)::
     dtgw:v1:{CORPID}:callback-seen:<digest>  replay marker of one (signature, nonce) pair
 
 An entry holds only what a consumer needs to act on the event: its type, its time, the time it arrived, the
-ids it names (userids, department ids, chat ids, the authorising corp) and its dedupe digest. Never the
+ids it names (userids, department ids, chat ids, the authorising corp), its dedupe digest, DingTalk's own event
+id when it gave one, and which receiver took it (``push`` over HTTP, ``stream`` over Stream mode). Never the
 decrypted payload itself: suite events carry single-use auth codes and suite tickets, and nothing here needs
 them. A consumer that wants details asks DingTalk for the current state of the named ids.
 
@@ -34,6 +35,10 @@ STREAM_MAXLEN = 10_000
 DEDUPE_TTL = 86_400
 #: The payload fields copied into the log. Only ids: nothing secret (AuthCode, SuiteTicket, Random) is here.
 ID_FIELDS = ("UserId", "DeptId", "ChatId", "AuthCorpId")
+#: Where DingTalk names an event (see dedupe_id).
+EVENT_ID_FIELDS = ("EventId", "eventId")
+#: Which receiver recorded an event: the HTTP push receiver or the Stream mode one.
+SOURCES = ("push", "stream")
 HANDSHAKE_TYPES = frozenset({"check_url", "check_create_suite_url", "check_update_suite_url"})
 _MAX_IDS = 1000
 _MAX_ID_LENGTH = 128
@@ -57,12 +62,26 @@ def stream_key(corpid: str) -> str:
     return corp_key(corpid, "events")
 
 
-def dedupe_id(event: Mapping[str, Any]) -> str:
-    """Return the digest that identifies an event across redeliveries (sha256 of its canonical JSON).
+def dingtalk_event_id(event: Mapping[str, Any]) -> str | None:
+    """DingTalk's own id of an event (``EventId``; ``eventId`` as Stream mode and newer pushes spell it), if any."""
+    for name in EVENT_ID_FIELDS:
+        value = event.get(name)
+        if isinstance(value, str) and 0 < len(value) <= _MAX_ID_LENGTH:
+            return value
+    return None
 
-    DingTalk resends an unacknowledged push with a new timestamp, nonce and signature but the same payload,
-    so the payload is the event's identity.
+
+def dedupe_id(event: Mapping[str, Any]) -> str:
+    """Return the digest that identifies an event across redeliveries and across both receivers.
+
+    With DingTalk's event id (Stream mode's ``eventId`` header, which the Stream receiver puts in the event as
+    ``EventId``, or an id a push's payload carries), the id alone: the same event taken once over HTTP and once
+    over Stream is then recorded once. Without one, the payload (sha256 of its canonical JSON): DingTalk resends
+    an unacknowledged push with a new timestamp, nonce and signature but the same payload.
     """
+    event_id = dingtalk_event_id(event)
+    if event_id is not None:
+        return hashlib.sha256(f"eventId\n{event_id}".encode("utf-8", "surrogatepass")).hexdigest()
     canonical = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -115,6 +134,8 @@ class Event:
     received: int  # ms since the epoch
     ids: dict[str, list[str]] = field(default_factory=dict)
     dedupe: str = ""
+    source: str = ""  # "push" or "stream"; "" for entries recorded before receivers were named
+    event_id: str = ""  # DingTalk's own id of the event, when it gave one
 
     @classmethod
     def from_entry(cls, entry_id: str, fields: Mapping[str, str]) -> Event:
@@ -129,12 +150,15 @@ class Event:
             received=int(fields.get("received") or 0),
             ids=ids if isinstance(ids, dict) else {},
             dedupe=fields.get("dedupe", ""),
+            source=fields.get("source", ""),
+            event_id=fields.get("event_id", ""),
         )
 
     def describe(self) -> str:
-        """One line for a person: time, type, ids."""
+        """One line for a person: time, type, ids, and the receiver that took it."""
         ids = " ".join(f"{name}={','.join(values)}" for name, values in sorted(self.ids.items()))
-        return f"{_format_ms(self.time)}  {self.type:<24} {ids or '-'}  [{self.id}]".rstrip()
+        via = f" via {self.source}" if self.source else ""
+        return f"{_format_ms(self.time)}  {self.type:<24} {ids or '-'}  [{self.id}]{via}".rstrip()
 
 
 @dataclass(frozen=True)
@@ -173,8 +197,10 @@ class EventLog:
         digest = hashlib.sha256(f"{signature}\n{nonce}".encode("utf-8", "surrogatepass")).hexdigest()
         return corp_key(self._corpid, "callback-seen", digest[:32])
 
-    def append(self, event: Mapping[str, Any], *, received_ms: int | None = None) -> AppendResult:
-        """Record a decrypted event unless it was recorded before (within DEDUPE_TTL)."""
+    def append(
+        self, event: Mapping[str, Any], *, received_ms: int | None = None, source: str | None = None
+    ) -> AppendResult:
+        """Record a decrypted event unless it was recorded before (within DEDUPE_TTL), by either receiver."""
         if received_ms is None:
             received_ms = time.time_ns() // 1_000_000
         digest = dedupe_id(event)
@@ -185,6 +211,11 @@ class EventLog:
             "ids": json.dumps(event_ids(event), ensure_ascii=False, separators=(",", ":")),
             "dedupe": digest[:32],
         }
+        if source is not None:
+            fields["source"] = source
+        event_id = dingtalk_event_id(event)
+        if event_id is not None:
+            fields["event_id"] = event_id
         args: list[str | int] = [self._dedupe_ttl, self._maxlen]
         for name, value in fields.items():
             args.extend((name, value))
@@ -194,6 +225,11 @@ class EventLog:
     def claim_request(self, signature: str, nonce: str, ttl: int) -> bool:
         """Mark a (signature, nonce) pair as seen; False if it was seen within ``ttl`` seconds (a replay)."""
         return bool(self._store.set(self._request_key(signature, nonce), "1", nx=True, ex=max(1, int(ttl))))
+
+    def find(self, event: Mapping[str, Any]) -> str | None:
+        """The stream id under which this event was recorded (within DEDUPE_TTL), or None."""
+        value = self._store.get(self._seen_key(dedupe_id(event)[:32]))
+        return None if value is None else str(value)
 
     def recent(self, count: int = 20) -> list[Event]:
         """Return the newest ``count`` events, oldest first."""

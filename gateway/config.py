@@ -51,6 +51,13 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_SUPPORT_MAX_FAILURES": 5,  # wrong admin tokens per client IP before a lockout
     "GATEWAY_SUPPORT_FAIL_WINDOW": 300,  # ... within this many seconds (also the lockout's length)
     "GATEWAY_SUPPORT_SELFTEST_COOLDOWN": 5,  # credential self-tests per corp at most this often
+    # Stream mode (`flask events stream`, dingtalk-oapi.md §7.5): reconnect backoff bounds, the timeout of opening a
+    # connection (the HTTP call and the WebSocket handshake), and how often the registry is read for apps to add,
+    # replace or drop.
+    "GATEWAY_STREAM_BACKOFF_MIN": 1.0,
+    "GATEWAY_STREAM_BACKOFF_MAX": 60.0,
+    "GATEWAY_STREAM_TIMEOUT": 10.0,
+    "GATEWAY_STREAM_RESCAN": 30.0,
 }
 
 _BOOL = {"1", "true", "yes", "on"}
@@ -94,6 +101,10 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, An
         )
     if not 1 <= config["GATEWAY_FOLLOW_CACHE_TTL"] <= 60:
         raise RuntimeError("GATEWAY_FOLLOW_CACHE_TTL must be between 1 and 60 seconds (the contract's bound)")
+    if not 0 < config["GATEWAY_STREAM_BACKOFF_MIN"] <= config["GATEWAY_STREAM_BACKOFF_MAX"]:
+        raise RuntimeError("GATEWAY_STREAM_BACKOFF_MIN must be above 0 and at most GATEWAY_STREAM_BACKOFF_MAX")
+    if config["GATEWAY_STREAM_TIMEOUT"] <= 0 or config["GATEWAY_STREAM_RESCAN"] <= 0:
+        raise RuntimeError("GATEWAY_STREAM_TIMEOUT and GATEWAY_STREAM_RESCAN must be above 0 seconds")
     if config["GATEWAY_SERVICE_WINDOW_CONFIG_TYPE"] not in (0, 1):
         raise RuntimeError("GATEWAY_SERVICE_WINDOW_CONFIG_TYPE must be 0 or 1 (dd.config's type)")
     if config["GATEWAY_ISSUER"]:
@@ -143,6 +154,10 @@ class Settings:
     support_max_failures: int
     support_fail_window: int
     support_selftest_cooldown: int
+    stream_backoff_min: float
+    stream_backoff_max: float
+    stream_timeout: float
+    stream_rescan: float
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:

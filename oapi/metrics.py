@@ -7,7 +7,7 @@ Module-level, because prometheus_client registries are process-wide; the gateway
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 UPSTREAM_CALLS = Counter("dtgw_upstream_calls_total", "Calls to DingTalk", ["api", "errcode"])
 UPSTREAM_LATENCY = Histogram("dtgw_upstream_call_duration_seconds", "DingTalk call latency", ["api"])
@@ -23,3 +23,14 @@ FORCED_REFRESHES = Counter(
     "Forced credential refreshes",
     ["corpid", "pipeline", "trigger", "outcome"],
 )
+
+# Stream mode (oapi/stream.py), counted in the stream process (`flask events stream`, which serves them on its own
+# --metrics-port): events by outcome (stored, duplicate, handshake; failed: not recorded, so not acknowledged;
+# malformed), acknowledgements sent, reconnects by why the previous connection ended, and whether each app is
+# connected now.
+STREAM_EVENTS = Counter("dtgw_stream_events_total", "Events received over Stream mode", ["corpid", "outcome"])
+STREAM_ACKS = Counter("dtgw_stream_acks_total", "Events acknowledged over Stream mode", ["corpid"])
+STREAM_RECONNECTS = Counter(
+    "dtgw_stream_reconnects_total", "Stream mode reconnects, by why the connection ended", ["corpid", "reason"]
+)
+STREAM_CONNECTED = Gauge("dtgw_stream_connected", "1 while an app's Stream connection is up", ["corpid"])

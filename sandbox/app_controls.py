@@ -15,15 +15,16 @@ from sandbox.apps import APP_APIS, GET_USER_INFO, V1_APIS
 from sandbox.controls import MAX_LATENCY
 from sandbox.followers import FOLLOWER_V1_APIS, GET_BY_UNIONID
 from sandbox.model import SimulatorError, World
+from sandbox.stream import STREAM_V1_APIS
 
 QPS_LIMITED = "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi"
 # What a blocked egress IP gets instead of JSON (§7.1): a gateway's error page.
 IP_BLOCK_PAGE = "<html><head><title>403 Forbidden</title></head><body><h1>访问被拒绝</h1></body></html>"
 SYSTEM_BUSY = "systemBusy"
 
-ALL_V1_APIS = (*V1_APIS, *FOLLOWER_V1_APIS)
+ALL_V1_APIS = (*V1_APIS, *FOLLOWER_V1_APIS, *STREAM_V1_APIS)
 TOPAPIS = (GET_USER_INFO, GET_BY_UNIONID)
-ALL_APIS = (*APP_APIS, *FOLLOWER_V1_APIS, GET_BY_UNIONID)
+ALL_APIS = (*APP_APIS, *FOLLOWER_V1_APIS, GET_BY_UNIONID, *STREAM_V1_APIS)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from flask import Flask, Response, jsonify, request
 from sandbox.apps import ACCESS_TOKEN, GET_USER_INFO, V1_APIS
 from sandbox.follower_http import add_follower_apis, follower_posts
 from sandbox.state import Simulator
+from sandbox.stream_http import add_stream_apis, stream_posts
 from sandbox.v1_views import ok, topapi_view, v1_view
 
 JsonView = Callable[[dict[str, Any]], dict[str, Any]]
@@ -29,6 +30,7 @@ def add_app_apis(app: Flask, sim: Simulator) -> None:
     getuserinfo = topapi_view("getuserinfo", lambda token, body: respond_user_info(sim, token, body))
     app.add_url_rule(f"/{GET_USER_INFO}", endpoint=GET_USER_INFO, view_func=getuserinfo, methods=["POST"])
     add_follower_apis(app, sim)
+    add_stream_apis(app, sim)
 
     @app.get("/_sim/app/calls")
     def sim_app_calls() -> Response:
@@ -105,6 +107,7 @@ def app_posts(sim: Simulator, field: Field) -> dict[str, JsonView]:
         "/_sim/app/ip_block": sim_app_ip_block,
         "/_sim/app/reset_calls": sim_app_reset_calls,
         **follower_posts(sim, field),
+        **stream_posts(sim, field),
     }
 
 

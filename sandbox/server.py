@@ -71,6 +71,7 @@ class SimulatorServer:
         server.shutdown()
         server.server_close()
         thread.join()
+        self.sim.stream.stop()
         self._server = None
         self._thread = None
 

@@ -5,7 +5,8 @@ measure is what a person runs. Everything binds 127.0.0.1. nginx runs from a wor
 given) holding the substituted nginx.conf, a self-signed certificate (unless one is given), its pid, the children's
 logs and temp files; gunicorn binds a free loopback port. Redis and the simulator start on free ports unless their
 URLs are given. In sandbox mode one `python -m sandbox` process is shared by every worker (a simulator per worker
-would hand out different tokens and tickets).
+would hand out different tokens and tickets). With `stream`, the Stream mode receiver (`flask events stream`, every
+registered corp of a current kind) runs beside gunicorn, its metrics on a loopback port of its own.
 
 The gateway is only ever a command here (`app:create_app()` under gunicorn) and a set of environment variables:
 the simulator's package imports none of the gateway's.
@@ -67,6 +68,7 @@ class Stack:
         conf_filter: Callable[[str], str] | None = None,
         env: Mapping[str, str] | None = None,
         quiet: bool = True,
+        stream: bool = False,
     ) -> None:
         self.workers = workers
         self.threads = threads
@@ -83,6 +85,8 @@ class Stack:
         self.conf_filter = conf_filter
         self.extra_env = dict(env or {})
         self.quiet = quiet
+        self.stream = stream
+        self.stream_metrics_port = free_port() if stream else None
         self.owns_workdir = workdir is None
         # 0755 and under /tmp: nginx's workers drop to `nobody` when started as root and must reach temp/.
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="gateway-serve-", dir="/tmp"))
@@ -212,6 +216,14 @@ class Stack:
         proc = self._spawn("gunicorn", argv, self.gateway_env())
         wait_until(lambda: http_ok(f"{self.gunicorn_url}/healthz"), "gunicorn", proc, 30)
 
+    def start_stream(self) -> None:
+        """`flask events stream` with the gateway's environment; up once its metrics port answers."""
+        port = self.stream_metrics_port or free_port()
+        self.stream_metrics_port = port
+        argv = [self.python, "-m", "flask", "--app", self.app, "events", "stream", "--metrics-port", str(port)]
+        proc = self._spawn("stream", argv, self.gateway_env())
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/metrics"), "stream", proc, 30)
+
     def render(self) -> Path:
         """Write the substituted nginx.conf (and a certificate if none was given) into the work dir."""
         if self.cert is None or self.key is None:
@@ -258,6 +270,8 @@ class Stack:
             if self.sandbox and not self.api_base:
                 self.start_simulator()
             self.start_gunicorn()
+            if self.stream:  # after gunicorn: in sandbox mode its workers have registered the demo corps by now
+                self.start_stream()
             self.render()
             checked = self.check_nginx()
             if checked.returncode != 0:

@@ -36,6 +36,7 @@ from sandbox.demo import (
 )
 from sandbox.followers import Followers
 from sandbox.model import Reply, World, check_api
+from sandbox.stream import StreamGateway
 
 
 class Simulator:
@@ -48,6 +49,8 @@ class Simulator:
         self.apps = Apps(self._world)
         self.app_controls = AppControls(self._world)
         self.followers = Followers(self.apps)
+        # Stream mode (§7.5): the apps' event connections; its WebSocket server starts with the first connection.
+        self.stream = StreamGateway(self.apps)
 
     @classmethod
     def demo(cls, *, clock: Callable[[], float] = time.time, rate_limit: int | None = 20) -> Simulator:

@@ -122,6 +122,31 @@ def test_describe_is_one_readable_line(events: EventLog) -> None:
     assert "UserId=u1,u2" in line
 
 
+def test_dingtalk_event_id_is_the_identity_across_receivers(events: EventLog) -> None:
+    """The same event taken over Stream (eventId header, put in the event as EventId) and over HTTP (a payload
+    that carries eventId) is recorded once, even where the two payloads differ in a detail."""
+    over_stream = {"EventType": "user_leave_org", "EventId": "ev-1", "UserId": ["u1"], "TimeStamp": "1700000000000"}
+    over_push = {"EventType": "user_leave_org", "eventId": "ev-1", "UserId": ["u1"], "CorpId": "dingX"}
+    first = events.append(over_stream, source="stream")
+    again = events.append(over_push, source="push")
+    assert first.stored and not again.stored and again.entry_id == first.entry_id
+    assert events.append({**over_push, "eventId": "ev-2"}).stored  # another id: another event
+    assert events.find(over_push) == first.entry_id and events.find({"EventType": "x"}) is None
+
+
+def test_source_and_event_id_are_recorded_and_shown(events: EventLog) -> None:
+    events.append({**LEAVE, "EventId": "ev-9"}, source="stream")
+    events.append(LEAVE, source="push")
+    stream, push = events.recent()
+    assert (stream.source, stream.event_id, push.source, push.event_id) == ("stream", "ev-9", "push", "")
+    assert stream.describe().endswith("via stream") and push.describe().endswith("via push")
+
+
+def test_an_odd_event_id_falls_back_to_the_payload(events: EventLog) -> None:
+    assert dedupe_id({"EventId": ["x"], "a": 1}) != dedupe_id({"EventId": ["x"], "a": 2})
+    assert dedupe_id({"EventId": "x" * 129, "a": 1}) != dedupe_id({"EventId": "x" * 129, "a": 2})
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     event=st.dictionaries(

@@ -1,4 +1,5 @@
-"""`flask corp …`: register, list, remove and self-test corps. Secrets are sealed; nothing prints them."""
+"""`flask corp …`: register, list, remove and self-test corps. Secrets are sealed; nothing prints them.
+`flask events stream`: receive events over DingTalk's Stream mode (corp/stream.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from oapi.signing import HASHES
 from web.runtime import get_runtime
 
 bp = Blueprint("corp", __name__, cli_group="corp")
+events_bp = Blueprint("events", __name__, cli_group="events")
 
 
 def fail(message: str) -> None:
@@ -263,3 +265,36 @@ def events(corpid: str, count: int, follow: bool, idle_timeout: float | None) ->
             sys.stdout.flush()
     except KeyboardInterrupt:
         return
+
+
+@events_bp.cli.command("stream")
+@click.argument("corpids", nargs=-1)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve this process's Prometheus metrics (events, acks, reconnects) on 127.0.0.1:PORT.",
+)
+def stream(corpids: tuple[str, ...], metrics_port: int | None) -> None:
+    """Receive DingTalk events over Stream mode: one connection per app, each event acknowledged only once it is
+    recorded in the corp's event log (the same one as HTTP pushes, `flask corp events CORPID`).
+
+    Connects the named corps (kinds service-window and internal), or with no CORPID every registered one, and
+    follows the registry (GATEWAY_STREAM_RESCAN). Reconnects on its own (GATEWAY_STREAM_BACKOFF_MIN … _MAX seconds)
+    and stops cleanly on SIGTERM or Ctrl-C. Each connection's state is shown by /healthz.
+    """
+    # Imported here: the SDK (and the aiohttp it pulls in) costs every web worker a quarter of a second otherwise.
+    from corp.stream import StreamRunner, run_stream
+
+    rt = get_runtime()
+    if not rt.settings.redis_url and not current_app.config.get("TESTING"):
+        fail("REDIS_URL is not set: the events must go to the shared store the web side reads")
+    try:
+        runner = StreamRunner(rt, corpids)
+        if metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(metrics_port, addr="127.0.0.1")
+        run_stream(runner)
+    except Failure as e:
+        fail(e.message)

@@ -15,7 +15,7 @@ import requests
 from flask import Blueprint, Flask, Response, jsonify, request
 
 from corp.registry import CHANNEL, INTERNAL, SERVICE_WINDOW, Corp, default_hash
-from gateway.errors import UnknownCorp
+from gateway.errors import InvalidRequest, UnknownCorp
 from gateway.validation import json_object
 from oapi.errors import UpstreamUnavailable
 from sandbox.demo import (
@@ -117,9 +117,13 @@ def demo_people(corpid: str) -> tuple[str, str, list[dict[str, Any]]]:
 
 
 def _forward(path: str, body: dict[str, Any]) -> Response:
+    return _simulator(f"_client/{path}", body)
+
+
+def _simulator(path: str, body: dict[str, Any]) -> Response:
     base = get_runtime().settings.dingtalk_api_base
     try:
-        resp = requests.post(f"{base}/_client/{path}", json=body, timeout=5)
+        resp = requests.post(f"{base}/{path}", json=body, timeout=5)
         data = resp.json()
     except (requests.RequestException, ValueError) as e:
         raise UpstreamUnavailable("The sandbox simulator did not answer") from e
@@ -165,3 +169,20 @@ def app_code() -> Response:
     if client_id is None and isinstance(corpid, str) and corpid:
         client_id = get_runtime().corp(corpid).app_key or None
     return _forward("app_code", {"corpid": corpid, "client_id": client_id, "userid": body.get("userid")})
+
+
+@bp.post("/stream/push")
+def stream_push() -> Response:
+    """Have the simulated DingTalk send an event over Stream mode to a demo app of a current kind.
+
+    Body `{"corpid", "event_type", "data"}`, e.g. `{"corpid": "dingdemoorg0001", "event_type": "user_leave_org",
+    "data": {"userId": ["manager0001"]}}`; `flask events stream` (scripts/serve runs it) records it, and
+    `flask corp events CORPID` shows it.
+    """
+    body = _body()
+    corpid = body.get("corpid")
+    corp = get_runtime().corp(corpid if isinstance(corpid, str) else "")
+    if not corp.current:
+        raise InvalidRequest(f"Corp {corp.corpid} is of kind {corp.kind}, which has no Stream mode")
+    forwarded = {"app_key": corp.app_key, "event_type": body.get("event_type"), "data": body.get("data", {})}
+    return _simulator("_sim/stream/push", forwarded)
