@@ -14,7 +14,8 @@ from typing import Any
 from corp.registry import CHANNEL, SERVICE_WINDOW, Corp
 from corp.runtime import Runtime
 from gateway import trace
-from gateway.errors import AgentMismatch, InvalidRequest, UrlNotAllowed, contract_of
+from gateway.errors import AgentMismatch, InvalidRequest, UnknownCorp, UrlNotAllowed, contract_of
+from gateway.store import WRITE_REFUSED
 from gateway.validation import Origin, page_origin
 from oapi.errors import UpstreamError, UpstreamUnavailable
 from oapi.hints import hint_for
@@ -93,14 +94,21 @@ def report_config_error(
     error_code: int,
     error_message: str,
     request_id: str,
+    checked: dict[str, Any] | None = None,
+    stage: str = "dd.config",
 ) -> dict[str, Any]:
-    """Record a dd.error from a page; for ticket errors, refresh the ticket at most once per cooldown."""
+    """Record a dd.error from a page; for ticket errors, refresh the ticket at most once per cooldown.
+
+    `checked`: what the page passed to dd.config (nonceStr, timeStamp, signature, corpId, agentId, type) and the
+    URL the gateway signed for it (signedUrl), kept in the entry so the console's checker opens prefilled.
+    """
     corp = rt.corp(corpid)
     refreshed = False
+    checked = checked or {}
     # Only a report that could come from one of this corp's own pages may spend the refresh; the endpoint is
     # public, so the cooldown is what bounds a flood of made-up reports.
     plausible = _from_corp_page(corp, agentid, url)
-    if error_code in TICKET_ERRORS and plausible:
+    if error_code in TICKET_ERRORS and plausible and stage == "dd.config":
         ticket = rt.channel_client(corp).ticket if corp.kind == CHANNEL else rt.app_client(corp).app_ticket
         try:
             fresh = ticket.force_refresh(rt.settings.ticket_cooldown)
@@ -115,7 +123,7 @@ def report_config_error(
         corpid,
         {
             "kind": "config_error",
-            "step": "dd.config",
+            "step": stage,
             "outcome": "config_error",
             "errcodes": [error_code],
             "hint": hint_for(error_code),
@@ -124,7 +132,39 @@ def report_config_error(
             "agent_ok": agentid == corp.agent_id if agentid else None,
             "ticket_refreshed": refreshed,
             "request_id": request_id,
+            "check": _checked_view(url, checked),
         },
         limit=rt.settings.trace_limit,
     )
-    return {"accepted": True, "ticket_refreshed": refreshed, "hint": hint_for(error_code)}
+    return {
+        "accepted": True,
+        "ticket_refreshed": refreshed,
+        "hint": hint_for(error_code),
+        "reference": trace.reference_of(request_id),
+    }
+
+
+def _checked_view(url: str | None, checked: dict[str, Any]) -> dict[str, Any] | None:
+    """What DingTalk checked, as the trace keeps it (URLs through the one redaction policy), or None."""
+    if not any(checked.get(name) is not None for name in ("nonceStr", "timeStamp", "signature")):
+        return None
+    view: dict[str, Any] = {"url": trace.redact_url(url.split("#")[0]) if url else None}
+    if checked.get("signedUrl"):
+        view["signedUrl"] = trace.redact_url(str(checked["signedUrl"]))
+    for name in ("nonceStr", "timeStamp", "signature", "corpId", "agentId", "type"):
+        if checked.get(name) is not None:
+            view[name] = checked[name]
+    return view
+
+
+def record_refusal(rt: Runtime, corpid: str, entry: dict[str, Any]) -> None:
+    """Trace a page view or config request refused before any sign-in (a link that cannot work), so its
+    reference code leads somewhere. A corpid nobody registered goes to the one shared list (no key per typo)."""
+    try:
+        rt.corp(corpid)
+    except (UnknownCorp, InvalidRequest):
+        corpid = trace.UNREGISTERED
+    try:
+        trace.record(rt.store, corpid, {"kind": "page", **entry}, limit=rt.settings.trace_limit)
+    except WRITE_REFUSED as e:  # the trace is best effort: the person still gets the page
+        log.warning("page trace for corp=%s not stored (%s)", corpid, type(e).__name__)

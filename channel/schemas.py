@@ -41,3 +41,16 @@ class ConfigErrorBody(Schema):
     url = fields.String(load_default=None, validate=validate.Length(max=4096))
     errorCode = fields.Integer(required=True, strict=False)  # noqa: N815 - the page's dd.error field name
     errorMessage = fields.String(load_default="", validate=validate.Length(max=1000))  # noqa: N815
+    # What DingTalk checked (issue 22): the values the page passed to dd.config, and the URL the gateway signed for
+    # it. Nothing secret: the page holds them all, and a signature is good for one ticket, nonce, time and URL.
+    signedUrl = fields.String(load_default=None, validate=validate.Length(max=4096))  # noqa: N815
+    nonceStr = fields.String(load_default=None, validate=validate.Length(max=64))  # noqa: N815
+    timeStamp = fields.String(load_default=None, validate=validate.Length(max=20))  # noqa: N815
+    signature = fields.String(load_default=None, validate=validate.Length(max=128))
+    corpId = fields.String(load_default=None, validate=validate.Length(max=64))  # noqa: N815
+    agentId = fields.String(load_default=None, validate=validate.Length(max=20))  # noqa: N815
+    type = fields.Integer(load_default=None, strict=False)
+    # Which call failed: dd.config (the default), dd.ready (timed out) or requestAuthCode.
+    stage = fields.String(
+        load_default="dd.config", validate=validate.OneOf(["dd.config", "dd.ready", "requestAuthCode"])
+    )

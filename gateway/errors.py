@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.trace import reference_of
 from kit.errors import Failure
 from oapi.errors import CodeInvalid, OapiError, RegistrationGone, UpstreamError, UpstreamUnavailable
 
@@ -76,6 +77,8 @@ def envelope(error: Failure, request_id: str | None = None) -> dict[str, Any]:
         body["dingtalk"] = {"errcode": error.errcode, "errmsg": error.errmsg or ""}
     if request_id:
         body["request_id"] = request_id
+        # The short code the page shows the person, for support to find the attempt with (issue 22).
+        body["reference"] = reference_of(request_id)
     return {"error": body}
 
 

@@ -7,6 +7,7 @@ attempts support staff are looking for out of the trace.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import re
@@ -17,7 +18,7 @@ import redis
 
 from kit.keys import corp_key
 
-KINDS = ("login", "config_error")
+KINDS = ("login", "config_error", "page")  # page: a link that cannot work, refused before any sign-in
 
 # The one redaction policy for page URLs and text that may hold them (traces, the page's reported errorMessage,
 # access logs). Query parameters with these in their name are nobody's business outside the page: auth codes,
@@ -71,7 +72,7 @@ def redact_url(url: str | None) -> str | None:
 
 def record(store: redis.Redis, corpid: str, entry: dict[str, Any], *, limit: int = 200) -> None:
     """Prepend an entry to its kind's list and keep the newest `limit` of that kind."""
-    entry = {"time": round(time.time(), 3), **entry}
+    entry = with_reference({"time": round(time.time(), 3), **entry})
     kind = str(entry.get("kind"))
     key = trace_key(corpid, kind if kind in KINDS else "login")
     pipe = store.pipeline(transaction=True)
@@ -86,3 +87,36 @@ def recent(store: redis.Redis, corpid: str, *, count: int = 50, outcome: str | N
     merged = heapq.merge(*lists, key=lambda e: -float(e.get("time", 0)))
     entries = [e for e in merged if not outcome or e.get("outcome") == outcome]
     return entries[:count]
+
+
+# -- reference codes (issue 22) ----------------------------------------------------------------------------------
+# A short, readable code for one request, shown on every error the follower sees (`R-7KQ2-M9`), so support can find
+# the attempt from a screenshot. Derived from the request id (one home: here), recorded in the trace entry.
+# Crockford's base32: no I, L, O or U, so a code read aloud or off a blurred photo is still unambiguous.
+_REF_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_REF_RE = re.compile(r"^R?-?([0-9A-Z]{4})-?([0-9A-Z]{2})$")
+# Corps nobody registered (a mistyped corpid in a link) share one capped list, so unknown corpids make no keys.
+UNREGISTERED = "-"
+
+
+def reference_of(request_id: str | None) -> str | None:
+    """The reference code of a request id, e.g. `R-7KQ2-M9` (6 base32 characters of its SHA-256)."""
+    if not request_id:
+        return None
+    number = int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:4], "big") >> 2  # 30 bits
+    chars = "".join(_REF_ALPHABET[(number >> shift) & 31] for shift in (25, 20, 15, 10, 5, 0))
+    return f"R-{chars[:4]}-{chars[4:]}"
+
+
+def normalize_reference(text: str) -> str | None:
+    """A reference code as a person types it (any case, dashes or not, O for 0, I or L for 1), or None."""
+    cleaned = re.sub(r"[\s_]", "", text.upper()).replace("O", "0").replace("I", "1").replace("L", "1")
+    match = _REF_RE.match(cleaned)
+    return f"R-{match[1]}-{match[2]}" if match else None
+
+
+def with_reference(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry with the reference code of its request id (entries written before references had none)."""
+    if entry.get("request_id") and not entry.get("reference"):
+        return {**entry, "reference": reference_of(str(entry["request_id"]))}
+    return entry

@@ -63,6 +63,7 @@ from oapi.errors import LockTimeout, OapiError, RegistrationGone, TokenInvalid, 
 from oapi.metrics import CREDENTIAL_FETCHES
 
 log = logging.getLogger(__name__)
+HISTORY_KEPT = 5  # tickets kept (sealed) for the signature checker: enough for a few refreshes within one page's life
 
 
 class CredentialCache(Generic[C]):
@@ -339,6 +340,8 @@ class CredentialCache(Generic[C]):
                 f"The {self.pipeline} refresh for corp {self.corpid} overlapped another one; retry", retry_after=1
             )
         CREDENTIAL_FETCHES.labels(self.corpid, self.pipeline, "ok").inc()
+        if written and self.fetch_invalidates:
+            self._remember(cred, lifetime)
         log.info(
             "fetched corp=%s pipeline=%s fp=%s gen=%s ttl=%ss%s",
             self.corpid,
@@ -353,6 +356,52 @@ class CredentialCache(Generic[C]):
             if newer is not None:
                 return newer
         return cred
+
+    # -- ticket history (issue 22) ----------------------------------------------------------------------------
+    # The last few tickets, each sealed as the cached one is, for the support console's signature checker: a page
+    # that failed with 52013 was signed with the ticket current *then*, which a refresh since may have replaced.
+    # Kept no longer than a ticket lives; dropped with the corp (`flask corp remove` / replace).
+    def _remember(self, cred: C, lifetime: int) -> None:
+        item = {
+            "gen": cred.generation,
+            "fp": cred.fingerprint,
+            "fetched": round(cred.fetched_at, 3),
+            "exp": round(cred.expires_at, 3),
+            "v": self._sealer.seal(cred.value, self._sealed_for + ":history"),
+        }
+        key = self.key + ":history"
+        pipe = self.store.pipeline(transaction=True)
+        pipe.lpush(key, json.dumps(item))
+        pipe.ltrim(key, 0, HISTORY_KEPT - 1)
+        pipe.expire(key, max(60, lifetime))
+        try:
+            pipe.execute()
+        except redis.exceptions.RedisError as e:  # the history serves support only: never fail a fetch for it
+            log.warning(
+                "ticket history corp=%s pipeline=%s not kept (%s)", self.corpid, self.pipeline, type(e).__name__
+            )
+
+    def history(self) -> list[C]:
+        """The recently fetched credentials of a pipeline that keeps them (tickets), newest generation first."""
+        kept: dict[int, C] = {}
+        for raw in self.store.lrange(self.key + ":history", 0, HISTORY_KEPT - 1):
+            try:
+                item = json.loads(raw)
+                value = self._sealer.open(str(item["v"]), self._sealed_for + ":history")
+            except (ValueError, KeyError, TypeError, SealError):
+                continue  # another registration's, or another secret key's: not this corp's tickets
+            kept.setdefault(
+                int(item["gen"]),
+                self.kind(
+                    value=value,
+                    fingerprint=str(item.get("fp", "")),
+                    expires_at=float(item.get("exp", 0)),
+                    fetched_at=float(item.get("fetched", 0)),
+                    generation=int(item["gen"]),
+                    registration=self.registration or "",
+                ),
+            )
+        return [kept[g] for g in sorted(kept, reverse=True)]
 
     def _ttl(self, lifetime: int) -> float:
         margin = self._settings.margin + random.uniform(0, self._settings.jitter)

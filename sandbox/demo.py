@@ -15,7 +15,7 @@ DEMO_AGENT_ID = "1000001"
 
 DEMO_PEOPLE: list[dict[str, Any]] = [
     {
-        "label": "员工（经理）",
+        "label": "员工 · 经理",
         "unionid": "uEmpl0yee8fQ2xKzN4",
         "openid": "oEmpl0yee3mT7vLpR1",
         "name": "王经理",
@@ -61,7 +61,7 @@ DEMO_MEMBERS: list[dict[str, Any]] = [  # the real org's members (unionid as the
 
 DEMO_FOLLOWERS: list[dict[str, Any]] = [  # members of the virtual org; `links_to` is the real org's userid
     {
-        "label": "关注者（员工）",
+        "label": "关注者 · 员工",
         "userid": "vfollower0001",
         "unionid": "uVwMan4ger7kQ2pX9",
         "associated_unionid": "aVwMan4ger3nB8cT1",
@@ -70,7 +70,7 @@ DEMO_FOLLOWERS: list[dict[str, Any]] = [  # members of the virtual org; `links_t
         "links_to": "manager0001",
     },
     {
-        "label": "关注者（外部联系人）",
+        "label": "关注者 · 外部联系人",
         "userid": "vfollower0002",
         "unionid": "uVwExtern5mR1sL6",
         "associated_unionid": "aVwExtern9hD4gJ2",
@@ -79,7 +79,7 @@ DEMO_FOLLOWERS: list[dict[str, Any]] = [  # members of the virtual org; `links_t
         "links_to": "ext0001",
     },
     {
-        "label": "关注者（未关联）",
+        "label": "关注者 · 未关联",
         "userid": "vfollower0003",
         "unionid": "uVwF0llow2pV7nMt",
         "associated_unionid": "aVwF0llow6kR4bXw",

@@ -81,7 +81,9 @@
         el.hidden = id !== viewId;
       }
     });
-    statusLine.textContent = status;
+    // A card that says what happened has its own title: the status line does not repeat it.
+    statusLine.textContent = status || "";
+    statusLine.hidden = !status;
     if (focusId) {
       $(focusId).focus();
     }
@@ -92,7 +94,7 @@
   }
 
   function showOutside() {
-    show("outside", "view-outside", "请在钉钉中打开此页面", "outside-title");
+    show("outside", "view-outside", "", "outside-title");
   }
 
   /** Who the person is in the corp, in this kind's terms (a service window's people come in as followers). */
@@ -113,14 +115,18 @@
     if (result.linked) {
       $("success-userid").textContent = String(result.userid);
       $("success-kind").textContent = identity(result);
+      if ($("success-as")) {
+        // Kind channel: an external contact is not a member of the corp.
+        $("success-as").textContent = result.contact_type === 1 ? "你已登录为企业的外部联系人：" : "你已登录为企业员工：";
+      }
       $("success-title").textContent = "登录成功";
-      show("signed-in", "view-success", "登录成功：" + result.userid, "success-title");
+      show("signed-in", "view-success", "", "success-title");
     } else if (kind === "service-window") {
       $("success-title").textContent = "已验证关注者身份";
-      show("not-linked", "view-success", "已验证服务窗关注者身份，未关联企业成员", "success-title");
+      show("not-linked", "view-success", "", "success-title");
     } else {
       $("success-title").textContent = "已验证钉钉身份";
-      show("not-linked", "view-success", "已验证钉钉身份，未关联员工记录", "success-title");
+      show("not-linked", "view-success", "", "success-title");
     }
   }
 
@@ -130,18 +136,23 @@
       return;
     }
     app.setAttribute("data-error", "not_following");
-    show("not-following", "view-not-following", "请先关注服务窗", "not-following-title");
+    show("not-following", "view-not-following", "", "not-following-title");
   }
 
-  /** Show a failure; `tech` is what an administrator needs (codes, request id), never a secret. */
-  function showError(kind, title, cause, tech, followup) {
+  /**
+   * Show a failure; `tech` is what an administrator needs (codes, request id), never a secret; `reference` the
+   * short code support finds the attempt by, shown outside the folded technical details.
+   */
+  function showError(kind, title, cause, tech, followup, reference) {
+    $("error-reference").textContent = reference || "";
+    $("error-reference-line").hidden = !reference;
     $("error-title").textContent = title;
     $("error-cause").textContent = cause;
     $("error-followup").textContent = followup || "";
     $("error-followup").hidden = !followup;
     $("error-tech").textContent = tech.filter(Boolean).join(" · ");
     app.setAttribute("data-error", kind);
-    show("error", "view-error", title, "error-title");
+    show("error", "view-error", "", "error-title");
   }
 
   function showGatewayError(err) {
@@ -150,7 +161,7 @@
       err.code && "错误码 " + err.code,
       err.errcode && "钉钉 errcode " + err.errcode,
       err.requestId && "请求 ID " + err.requestId
-    ]);
+    ], "", err.reference);
   }
 
   function showNetworkError() {
@@ -165,6 +176,7 @@
     this.code = e.code || "http_" + status;
     this.errcode = e.dingtalk && e.dingtalk.errcode;
     this.requestId = e.request_id;
+    this.reference = e.reference;
   }
 
   function NetworkError() {}
@@ -201,14 +213,30 @@
     return call("GET", "/channel/config?" + query);
   }
 
-  function reportConfigError(code, message) {
-    return call("POST", "/channel/config/error", {
+  /**
+   * Report a failure the gateway cannot see (dd.error, dd.ready timing out, requestAuthCode failing) with what
+   * DingTalk checked: the dd.config values (nothing secret) and the URL the gateway signed. The answer carries
+   * the reference code the page shows.
+   */
+  function reportConfigError(code, message, stage) {
+    var body = {
       corpid: corpid,
       agentid: agentid,
       url: pageUrl(),
       errorCode: code,
-      errorMessage: message.slice(0, 1000)
-    }).catch(function () {
+      errorMessage: message.slice(0, 1000),
+      stage: stage || "dd.config"
+    };
+    if (signed) {
+      body.signedUrl = signed.url;
+      body.nonceStr = signed.nonceStr;
+      body.timeStamp = signed.timeStamp;
+      body.signature = signed.signature;
+      body.corpId = signed.corpId;
+      body.agentId = signed.agentId;
+      body.type = 1;
+    }
+    return call("POST", "/channel/config/error", body).catch(function () {
       return null; // the explanation matters more than the report
     });
   }
@@ -320,7 +348,10 @@
     });
   }
 
+  var signed = null; // the dd.config this page passed (reported with a dd.error)
+
   function configure(config) {
+    signed = config;
     return new Promise(function (resolve, reject) {
       var timer = setTimeout(function () {
         reject({ errorCode: -1, errorMessage: "dd.ready timeout", timeout: true });
@@ -349,8 +380,10 @@
 
   function onConfigError(err) {
     if (err && err.timeout) {
-      showError("ready_timeout", "钉钉未响应", "钉钉客户端没有完成页面鉴权，请确认钉钉已更新到最新版本后重试。",
-        ["dd.ready timeout"]);
+      reportConfigError(-1, "dd.ready timeout", "dd.ready").then(function (report) {
+        showError("ready_timeout", "钉钉未响应", "钉钉客户端没有完成页面鉴权，请确认钉钉已更新到最新版本后重试。",
+          ["dd.ready timeout"], "", report && report.reference);
+      });
       return;
     }
     var e = describe(err);
@@ -367,7 +400,7 @@
         "dd.error " + e.code,
         e.message,
         report ? "已报告网关" : "未能报告网关"
-      ], followup);
+      ], followup, report && report.reference);
     });
   }
 
@@ -376,7 +409,11 @@
     var cause = kind === "internal"
       ? "钉钉没有返回授权码。请确认你是该企业的成员、已获授权使用此应用，然后重试。"
       : "钉钉没有返回授权码。请确认你已关注该企业的服务窗，然后重试。";
-    showError("auth_code", "无法获取钉钉授权", cause, ["requestAuthCode " + e.code, e.message]);
+    busy("reporting", "正在记录…");
+    reportConfigError(e.code, e.message || "requestAuthCode failed", "requestAuthCode").then(function (report) {
+      showError("auth_code", "无法获取钉钉授权", cause, ["requestAuthCode " + e.code, e.message], "",
+        report && report.reference);
+    });
   }
 
   function land(result) {
@@ -397,7 +434,8 @@
 
   /** Exchange a code; a code the gateway calls invalid is replaced by a fresh one, once. */
   function signIn(attempt) {
-    busy("authorizing", attempt === 0 ? "正在请求钉钉授权…" : "授权码已失效，正在重新获取…");
+    // The container may now ask the person to choose or confirm: say so, not that the page is working.
+    busy("authorizing", attempt === 0 ? "请在钉钉中确认授权…" : "授权码已失效，正在重新获取…");
     return requestCode(corpid).then(
       function (code) {
         busy("signing-in", "正在登录…");
@@ -426,7 +464,7 @@
             }
             if (err instanceof GatewayError && oauth && err.code === "invalid_request") {
               showError("oauth", "登录请求已失效", "这次登录请求已使用或已过期，请返回应用重新登录。", [
-                "oauth", err.requestId && "请求 ID " + err.requestId]);
+                "oauth", err.requestId && "请求 ID " + err.requestId], "", err.reference);
             } else if (err instanceof GatewayError) {
               showGatewayError(err);
             } else {

@@ -12,6 +12,7 @@
  *
  * One-shot fault injection for tests and demos, `?sandbox_break=` in the page URL:
  *   signature   dd.config gets a tampered signature (expect 52013)
+ *   url_changed the page changes its address after /channel/config signed it, before dd.config (expect 52013)
  *   code        the first auth code is one the simulator never issued (the page must ask for another)
  *   codes       every auth code is bogus (the page must give up after one fresh try)
  *   old_client  a client older than 7.0.45: dd.checkJsApi says dd.requestAuthCode is unsupported, and calling
@@ -80,6 +81,11 @@
     if (fault === "signature") {
       // Flip the last hex digit: still well-formed, no longer the right signature.
       signature = signature.slice(0, -1) + (signature.slice(-1) === "0" ? "1" : "0");
+    }
+    if (fault === "url_changed") {
+      // The page changes its own address after it was signed (a router adding a query parameter): DingTalk
+      // checks the address the page has now, so the signature no longer fits (expect 52013).
+      history.replaceState(history.state, "", location.pathname + location.search + "&tab=orders" + location.hash);
     }
     configured = post("/sandbox/client/check_config", {
       corpId: opts.corpId,
@@ -191,8 +197,16 @@
           form.addEventListener("submit", function onSubmit(event) {
             event.preventDefault();
             var picked = form.querySelector("input[name=person]:checked");
+            var missing = document.getElementById("sandbox-picker-error");
             if (!picked) {
+              // The page's own message, in Chinese (the form is novalidate: no browser bubble in English).
+              if (missing) {
+                missing.hidden = false;
+              }
               return;
+            }
+            if (missing) {
+              missing.hidden = true;
             }
             form.removeEventListener("submit", onSubmit);
             panel.hidden = true;

@@ -7,12 +7,13 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, render_template, request
 
-from channel.config import report_config_error, signed_config
+from channel.config import record_refusal, report_config_error, signed_config
 from channel.login import login, login_for_client
 from channel.schemas import ConfigErrorBody, ConfigQuery, LoginBody
-from gateway.errors import InvalidRequest, UnknownCorp
+from gateway.errors import AgentMismatch, InvalidRequest, UnknownCorp, UrlNotAllowed, contract_of
 from gateway.logs import current_request_id
-from gateway.validation import JSON_OBJECT_HINT, json_object, load, parse_query
+from gateway.trace import reference_of
+from gateway.validation import AGENT_ID_RE, CORPID_RE, JSON_OBJECT_HINT, json_object, load, parse_query
 from web.cors import CORPID_KEY, corp_allows
 from web.oidc import complete_authorization
 from web.runtime import get_runtime, issuer
@@ -67,14 +68,33 @@ def config_query(query_string: str) -> tuple[str, str, str | None]:
 @bp.get("/config")
 def config() -> Response:
     environ = request.environ
-    corpid, agentid, url = config_query(environ.get("QUERY_STRING", ""))
-    environ[CORPID_KEY] = corpid
-    url = url or environ.get("HTTP_REFERER")
-    if not url:
-        raise InvalidRequest(
-            "url: missing, and no Referer header", hint="Pass url=location.href (without the #fragment)."
-        )
-    return jsonify(signed_config(get_runtime(), corpid, agentid, url))
+    try:
+        corpid, agentid, url = config_query(environ.get("QUERY_STRING", ""))
+        environ[CORPID_KEY] = corpid
+        url = url or environ.get("HTTP_REFERER")
+        if not url:
+            raise InvalidRequest(
+                "url: missing, and no Referer header", hint="Pass url=location.href (without the #fragment)."
+            )
+        return jsonify(signed_config(get_runtime(), corpid, agentid, url))
+    except (InvalidRequest, UnknownCorp, AgentMismatch, UrlNotAllowed) as e:
+        # The page shows this refusal with its reference code: trace it, so the code leads somewhere.
+        _trace_refusal("config", contract_of(e)[1], request.args.get("corpid", ""), request.args.get("agentid"))
+        raise
+
+
+def _trace_refusal(step: str, outcome: str, corpid: str, agentid: str | None) -> None:
+    record_refusal(
+        get_runtime(),
+        corpid,
+        {
+            "step": step,
+            "outcome": outcome,
+            "request_id": current_request_id() or "",
+            "corpid": corpid[:64],
+            "agentid": (agentid or "")[:20],
+        },
+    )
 
 
 @bp.post("/login")
@@ -102,8 +122,13 @@ def config_error() -> tuple[Response, int]:
         error_code=body["errorCode"],
         error_message=body["errorMessage"],
         request_id=current_request_id() or "",
+        checked={name: body[name] for name in CHECKED_FIELDS},
+        stage=body["stage"],
     )
     return jsonify(result), 202
+
+
+CHECKED_FIELDS = ("signedUrl", "nonceStr", "timeStamp", "signature", "corpId", "agentId", "type")
 
 
 @bp.get("/login")
@@ -123,6 +148,8 @@ def page() -> tuple[str, int]:
     problem, status, landing_url, kind, client_id = None, 200, None, "", ""
     if not corpid or not agentid:
         problem, status = "missing", 400
+    elif not CORPID_RE.match(corpid) or not AGENT_ID_RE.match(agentid):
+        problem, status = "malformed", 400  # `agentid=abc` is a broken link, not another app's id
     else:
         try:
             corp = rt.corp(corpid)
@@ -134,8 +161,12 @@ def page() -> tuple[str, int]:
             client_id = corp.app_key if corp.current else ""
             if agentid != corp.agent_id:
                 problem, status = "agent_mismatch", 400
+    request_id = current_request_id() or ""
+    if problem:
+        _trace_refusal("page", problem, corpid, agentid)
     html = render_template(
         "channel_login.html",
+        reference=reference_of(request_id) if problem else None,
         corpid=corpid,
         agentid=agentid,
         kind=kind,
