@@ -34,8 +34,22 @@ class Text(fields.Field[str]):
         return text
 
 
+class OptionalText(Text):
+    """Text that may be left out, null or blank (then "")."""
+
+    def __init__(self, *, max_length: int) -> None:
+        fields.Field.__init__(self, required=False, load_default="", allow_none=True)
+        self.max_length = max_length
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> str:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return ""
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class SignatureCheckBody(Schema):
-    """What a page passed to dd.config. Other fields (corpId, agentId, type: a pasted config) are ignored."""
+    """What a page passed to dd.config, and the URL the gateway signed for it (`signedUrl`, optional): from the
+    page's dd.error report in a trace entry, or pasted. Unknown fields are ignored."""
 
     class Meta:
         unknown = EXCLUDE
@@ -44,6 +58,9 @@ class SignatureCheckBody(Schema):
     nonceStr = Text(max_length=256)  # noqa: N815 - dd.config's field names
     timeStamp = Text(max_length=32)  # noqa: N815
     signature = Text(max_length=128)
+    signedUrl = OptionalText(max_length=4096)  # noqa: N815
+    corpId = OptionalText(max_length=64)  # noqa: N815
+    agentId = OptionalText(max_length=32)  # noqa: N815
 
 
 SIGNATURE_CHECK = SignatureCheckBody()

@@ -7,10 +7,13 @@ one redaction policy (gateway/trace.py) again on the way out. An errcode is an o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from corp.runtime import Runtime
 from gateway import trace
+from gateway.errors import InvalidRequest
 from oapi.hints import dingtalk_text, hint_for
 from support.pipelines import errcode_view
 
@@ -39,12 +42,28 @@ _TRACE_FIELDS = (
     "agent_ok",
     "ticket_refreshed",
     "message",
+    "reference",  # the short code the follower's error screen shows (gateway/trace.reference_of)
+    "corpid",  # page refusals: the corpid the link named (a corp nobody registered is traced under "-")
+    "agentid",
 )
+# What DingTalk checked, from the page's dd.error report: the checker opens prefilled with it. Nothing secret.
+_CHECK_FIELDS = ("url", "signedUrl", "nonceStr", "timeStamp", "signature", "corpId", "agentId", "type")
 
 
 def trace_entry_view(entry: dict[str, Any]) -> dict[str, Any]:
     """A trace entry as the console shows it: known fields only, a hint for every errcode."""
+    entry = trace.with_reference(entry)
     view = {name: entry.get(name) for name in _TRACE_FIELDS if name in entry}
+    if isinstance(entry.get("time"), int | float):
+        # With its timezone, so support in another zone reads it right (the console shows local time and offset).
+        view["time_iso"] = datetime.fromtimestamp(float(entry["time"]), UTC).isoformat(timespec="seconds")
+    check = entry.get("check")
+    if isinstance(check, dict):
+        checked = {name: check[name] for name in _CHECK_FIELDS if check.get(name) is not None}
+        for name in ("url", "signedUrl"):
+            if name in checked:
+                checked[name] = trace.redact_url(str(checked[name]))
+        view["check"] = checked
     raw = entry.get("errcodes")
     errcodes = [code for code in map(errcode_view, raw if isinstance(raw, list) else []) if code is not None]
     view["errcodes"] = [{"errcode": code, "hint": hint_for(code), "dingtalk": dingtalk_text(code)} for code in errcodes]
@@ -84,3 +103,100 @@ def corps_overview(rt: Runtime) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+@dataclass(frozen=True)
+class TraceQuery:
+    """Filters of a trace search; every one given must hold (issue 22)."""
+
+    reference: str | None = None
+    request_id: str | None = None
+    userid: str | None = None
+    unionid: str | None = None
+    outcome: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    @classmethod
+    def from_args(cls, args: Any) -> TraceQuery:
+        """From a query string: `reference` (any case, dashes or not), `request_id`, `userid`, `unionid`,
+        `outcome`, `since` / `until` (unix seconds or ISO 8601 with a timezone); `q` is any one of the first four."""
+        q = (args.get("q") or "").strip()
+        reference = (args.get("reference") or "").strip()
+        fields: dict[str, Any] = {}
+        if reference:
+            fields["reference"] = trace.normalize_reference(reference)
+            if fields["reference"] is None:
+                raise InvalidRequest("reference: not a reference code (like R-7KQ2-M9)")
+        elif q and trace.normalize_reference(q):
+            fields["reference"] = trace.normalize_reference(q)
+        for name in ("request_id", "userid", "unionid", "outcome"):
+            value = (args.get(name) or "").strip()
+            if value:
+                fields[name] = value[:128]
+        for name in ("since", "until"):
+            if args.get(name):
+                fields[name] = _instant(name, str(args[name]))
+        query = cls(**fields)
+        return query if not q or query.reference else _any_of(query, q[:128])
+
+    def admits(self, e: dict[str, Any]) -> bool:
+        e = trace.with_reference(e)
+        when = float(e.get("time", 0) or 0)
+        return (
+            all(
+                value is None or e.get(name) == value
+                for name, value in (
+                    ("reference", self.reference),
+                    ("request_id", self.request_id),
+                    ("userid", self.userid),
+                    ("unionid", self.unionid),
+                    ("outcome", self.outcome),
+                )
+            )
+            and (self.since is None or when >= self.since)
+            and (self.until is None or when <= self.until)
+        )
+
+
+@dataclass(frozen=True)
+class _AnyOf(TraceQuery):
+    """`q`: a request id, userid or unionid (whichever it is), with the other filters."""
+
+    text: str = ""
+
+    def admits(self, e: dict[str, Any]) -> bool:
+        found = self.text in (e.get("request_id"), e.get("userid"), e.get("unionid"), e.get("follower_id"))
+        return found and super().admits(e)
+
+
+def _any_of(query: TraceQuery, text: str) -> TraceQuery:
+    return _AnyOf(**{**query.__dict__, "text": text})
+
+
+def _instant(name: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"{name}: unix seconds or ISO 8601 (2024-05-01T09:30+08:00)") from None
+    if parsed.tzinfo is None:
+        raise InvalidRequest(f"{name}: give the timezone (2024-05-01T09:30+08:00 or …Z)")
+    return parsed.timestamp()
+
+
+def search(rt: Runtime, query: TraceQuery, *, corpid: str | None = None, count: int = 50) -> dict[str, Any]:
+    """Trace entries of every corp (or one), newest first, that the query admits; each with its corpid."""
+    corpids = [corpid] if corpid else [*rt.registry.corpids(), trace.UNREGISTERED]
+    if corpid:
+        rt.corp(corpid)  # unknown corp -> 404
+    found: list[dict[str, Any]] = []
+    for cid in corpids:
+        for e in trace.recent(rt.store, cid, count=10_000):
+            if query.admits(e):
+                found.append({**trace_entry_view(e), "corpid": e.get("corpid") if cid == trace.UNREGISTERED else cid})
+    found.sort(key=lambda v: -float(v.get("time") or 0))
+    return {"query": {k: v for k, v in query.__dict__.items() if v}, "entries": found[: max(1, min(count, 500))]}

@@ -538,7 +538,8 @@ def test_signature_checker_stale_ticket_and_no_ticket(sapp: Any, sclient: Any, t
     sha256_shaped = signature_check(sclient, url=f"{ORIGIN}/app", nonceStr=NONCE, timeStamp=STAMP, signature="ab" * 32)
     assert any(f["part"] == "algorithm" and "sha256" in f["detail"] for f in sha256_shaped["findings"])
 
-    runtime(sapp).store.delete(channel_client(sapp).ticket.key)
+    # Neither a cached ticket nor a kept one (issue 22 keeps the last few, sealed, for the checker).
+    runtime(sapp).store.delete(channel_client(sapp).ticket.key, channel_client(sapp).ticket.key + ":history")
     calls = sim.calls()
     none = signature_check(sclient, url=f"{ORIGIN}/app", nonceStr=NONCE, timeStamp=STAMP, signature=old)
     assert none["verdict"] == "no_ticket" and none["ticket"] is None
@@ -667,7 +668,9 @@ def test_signature_check_validates_fields_with_messages(sclient: Any, ticket: st
     # Not JSON at all.
     assert_invalid(post_raw(sclient, b"url=x", "application/x-www-form-urlencoded"), "JSON object")
     # A pasted dd.config (numbers, extra fields) is fine.
-    pasted = check(**{**SIG_FIELDS, "timeStamp": int(STAMP), "corpId": DEMO_CORPID, "agentId": 1, "type": 1})
+    pasted = check(
+        **{**SIG_FIELDS, "timeStamp": int(STAMP), "corpId": DEMO_CORPID, "agentId": int(DEMO_AGENT_ID), "type": 1}
+    )
     assert pasted.status_code == 200 and pasted.get_json()["verdict"] == "ticket"
     # Non-ASCII (valid) text is accepted and echoed.
     unicode_url = signature_check(sclient, **{**SIG_FIELDS, "url": f"{ORIGIN}/app?name=张三"})

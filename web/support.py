@@ -267,6 +267,28 @@ def api_trace(corpid: str) -> Response:
     return jsonify(traces.recent_trace(get_runtime(), corpid, outcome=outcome, count=count))
 
 
+@bp.get("/api/trace")
+@admin_only
+def api_trace_search() -> Response:
+    """Search every corp's trace: ?q= (reference code, request id, userid or unionid), reference, request_id,
+    userid, unionid, outcome, since, until (unix seconds or ISO 8601 with timezone), corpid, count."""
+    return jsonify(
+        traces.search(
+            get_runtime(),
+            traces.TraceQuery.from_args(request.args),
+            corpid=request.args.get("corpid") or None,
+            count=_count(),
+        )
+    )
+
+
+def _count() -> int:
+    try:
+        return int(request.args.get("count", "50"))
+    except ValueError:
+        raise InvalidRequest("count: must be a number") from None
+
+
 @bp.post("/api/corps/<corpid>/signature-check")
 @admin_only
 def api_signature_check(corpid: str) -> Response:
@@ -279,6 +301,9 @@ def api_signature_check(corpid: str) -> Response:
             nonce=fields["nonceStr"],
             timestamp=fields["timeStamp"],
             signature=fields["signature"],
+            signed_url=fields["signedUrl"],
+            corp_id=fields["corpId"],
+            agent_id=fields["agentId"],
         )
     )
 
