@@ -30,8 +30,19 @@
     if (!seconds) return "—";
     const d = new Date(seconds * 1000);
     const pad = (n) => String(n).padStart(2, "0");
-    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+    // With the UTC offset: support staff and the follower may be in different zones.
+    const off = -d.getTimezoneOffset();
+    const tz = `UTC${off >= 0 ? "+" : "-"}${pad(Math.floor(Math.abs(off) / 60))}:${pad(Math.abs(off) % 60)}`;
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())} ${tz}`;
   }
+
+  const OUTCOMES = {
+    linked: "已关联", not_linked: "未关联", code_invalid: "授权码无效", not_following: "未关注",
+    upstream_error: "钉钉拒绝", upstream_unavailable: "钉钉不可用", config_error: "页面鉴权失败",
+    missing: "链接缺参数", malformed: "链接格式错误", unknown_corp: "企业未接入", agent_mismatch: "应用 ID 不匹配",
+    invalid_request: "参数错误", url_not_allowed: "域名未登记",
+  };
+  const outcomeText = (o) => (OUTCOMES[o] ? `${OUTCOMES[o]} (${o})` : o || "—");
 
   function fmtDuration(seconds) {
     if (seconds === null || seconds === undefined) return "—";
@@ -54,11 +65,12 @@
 
   function errorText(body) {
     const err = body && body.error;
-    if (!err) return "请求失败 request failed";
+    if (!err) return "请求失败";
     // The old API's answers carry an int errcode, api.dingtalk.com's (v1.0) a string code and an HTTP status.
     const d = err.dingtalk;
     const dt = d ? ` (errcode ${d.errcode !== undefined ? d.errcode : d.code}${d.status ? ", HTTP " + d.status : ""})` : "";
-    return `${err.message}${dt} — ${err.hint}`;
+    const zh = { unauthorized: "管理员令牌错误或会话已过期", rate_limited: "操作太频繁，请稍后再试", invalid_request: "参数不正确", not_found: "未找到", unknown_corp: "企业未登记" }[err.code];
+    return `${zh ? zh + "：" : ""}${err.message}${dt} — ${err.hint}`;
   }
 
   function globalError(text) {
@@ -203,7 +215,9 @@
     if (status !== 200) { globalError(errorText(body)); return; }
     const current = select.value;
     select.replaceChildren(el("option", { value: "", text: "全部 all" }));
-    for (const o of body.outcomes) select.append(el("option", { value: o, text: o }));
+    for (const o of body.outcomes) select.append(el("option", { value: o, text: outcomeText(o) }));
+    const searchSelect = document.getElementById("search-outcome");
+    if (searchSelect.options.length <= 1) for (const o of body.outcomes) searchSelect.append(el("option", { value: o, text: outcomeText(o) }));
     select.value = current;
     const tbody = document.getElementById("trace-rows");
     tbody.replaceChildren();
@@ -214,7 +228,7 @@
       const codes = el("div", {});
       for (const c of e.errcodes) {
         codes.append(el("div", { class: "errcode" }, el("strong", { text: c.errcode }), " ", c.hint,
-          c.dingtalk ? el("div", { class: "muted", text: "钉钉 DingTalk: " + c.dingtalk }) : null));
+          c.dingtalk ? el("div", { class: "muted", text: "钉钉原文：" + c.dingtalk }) : null));
       }
       if (!e.errcodes.length && e.hint) codes.append(el("div", { text: e.hint }));
       if (!e.errcodes.length && !e.hint) codes.append("—");
@@ -224,27 +238,77 @@
       if (e.follower_id) detail.push("follower_id " + e.follower_id);
       if (e.url) detail.push(e.url);
       if (e.message) detail.push(e.message);
-      if (e.ticket_refreshed) detail.push("ticket refreshed");
-      const rid = e.request_id
-        ? el("a", { href: "/support/logs/" + encodeURIComponent(e.request_id), class: "request-id", title: "日志 log lines" }, el("code", { text: e.request_id }))
-        : "—";
+      if (e.ticket_refreshed) detail.push("已刷新 ticket");
+      const rid = el("div", {},
+        e.reference ? el("div", { class: "reference", text: e.reference }) : null,
+        e.request_id
+          ? el("a", { href: "/support/logs/" + encodeURIComponent(e.request_id), class: "request-id", title: "日志" }, el("code", { text: e.request_id }))
+          : "—",
+        checkButton(e, corpid));
       tbody.append(el("tr", { class: "trace-row outcome-" + e.outcome },
         el("td", { text: fmtTime(e.time) }), el("td", { text: (e.kind || "") + (e.app_kind ? " · " + e.app_kind : "") }),
         el("td", { text: e.step || "" }),
-        el("td", {}, el("span", { class: "badge outcome-" + e.outcome, text: e.outcome })),
+        el("td", {}, el("span", { class: "badge outcome-" + e.outcome, text: outcomeText(e.outcome) })),
         el("td", {}, codes), el("td", { class: "detail", text: detail.join(" · ") }), el("td", {}, rid)));
     }
   }
 
   // -- signature checker ----------------------------------------------------------------------------
+  const VERDICTS = {
+    match: "一致", url: "URL 不一致", host: "主机名不一致", port: "端口不一致", ticket: "ticket 代数不一致",
+    algorithm: "哈希算法不一致", corp: "企业 ID 不一致", agent: "应用 ID 不一致", no_ticket: "没有可比对的 ticket",
+  };
+  const SIG_INPUTS = { url: "sig-url", nonceStr: "sig-nonce", timeStamp: "sig-ts", signature: "sig-signature", signedUrl: "sig-signed", corpId: "sig-corp", agentId: "sig-agent" };
+
+  /** A "签名检查" button for an entry with the page's dd.config report: opens the checker prefilled and runs it. */
+  function checkButton(entry, entryCorp) {
+    if (!entry.check || !entry.check.signature) return null;
+    const button = el("button", { type: "button", class: "check-entry refresh", "data-reference": entry.reference || "" }, "签名检查");
+    button.addEventListener("click", async () => {
+      if (entryCorp !== corpid) await selectCorp(entryCorp);
+      for (const [name, id] of Object.entries(SIG_INPUTS)) document.getElementById(id).value = entry.check[name] || "";
+      document.getElementById("sigcheck").scrollIntoView();
+      document.getElementById("sig-form").requestSubmit();
+    });
+    return button;
+  }
+
+  // -- search ---------------------------------------------------------------------------------------
+  async function search(ev) {
+    ev.preventDefault();
+    const params = new URLSearchParams();
+    const q = document.getElementById("search-q").value.trim();
+    if (q) params.set("q", q);
+    const outcome = document.getElementById("search-outcome").value;
+    if (outcome) params.set("outcome", outcome);
+    for (const name of ["since", "until"]) {
+      const v = document.getElementById("search-" + name).value;
+      if (v) params.set(name, String(new Date(v).getTime() / 1000));
+    }
+    const out = document.getElementById("search-results");
+    const { status, body } = await api("trace?" + params.toString());
+    out.replaceChildren();
+    if (status !== 200) { out.append(el("p", { class: "error", text: errorText(body) })); return; }
+    if (!body.entries.length) { out.append(el("p", { class: "muted", text: "没有找到记录" })); return; }
+    for (const e of body.entries) {
+      const codes = e.errcodes.map((c) => el("div", {}, el("strong", { text: c.errcode }), " ", c.hint,
+        c.dingtalk ? el("div", { class: "muted", text: "钉钉原文：" + c.dingtalk }) : null));
+      const link = el("a", { href: "?corp=" + encodeURIComponent(e.corpid || "") }, el("code", { text: e.corpid || "-" }));
+      link.addEventListener("click", (ev2) => { ev2.preventDefault(); if (e.corpid) selectCorp(e.corpid); });
+      out.append(el("div", { class: "entry search-hit", "data-reference": e.reference || "" },
+        el("div", {}, el("span", { class: "reference", text: e.reference || "" }), " · ", fmtTime(e.time), " · 企业 ", link),
+        el("div", {}, el("span", { class: "badge outcome-" + e.outcome, text: outcomeText(e.outcome) }), " ", [e.kind, e.step].filter(Boolean).join(" · ")),
+        ...codes,
+        e.url ? el("div", { class: "entry-url muted", text: e.url }) : null,
+        e.userid || e.unionid ? el("div", { class: "muted", text: ["userid " + (e.userid || "—"), e.unionid ? "unionid " + e.unionid : ""].join(" ") }) : null,
+        checkButton(e, e.corpid)));
+    }
+  }
+
   async function checkSignature(ev) {
     ev.preventDefault();
-    const payload = {
-      url: document.getElementById("sig-url").value,
-      nonceStr: document.getElementById("sig-nonce").value,
-      timeStamp: document.getElementById("sig-ts").value,
-      signature: document.getElementById("sig-signature").value,
-    };
+    const payload = {};
+    for (const [name, id] of Object.entries(SIG_INPUTS)) payload[name] = document.getElementById(id).value;
     const { status, body } = await api(`corps/${encodeURIComponent(corpid)}/signature-check`, { method: "POST", body: JSON.stringify(payload) });
     const box = document.getElementById("sig-result");
     const verdict = document.getElementById("sig-verdict");
@@ -254,7 +318,11 @@
     if (status !== 200) { verdict.className = "verdict bad"; verdict.textContent = errorText(body); return; }
     verdict.className = "verdict " + (body.match ? "ok" : "bad");
     verdict.dataset.verdict = body.verdict;
-    verdict.textContent = (body.match ? "✔ 签名匹配 match — " : "✘ 签名不匹配 no match — ") + (body.message || body.verdict);
+    verdict.textContent = (body.match ? "✔ 签名匹配" : "✘ 签名不匹配：" + (VERDICTS[body.verdict] || body.verdict));
+    const summary = document.getElementById("sig-summary");
+    summary.textContent = body.summary || "";
+    summary.dataset.verdict = body.verdict;
+    findings.append(el("li", { class: "muted", text: body.message || "" }));
     for (const f of body.findings) {
       const li = el("li", { class: "finding " + f.status, "data-part": f.part }, el("strong", { text: `[${f.part}] ` }), f.detail);
       const pairs = [["given", f.given], ["normalized", f.normalized], ["signed", f.signed], ["expected", f.expected]];
@@ -285,6 +353,8 @@
   }
 
   document.getElementById("outcome-filter").addEventListener("change", loadTrace);
+  document.getElementById("search-form").addEventListener("submit", search);
+  document.getElementById("tz").textContent = Intl.DateTimeFormat().resolvedOptions().timeZone + " " + fmtTime(Date.now() / 1000).split(" ")[2];
   document.getElementById("sig-form").addEventListener("submit", checkSignature);
   document.getElementById("selftest-run").addEventListener("click", selfTest);
   loadCorps();
