@@ -121,20 +121,23 @@ def test_console_in_a_browser(live: tuple[str, Any], browser: Any, sim_server: S
     expect(refused).to_contain_text("Retry-After")  # ... and its error.hint
 
     # The signature checker on a failing case: DingTalk reports the URL with an explicit :443, and the ticket
-    # was refreshed above, so first the stale ticket is named; then a case that differs only in the URL.
+    # was refreshed above. The checker keeps recent tickets (sealed, issue 22), so it names the URL, and says the
+    # page's ticket is an older generation; then a case that differs only in the URL.
     page.fill("#sig-url", f"{ORIGIN}:443/app")
     page.fill("#sig-nonce", config["nonceStr"])
     page.fill("#sig-ts", config["timeStamp"])
     page.fill("#sig-signature", config["signature"])
     page.click("#sig-submit")
-    expect(page.locator("#sig-verdict")).to_contain_text("ticket stale")
+    expect(page.locator("#sig-verdict")).to_have_attribute("data-verdict", "url")
+    expect(page.locator('#sig-findings li.differs[data-part="ticket"]')).to_contain_text("generation 1")
     from oapi.signing import sign
 
     ticket = get_runtime(app).channel_client(get_runtime(app).corp(DEMO_CORPID)).ticket.peek()
     assert ticket is not None
     page.fill("#sig-signature", sign(ticket.value, config["nonceStr"], config["timeStamp"], f"{ORIGIN}/app"))
     page.click("#sig-submit")
-    expect(page.locator("#sig-verdict")).to_contain_text("URL differs")
+    expect(page.locator("#sig-verdict")).to_contain_text("URL 不一致")
+    expect(page.locator("#sig-findings")).to_contain_text("url differs")
     differing = page.locator('#sig-findings li.differs[data-part="url"]')
     expect(differing).to_contain_text("signed without the explicit :443")
     expect(differing).to_contain_text(f"normalized: {ORIGIN}:443/app")
