@@ -131,7 +131,7 @@ MALFORMED_HINT = (
 )
 
 
-def _code(errcode: int | str) -> int | str:
+def canonical_code(errcode: int | str) -> int | str:
     """An oapi errcode written as digits (as JSON or a store may give it back) is that number."""
     if isinstance(errcode, str) and errcode.lstrip("-").isdigit():
         return int(errcode)
@@ -142,7 +142,7 @@ def hint_for(errcode: int | str | None, default: str = "See DingTalk's error cod
     """The hint for an errcode (an oapi int, or a v1.0 string code), or a default."""
     if errcode is None:
         return default
-    code = _code(errcode)
+    code = canonical_code(errcode)
     if isinstance(code, str):
         return V1_HINTS.get(code, default)
     return HINTS.get(code, default)
@@ -152,4 +152,4 @@ def dingtalk_text(errcode: int | str | None) -> str | None:
     """What DingTalk's documentation says an errcode means, in its own words (Chinese), where it says so."""
     if errcode is None:
         return None
-    return DINGTALK_TEXT.get(_code(errcode))
+    return DINGTALK_TEXT.get(canonical_code(errcode))

@@ -16,9 +16,10 @@ from gateway.errors import InvalidRequest, TooManyRequests, UnknownCorp
 from kit.errors import Failure
 from oapi.credentials import APP_PIPELINES, APP_TICKET, APP_TOKEN, CHANNEL_TICKET, CHANNEL_TOKEN, CORP_TOKEN, Credential
 from oapi.credentials import PIPELINES as CHANNEL_PIPELINES
-from oapi.hints import dingtalk_text, hint_for
+from oapi.hints import dingtalk_text
 from oapi.metrics import FORCED_REFRESHES
 from oapi.tokens import CredentialCache
+from support.hints_zh import hint_zh
 
 # What the console calls each pipeline (names and APIs are oapi.credentials.Pipeline's).
 _LABELS = {
@@ -120,7 +121,7 @@ def _failure_view(failure: dict[str, object] | None) -> dict[str, Any] | None:
     return {
         "errcode": errcode,
         "errmsg": str(failure.get("errmsg") or "")[:200],
-        "hint": str(failure.get("hint") or "") or hint_for(errcode),
+        "hint": hint_zh(errcode) or str(failure.get("hint") or ""),
         "dingtalk": dingtalk_text(errcode),
     }
 

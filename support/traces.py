@@ -14,7 +14,8 @@ from typing import Any
 from corp.runtime import Runtime
 from gateway import trace
 from gateway.errors import InvalidRequest
-from oapi.hints import dingtalk_text, hint_for
+from oapi.hints import dingtalk_text
+from support.hints_zh import hint_zh
 from support.pipelines import errcode_view
 
 KNOWN_OUTCOMES = (
@@ -66,8 +67,10 @@ def trace_entry_view(entry: dict[str, Any]) -> dict[str, Any]:
         view["check"] = checked
     raw = entry.get("errcodes")
     errcodes = [code for code in map(errcode_view, raw if isinstance(raw, list) else []) if code is not None]
-    view["errcodes"] = [{"errcode": code, "hint": hint_for(code), "dingtalk": dingtalk_text(code)} for code in errcodes]
-    view["hint"] = entry.get("hint") or (hint_for(errcodes[0]) if errcodes else None)
+    view["errcodes"] = [{"errcode": code, "hint": hint_zh(code), "dingtalk": dingtalk_text(code)} for code in errcodes]
+    # The console speaks Chinese: an errcode's Chinese hint first; the entry's own (English) hint where no errcode
+    # explains it (the gateway's own refusals).
+    view["hint"] = (hint_zh(errcodes[0]) if errcodes else None) or entry.get("hint")
     if entry.get("url"):
         # Writers record it redacted; the console does not rely on every writer having done so.
         view["url"] = trace.redact_url(str(entry["url"]))

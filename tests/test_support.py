@@ -313,7 +313,7 @@ def test_pipeline_state(sapp: Any, sclient: Any, sim: Any) -> None:
     by_name = {p["pipeline"]: p for p in state["pipelines"]}
     failure = by_name["corp_token"]["failure"]
     assert by_name["corp_token"]["cached"] is False
-    assert failure["errcode"] == 60020 and "whitelist" in failure["hint"]
+    assert failure["errcode"] == 60020 and "白名单" in failure["hint"]
     assert DEFAULT_BLOCKED_IP in failure["errmsg"]
     assert by_name["channel_ticket"]["backoff"] == {"channel/get_channel_jsapi_ticket": 1}
     assert by_name["channel_token"]["backoff"] == {}
@@ -379,7 +379,7 @@ def test_trace_with_hints_filter_and_request_ids(sapp: Any, sclient: Any, sim: A
     assert len(only["entries"]) == 1
     entry = only["entries"][0]
     assert entry["errcodes"][0]["errcode"] == 60121
-    assert "No user with this unionid" in entry["errcodes"][0]["hint"]
+    assert "找不到该 unionid 对应的用户" in entry["errcodes"][0]["hint"]  # the console speaks Chinese
     assert entry["request_id"] == unlinked.headers["X-Request-Id"]
     assert entry["step"] == "done" and entry["kind"] == "login"
 
@@ -387,7 +387,7 @@ def test_trace_with_hints_filter_and_request_ids(sapp: Any, sclient: Any, sim: A
     assert bad["entries"][0]["errcodes"][0]["errcode"] == 40078
     assert bad["entries"][0]["request_id"] == reused.headers["X-Request-Id"]
     config_error = everything["entries"][0]
-    assert config_error["errcodes"][0]["errcode"] == 52013 and "signature check failed" in config_error["hint"]
+    assert config_error["errcodes"][0]["errcode"] == 52013 and "签名校验失败" in config_error["hint"]
     assert "code=abc" not in config_error["url"] and "code=***" in config_error["url"]  # gateway/trace.py masks it
 
     # The request id leads to that request's log lines (the linked login fetched both tokens).

@@ -101,7 +101,8 @@ def test_console_in_a_browser(live: tuple[str, Any], browser: Any, sim_server: S
     row = page.locator("tr.trace-row.outcome-not_linked")
     expect(row).to_have_count(1)
     expect(row).to_contain_text("60121")
-    expect(row).to_contain_text("No user with this unionid in the corp")
+    expect(row).to_contain_text("企业中找不到该 unionid 对应的用户")  # the hint in Chinese
+    expect(row).to_contain_text("钉钉原文：找不到该用户")  # beside DingTalk's own text
     expect(row.locator("a.request-id")).to_have_text(request_id)
     expect(page.locator("tr.trace-row.outcome-config_error")).to_contain_text('<img id="xss" src="x">')
     assert page.locator("#xss").count() == 0

@@ -141,7 +141,7 @@ def test_remembered_v1_failure_and_per_app_backoff_show_on_their_pipeline(kapp: 
     assert refused.status_code == 502
     failure = by_name(state(client, DEMO_ORG_CORPID))["app_token"]["failure"]
     assert failure["errcode"] == "invalidClientIdOrSecret"  # the string code, no longer dropped
-    assert "Wrong appKey/appSecret, or the appSecret was reset" in failure["hint"]
+    assert "appKey/appSecret 错误，或 appSecret 已被重置" in failure["hint"]
     assert failure["dingtalk"] == "无效的clientId或者clientSecret"
 
     # A v1.0 rate limit is kept per app and API: it shows on the pipeline whose API it holds up.
@@ -226,7 +226,7 @@ def test_a_failed_refresh_shows_the_v1_error_and_is_counted(kapp: Any, sim: Any)
     assert error["dingtalk"]["code"] == IP_REFUSED and error["dingtalk"]["status"] == 403
     failure = by_name(state(client, DEMO_WINDOW_CORPID))["app_token"]["failure"]
     assert failure["errcode"] == IP_REFUSED and "203.0.113.9" in failure["errmsg"]
-    assert "whitelist" in failure["hint"] and failure["dingtalk"].startswith("访问ip不在白名单之中")
+    assert "白名单" in failure["hint"] and failure["dingtalk"].startswith("访问ip不在白名单之中")
     after = client.get("/metrics").get_data(as_text=True)
     for name, labels in (
         (
@@ -284,7 +284,7 @@ def test_trace_shows_app_kind_follower_id_and_string_errcodes(kapp: Any, sim: An
     assert entries[2]["userid"] == "manager0001" and entries[2]["follow_cached"] is False
     (code,) = entries[0]["errcodes"]
     assert code["errcode"] == IP_REFUSED  # was dropped: only int errcodes survived the console
-    assert "whitelist" in code["hint"] and code["dingtalk"].startswith("访问ip不在白名单之中")
+    assert "白名单" in code["hint"] and code["dingtalk"].startswith("访问ip不在白名单之中")
     assert entries[0]["request_id"] == whitelisted.headers["X-Request-Id"]
     assert "not_following" in trace["outcomes"]
     only = client.get(f"{API}/corps/{DEMO_WINDOW_CORPID}/trace?outcome=not_following", headers=BEARER).get_json()
@@ -301,7 +301,7 @@ def test_trace_view_keeps_int_and_string_errcodes_and_drops_junk() -> None:
 
     view = trace_entry_view({"kind": "login", "errcodes": [60121, "60020", IP_REFUSED, None, True, "", {"x": 1}]})
     assert [c["errcode"] for c in view["errcodes"]] == [60121, 60020, IP_REFUSED]
-    assert view["hint"] == view["errcodes"][0]["hint"] and "No user with this unionid" in view["hint"]
+    assert view["hint"] == view["errcodes"][0]["hint"] and "找不到该 unionid 对应的用户" in view["hint"]
     assert trace_entry_view({"errcodes": "60121"})["errcodes"] == []  # not a list: nothing made up from it
 
 
