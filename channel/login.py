@@ -23,6 +23,7 @@ from gateway.errors import MappingUnavailable, NotFollowing, UnknownCorp, contra
 from gateway.store import WRITE_REFUSED
 from kit.errors import Failure
 from oapi.corp import NO_SUCH_USER, UserLink
+from oapi.errors import CodeInvalid
 from oapi.hints import hint_for
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,10 @@ class Person:
     follower_id: str | None = None  # kind service-window only: the follower's userid in the virtual org
 
 
-def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, Any]:
+def login(rt: Runtime, corpid: str, code: str, *, request_id: str, client: str = "") -> dict[str, Any]:
     """Sign a person in with the corp's login app, whatever its kind; every attempt, good or bad, leaves a trace
-    entry (without the code)."""
+    entry (without the code); one with a code DingTalk does not know is counted in the window's junk entry for its
+    `client` address instead (gateway/trace.py; the failed-login budget is channel/junk.py's)."""
     corp = rt.corp(corpid)
     entry: dict[str, Any] = {"kind": "login", "app_kind": corp.kind, "request_id": request_id}
     steps = _Steps()
@@ -86,7 +88,11 @@ def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, 
             errcodes=[e.errcode] if e.errcode is not None else [],
             hint=e.hint,
         )
-        best_effort("login trace", corpid, lambda: trace.record(rt.store, corpid, entry, limit=limit))
+        if isinstance(e, CodeInvalid):
+            errcode = e.errcode if isinstance(e.errcode, int) else None
+            best_effort("login trace", corpid, lambda: _count_junk(rt, corpid, client, request_id, errcode))
+        else:
+            best_effort("login trace", corpid, lambda: trace.record(rt.store, corpid, entry, limit=limit))
         raise
     unlinked = not link.linked and (corp.kind == CHANNEL or corp.map_via)
     entry.update(
@@ -112,6 +118,11 @@ def login(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, 
         "token": token,
         "expires_in": ttl,
     }
+
+
+def _count_junk(rt: Runtime, corpid: str, client: str, request_id: str, errcode: int | None) -> None:
+    window = rt.settings.junk_window
+    trace.record_junk(rt.store, corpid, client, window=window, request_id=request_id, errcode=errcode)
 
 
 class _Steps:

@@ -14,3 +14,8 @@ CREDENTIAL_FETCHES = Counter(
     "Token and ticket fetches from DingTalk",
     ["corpid", "pipeline", "outcome"],
 )
+UPSTREAM_PACED = Counter(
+    "dtgw_upstream_paced_total",
+    "Upstream calls by what pacing did with them (at_once, queued, refused)",
+    ["api", "outcome"],
+)

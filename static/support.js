@@ -188,6 +188,13 @@
       if (e.url) detail.push(e.url);
       if (e.message) detail.push(e.message);
       if (e.ticket_refreshed) detail.push("ticket refreshed");
+      if (e.kind === "junk") {
+        // One entry per window for logins with unknown codes (and those refused for it), counted per address.
+        const addresses = Object.entries(e.addresses || {}).map(([a, n]) => `${a} ×${n}`);
+        if (e.other_addresses) addresses.push(`others ×${e.other_addresses}`);
+        detail.push(`×${e.count} since ${fmtTime(e.first)} (${e.refused || 0} refused without asking DingTalk)`);
+        detail.push(addresses.join(", "));
+      }
       const rid = e.request_id
         ? el("a", { href: "/support/logs/" + encodeURIComponent(e.request_id), class: "request-id", title: "日志 log lines" }, el("code", { text: e.request_id }))
         : "—";

@@ -26,6 +26,18 @@ _TRACE_FIELDS = (
     "agent_ok",
     "ticket_refreshed",
     "message",
+    # a junk window (gateway/trace.py: record_junk): failed logins counted, not listed
+    "count",
+    "refused",
+    "first",
+    "window_start",
+    "addresses",
+    "other_addresses",
+)
+JUNK_HINT = (
+    "Sign-ins with codes DingTalk does not know, counted per window and client address instead of listed (most are "
+    "made up). An address past its failed-login budget is refused (429) without asking DingTalk. A real person "
+    "among them gets a fresh code by opening the page again."
 )
 
 
@@ -39,7 +51,8 @@ def trace_entry_view(entry: dict[str, Any]) -> dict[str, Any]:
         except (TypeError, ValueError):
             continue
     view["errcodes"] = [{"errcode": code, "hint": hint_for(code)} for code in errcodes]
-    view["hint"] = entry.get("hint") or (hint_for(errcodes[0]) if errcodes else None)
+    view["hint"] = entry.get("hint") or (JUNK_HINT if entry.get("kind") == trace.JUNK else None)
+    view["hint"] = view["hint"] or (hint_for(errcodes[0]) if errcodes else None)
     if entry.get("url"):
         # Writers record it redacted; the console does not rely on every writer having done so.
         view["url"] = trace.redact_url(str(entry["url"]))

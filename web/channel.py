@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, render_template, request
 
 from channel.config import report_config_error, signed_config
-from channel.login import login
+from channel.junk import sign_in
 from channel.schemas import ConfigErrorBody, ConfigQuery, LoginBody
 from gateway.errors import InvalidRequest, UnknownCorp
 from gateway.logs import current_request_id
@@ -80,7 +80,8 @@ def config() -> Response:
 def login_view() -> Response:
     body = load(LOGIN_BODY, json_body())
     request.environ[CORPID_KEY] = body["corpid"]
-    return jsonify(login(get_runtime(), body["corpid"], body["code"], request_id=current_request_id() or ""))
+    rt, client = get_runtime(), request.remote_addr or ""
+    return jsonify(sign_in(rt, body["corpid"], body["code"], client=client, request_id=current_request_id() or ""))
 
 
 @bp.post("/config/error")
