@@ -25,9 +25,9 @@ lines of Lua.
   the first of `rate + 1` calls arriving late and the last on time puts `rate + 1` into one second at DingTalk.
   So any `rate` consecutive slots span 1 s + DELIVERY_MARGIN: at most `rate` calls reach DingTalk in any second
   while that delay varies by less than the margin. A thread that wakes more than half the margin after its slot
-  (its process stalled) takes a new slot rather than go out together with the calls after it, so the calls leave
-  at most `rate` in any second even on a starved machine. The rest of the headroom up to DingTalk's 20/s is for
-  delivery delays beyond the margin and for anyone else using the app.
+  (its process stalled) takes a new slot rather than go out together with the calls after it (within its wait;
+  past it, 503), so the calls leave at most `rate` in any second even on a starved machine. The rest of the
+  headroom up to DingTalk's 20/s is for delivery delays beyond the margin and for anyone else using the app.
 - A 90018 that gets through anyway (another system sharing the app's quota) opens the backoff window of
   oapi/backoff.py; the script reads it and starts the schedule after it, so calls queue past a short pause
   instead of being refused for the whole window.
@@ -53,7 +53,6 @@ from oapi.metrics import UPSTREAM_PACED
 log = logging.getLogger(__name__)
 
 DELIVERY_MARGIN = 0.1  # seconds: see the module docstring; 18/s leave 61 ms apart (16.4/s on average)
-LATE_RESERVES = 2  # new slots a thread that woke late takes before it goes anyway
 
 # KEYS[1]: the TAT (µs, Redis clock); KEYS[2]: the backoff window a rate-limit answer opened (oapi/backoff.py).
 # ARGV[1]: the interval between slots (µs); ARGV[2]: the longest wait a caller accepts (µs).
@@ -121,33 +120,35 @@ class Pacer:
                 )
             self._waiting += 1
         try:
-            slept = 0.0
-            for _ in range(LATE_RESERVES + 1):
-                wait = self.reserve(corpid, scope, api=api, backoff_key=backoff_key)
+            started = time.monotonic()
+            while True:
+                # However many turns it takes, the call waits no longer in all than max_wait.
+                budget = self.max_wait - (time.monotonic() - started)
+                wait = self.reserve(corpid, scope, api=api, backoff_key=backoff_key, max_wait=max(0.0, budget))
                 due = time.monotonic() + wait
                 if wait > 0:
                     time.sleep(wait)
-                slept += wait
                 # A thread that wakes well after its slot (the process stalled: GC, a CPU-starved machine) would go
                 # out together with the calls of the slots after it and put more than `rate` into one second at
-                # DingTalk. It lets its slot go and takes a new one instead.
+                # DingTalk. It lets its slot go and takes a new one instead, until it is on time or out of wait.
                 if time.monotonic() - due <= self.margin / 2:
-                    break
+                    return time.monotonic() - started
                 UPSTREAM_PACED.labels(api, "woke_late").inc()
-            return slept
         finally:
             with self._lock:
                 self._waiting -= 1
 
-    def reserve(self, corpid: str, scope: str, *, api: str, backoff_key: str) -> float:
-        """Take the next slot and return how far away it is (seconds), or raise QueueFull without taking it."""
+    def reserve(self, corpid: str, scope: str, *, api: str, backoff_key: str, max_wait: float | None = None) -> float:
+        """Take the next slot and return how far away it is (seconds), or raise QueueFull without taking it when it
+        is further than `max_wait` (default: the pacer's)."""
+        max_wait = self.max_wait if max_wait is None else max_wait
         if self._reserve is None:
             self._reserve = self._store.register_script(_RESERVE)
         interval_us = round(1_000_000 * (1 + self.margin) / self.rate)
         try:
             taken, wait_us = self._reserve(
                 keys=[corp_key(corpid, "pace", scope), backoff_key],
-                args=[interval_us, round(self.max_wait * 1_000_000)],
+                args=[interval_us, round(max_wait * 1_000_000)],
             )
         except self.write_refused as e:
             # A full or read-only store cannot keep the schedule: the call goes unpaced rather than fail a login
