@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import os
 
+from gateway.config import DEFAULTS
+
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# Threads, because a login spends most of its time waiting on DingTalk (two HTTPS calls on a cold cache).
+# Threads, because a login spends most of its time waiting: on DingTalk (two HTTPS calls on a cold cache) and, in
+# a burst, for its turn in the pacing (oapi/pacing.py: up to GATEWAY_UPSTREAM_MAX_WAIT, 5 s, asleep). A sleeping
+# thread costs memory, not CPU, but it is a thread a page view cannot have: at most GATEWAY_UPSTREAM_MAX_QUEUED
+# (48) of a worker's threads may wait for a turn, and a worker has 16 more, so pages load at their idle speed during
+# a burst of logins (docs/benchmarks.md, "Upstream quota"; with 4 threads a burst left page views waiting 8 s).
 worker_class = "gthread"
-threads = int(os.environ.get("GATEWAY_THREADS", "4"))
+_queued = int(os.environ.get("GATEWAY_UPSTREAM_MAX_QUEUED") or DEFAULTS["GATEWAY_UPSTREAM_MAX_QUEUED"])
+threads = int(os.environ.get("GATEWAY_THREADS") or _queued + 16)
 # Above nginx's proxy_read_timeout (20 s) and the gateway's own upstream timeouts, so nginx answers first.
 timeout = 30
 graceful_timeout = 20

@@ -65,7 +65,7 @@ def warm_up(stack: Stack, base: str) -> None:
     loadgen.run(base, login_requests(mint_codes(stack.api_base, 40)), seconds=5, processes=1, threads=4)
 
 
-def start_stack(infra: Stack, workers: int, threads: int, **kw: Any) -> Stack:
+def start_stack(infra: Stack, workers: int, threads: int | None, **kw: Any) -> Stack:
     stack = Stack(
         workers=workers,
         threads=threads,

@@ -25,6 +25,7 @@ from gateway.store import WRITE_REFUSED
 from identity.authorizations import PendingAuthorization, fingerprint
 from kit.errors import Failure
 from oapi.corp import NO_SUCH_USER, UserLink
+from oapi.errors import CodeInvalid
 from oapi.hints import hint_for
 
 log = logging.getLogger(__name__)
@@ -60,16 +61,16 @@ class Person:
     follower_id: str | None = None  # kind service-window only: the follower's userid in the virtual org
 
 
-def login(rt: Runtime, corpid: str, code: str, *, request_id: str, issuer: str) -> dict[str, Any]:
+def login(rt: Runtime, corpid: str, code: str, *, request_id: str, issuer: str, client: str = "") -> dict[str, Any]:
     """Sign a person in and hand them a session token (gateway-contract.md `/channel/login`)."""
-    person = identify(rt, corpid, code, request_id=request_id)
+    person = identify(rt, corpid, code, request_id=request_id, client=client)
     ttl = rt.settings.session_ttl
     token = issue_token(rt.keys, session_claims(**person), issuer=issuer, ttl=ttl)
     return {**person, "linked": person["userid"] is not None, "token": token, "expires_in": ttl}
 
 
 def login_for_client(
-    rt: Runtime, corpid: str, code: str, handle: str, *, request_id: str, authorize: Authorize
+    rt: Runtime, corpid: str, code: str, handle: str, *, request_id: str, authorize: Authorize, client: str = ""
 ) -> dict[str, Any]:
     """Sign a person in for an OpenID Connect client: the contract's person fields and `redirect`, the client's
     redirect URI with an authorization code (instead of a session token).
@@ -85,7 +86,7 @@ def login_for_client(
             f"oauth: the handle is for another corp than {corpid}",
             hint="Open the sign-in page with the link /oauth/authorize redirected to, unchanged.",
         )
-    person = identify(rt, corpid, code, request_id=request_id)
+    person = identify(rt, corpid, code, request_id=request_id, client=client)
     taken = rt.authorizations.take(handle)
     if taken is None:  # another tab with the same link got there first, or it expired meanwhile
         raise InvalidRequest("oauth: the handle was used or expired meanwhile", hint=HANDLE_HINT)
@@ -94,10 +95,11 @@ def login_for_client(
     return {**person, "linked": person["userid"] is not None, "redirect": redirect}
 
 
-def identify(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[str, Any]:
+def identify(rt: Runtime, corpid: str, code: str, *, request_id: str, client: str = "") -> dict[str, Any]:
     """Find out who an auth code belongs to, with the corp's login app, whatever its kind: the contract's person
     fields (corpid, kind, openid, unionid, follower_id, userid, contact_type). Every attempt, good or bad, leaves
-    a trace entry (without the code)."""
+    a trace entry (without the code); one with a code DingTalk does not know is counted in the window's junk entry
+    for its `client` address instead (gateway/trace.py; the failed-login budget is channel/junk.py's)."""
     corp = rt.corp(corpid)
     entry: dict[str, Any] = {"kind": "login", "app_kind": corp.kind, "request_id": request_id}
     steps = _Steps()
@@ -118,7 +120,11 @@ def identify(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[st
             errcodes=[e.errcode] if e.errcode is not None else [],
             hint=e.hint,
         )
-        best_effort("login trace", corpid, lambda: trace.record(rt.store, corpid, entry, limit=limit))
+        if isinstance(e, CodeInvalid):
+            errcode = e.errcode if isinstance(e.errcode, int) else None
+            best_effort("login trace", corpid, lambda: _count_junk(rt, corpid, client, request_id, errcode))
+        else:
+            best_effort("login trace", corpid, lambda: trace.record(rt.store, corpid, entry, limit=limit))
         raise
     unlinked = not link.linked and (corp.kind == CHANNEL or corp.map_via)
     entry.update(
@@ -141,6 +147,11 @@ def identify(rt: Runtime, corpid: str, code: str, *, request_id: str) -> dict[st
         "userid": link.userid,
         "contact_type": link.contact_type,
     }
+
+
+def _count_junk(rt: Runtime, corpid: str, client: str, request_id: str, errcode: int | None) -> None:
+    window = rt.settings.junk_window
+    trace.record_junk(rt.store, corpid, client, window=window, request_id=request_id, errcode=errcode)
 
 
 class _Steps:

@@ -11,6 +11,7 @@ import redis
 
 from corp.registry import Corp, CorpRegistry
 from gateway.config import Settings
+from gateway.store import WRITE_REFUSED
 from identity.authorizations import Authorizations
 from identity.clients import ClientRegistry
 from identity.keys import KeyRing
@@ -23,6 +24,7 @@ from oapi.client import AppClient
 from oapi.corp import CorpClient
 from oapi.credentials import CacheSettings
 from oapi.openapi import OpenApi
+from oapi.pacing import Pacer
 from oapi.tokens import Credentials
 from oapi.upstream import Upstream
 
@@ -96,6 +98,13 @@ def build_runtime(settings: Settings, store: redis.Redis) -> Runtime:
         store,
         timeout=settings.http_timeout,
         busy_retries=settings.busy_retries,
+        pacer=Pacer(
+            store,
+            rate=settings.upstream_rate,
+            max_wait=settings.upstream_max_wait,
+            max_queued=settings.upstream_max_queued,
+            write_refused=WRITE_REFUSED,
+        ),
     )
     return Runtime(
         settings=settings,

@@ -45,6 +45,18 @@ DEFAULTS: dict[str, Any] = {
     # allows the same (client_max_body_size 1m).
     "GATEWAY_CALLBACK_MAX_BODY": 1024 * 1024,  # bytes
     "GATEWAY_BUSY_RETRIES": 3,  # errcode -1 retries
+    # Pacing (oapi/pacing.py): calls per second per corp (v1.0: per app) and API, for every worker and host
+    # together; below DingTalk's 20/s, leaving room for delivery jitter and anyone else using the app. 0: off.
+    "GATEWAY_UPSTREAM_RATE": 18.0,
+    "GATEWAY_UPSTREAM_MAX_WAIT": 5.0,  # the longest a call queues for its slot; beyond it 503 at once
+    # Threads of one process that may wait for a slot at once (the rest get 503 at once): gunicorn.conf.py gives a
+    # worker more threads than this, so page views always find one free.
+    "GATEWAY_UPSTREAM_MAX_QUEUED": 48,
+    # Failed logins (code_invalid) allowed per client address and corp, and per corp from addresses that have
+    # failed before, in a window of GATEWAY_JUNK_WINDOW seconds (channel/junk.py). 0: no budget.
+    "GATEWAY_JUNK_ADDRESS_BUDGET": 10,
+    "GATEWAY_JUNK_CORP_BUDGET": 100,
+    "GATEWAY_JUNK_WINDOW": 600,
     "GATEWAY_SANDBOX_ORIGINS": "http://127.0.0.1:5000,http://localhost:5000",
     "GATEWAY_TRUST_PROXY": False,  # behind nginx: trust exactly one proxy's X-Forwarded-*
     "GATEWAY_SUPPORT_SESSION_TTL": 8 * 3600,  # support console login lifetime
@@ -105,6 +117,12 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, An
         raise RuntimeError("GATEWAY_STREAM_BACKOFF_MIN must be above 0 and at most GATEWAY_STREAM_BACKOFF_MAX")
     if config["GATEWAY_STREAM_TIMEOUT"] <= 0 or config["GATEWAY_STREAM_RESCAN"] <= 0:
         raise RuntimeError("GATEWAY_STREAM_TIMEOUT and GATEWAY_STREAM_RESCAN must be above 0 seconds")
+    if config["GATEWAY_UPSTREAM_RATE"] < 0 or config["GATEWAY_UPSTREAM_MAX_WAIT"] < 0:
+        raise RuntimeError("GATEWAY_UPSTREAM_RATE and GATEWAY_UPSTREAM_MAX_WAIT must not be negative (rate 0: off)")
+    if config["GATEWAY_UPSTREAM_MAX_QUEUED"] < 1:
+        raise RuntimeError("GATEWAY_UPSTREAM_MAX_QUEUED must be at least 1")
+    if min(config[n] for n in ("GATEWAY_JUNK_ADDRESS_BUDGET", "GATEWAY_JUNK_CORP_BUDGET", "GATEWAY_JUNK_WINDOW")) < 0:
+        raise RuntimeError("GATEWAY_JUNK_ADDRESS_BUDGET, _CORP_BUDGET and _WINDOW must not be negative (0: no budget)")
     if config["GATEWAY_SERVICE_WINDOW_CONFIG_TYPE"] not in (0, 1):
         raise RuntimeError("GATEWAY_SERVICE_WINDOW_CONFIG_TYPE must be 0 or 1 (dd.config's type)")
     if config["GATEWAY_ISSUER"]:
@@ -148,6 +166,12 @@ class Settings:
     max_body: int
     callback_max_body: int
     busy_retries: int
+    upstream_rate: float
+    upstream_max_wait: float
+    upstream_max_queued: int
+    junk_address_budget: int
+    junk_corp_budget: int
+    junk_window: int
     sandbox_origins: str
     trust_proxy: bool
     support_session_ttl: int

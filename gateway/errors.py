@@ -26,6 +26,7 @@ error handler (`web/errors.py`) renders both.
         │   └── TokenInvalid          502 upstream_error
         ├── UpstreamUnavailable       503 upstream_unavailable (Retry-After)
         │   ├── RateLimited           503 upstream_unavailable
+        │   ├── QueueFull             503 upstream_unavailable (no paced call slot within the wait)
         │   └── LockTimeout           503 upstream_unavailable
         └── RegistrationGone          404 unknown_corp
 

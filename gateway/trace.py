@@ -3,6 +3,11 @@
 Entries carry time, kind, step reached, errcodes, outcome and request id; never a code, token or ticket.
 Each kind has its own capped list, so a flood of (unauthenticated) config-error reports cannot push the login
 attempts support staff are looking for out of the trace.
+
+Logins with a code DingTalk does not know (code_invalid), and those the failed-login budget refused without asking
+(channel/junk.py), are junk more often than not: a few addresses sending made-up codes once pushed every real
+attempt out of the capped list. They are counted instead, in one entry per corp and window (`record_junk`: a
+hash per window with the count and the count per client address), which `recent` shows among the others.
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ _PAIR = re.compile(
 )
 
 
-def trace_key(corpid: str, kind: str) -> str:
-    return corp_key(corpid, "trace", kind)
+def trace_key(corpid: str, kind: str, *parts: str) -> str:
+    return corp_key(corpid, "trace", kind, *parts)
 
 
 def _sensitive(name: str) -> bool:
@@ -81,9 +86,97 @@ def record(store: redis.Redis, corpid: str, entry: dict[str, Any], *, limit: int
     pipe.execute()
 
 
+JUNK = "junk"
+JUNK_WINDOWS = 48  # junk windows listed per corp (the newest)
+JUNK_ADDRESSES = 20  # client addresses named per window; the rest are counted under "others"
+JUNK_TTL = 2 * 86_400  # seconds a window's counts are kept
+# KEYS[1] the window's hash, KEYS[2] the corp's index of windows. ARGV: address, window start, now, refused (1/0),
+# errcode, TTL, windows kept, addresses named, request id. One script, so concurrent failures never lose a count.
+_RECORD_JUNK = """
+local field = 'a:' .. ARGV[1]
+local named = tonumber(redis.call('HGET', KEYS[1], 'named') or '0')
+if redis.call('HEXISTS', KEYS[1], field) == 1 or named < tonumber(ARGV[8]) then
+  if redis.call('HINCRBY', KEYS[1], field, 1) == 1 then redis.call('HINCRBY', KEYS[1], 'named', 1) end
+else
+  redis.call('HINCRBY', KEYS[1], 'others', 1)
+end
+redis.call('HINCRBY', KEYS[1], 'count', 1)
+if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'refused', 1) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'errcode', ARGV[5]) end
+redis.call('HSETNX', KEYS[1], 'first', ARGV[3])
+redis.call('HSET', KEYS[1], 'last', ARGV[3], 'start', ARGV[2], 'request_id', ARGV[9])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[7]) - 1)
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+"""
+
+
+def record_junk(
+    store: redis.Redis,
+    corpid: str,
+    address: str,
+    *,
+    window: int,
+    request_id: str = "",
+    refused: bool = False,
+    errcode: int | None = None,
+) -> None:
+    """Count one failed (or budget-refused) login from `address` in the corp's junk entry of the current window; the
+    entry keeps the newest attempt's request id, whose log lines support can open."""
+    now = time.time()
+    start = int(now // window * window) if window > 0 else 0
+    store.register_script(_RECORD_JUNK)(
+        keys=[trace_key(corpid, JUNK, str(start)), trace_key(corpid, JUNK)],
+        args=[
+            address or "unknown",
+            start,
+            round(now, 3),
+            int(refused),
+            "" if errcode is None else errcode,
+            JUNK_TTL,
+            JUNK_WINDOWS,
+            JUNK_ADDRESSES,
+            request_id,
+        ],
+    )
+
+
+def junk_entries(store: redis.Redis, corpid: str) -> list[dict[str, Any]]:
+    """The corp's junk windows as trace entries, newest first."""
+    starts = store.zrevrange(trace_key(corpid, JUNK), 0, -1)
+    pipe = store.pipeline(transaction=False)
+    for start in starts:
+        pipe.hgetall(trace_key(corpid, JUNK, str(start)))
+    entries = []
+    for fields in pipe.execute():
+        if not fields:
+            continue
+        addresses = {k[2:]: int(v) for k, v in fields.items() if k.startswith("a:")}
+        errcode = fields.get("errcode")
+        entries.append(
+            {
+                "time": float(fields.get("last", 0)),
+                "kind": JUNK,
+                "step": "exchange_code",
+                "outcome": "code_invalid",
+                "request_id": fields.get("request_id") or None,
+                "count": int(fields.get("count", 0)),
+                "refused": int(fields.get("refused", 0)),
+                "first": float(fields.get("first", 0)),
+                "window_start": int(fields.get("start", 0)),
+                "addresses": dict(sorted(addresses.items(), key=lambda kv: -kv[1])),
+                "other_addresses": int(fields.get("others", 0)),
+                "errcodes": [int(errcode)] if errcode and errcode.lstrip("-").isdigit() else [],
+            }
+        )
+    return entries
+
+
 def recent(store: redis.Redis, corpid: str, *, count: int = 50, outcome: str | None = None) -> list[dict[str, Any]]:
-    """The newest entries of every kind first, optionally only those with one outcome."""
+    """The newest entries of every kind first (junk windows among them), optionally only those with one outcome."""
     lists = [[json.loads(raw) for raw in store.lrange(trace_key(corpid, kind), 0, -1)] for kind in KINDS]
+    lists.append(junk_entries(store, corpid))
     merged = heapq.merge(*lists, key=lambda e: -float(e.get("time", 0)))
     entries = [e for e in merged if not outcome or e.get("outcome") == outcome]
     return entries[:count]

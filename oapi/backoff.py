@@ -5,6 +5,13 @@ no corp's call goes upstream, except one probe at a time (after `probe_after` se
 seconds; a SET NX in the store picks the one request, across every worker) to see whether it has lifted. An
 answer in DingTalk's JSON shape lifts it for everyone; a non-JSON answer leaves its end where it was. A single
 HTML page (a proxy's error page, a misdirected DINGTALK_API_BASE) therefore costs seconds, not five minutes.
+
+With pacing on (oapi/pacing.py, the default), a rate-limit answer no longer refuses a corp's callers for a growing
+window. The gateway's own calls stay below DingTalk's limit, so a 90018 means someone else spends the same quota
+(another system with the app's key, a second deployment) or DingTalk counted a second differently. Its window is
+one second, so a short pause empties it: the window opened here is capped at PACED_MAX_DELAY_MS, callers are not
+refused by it but queue behind it (the pacing script starts the schedule after it), and the refused call queues
+once more itself. Without pacing the window still grows to MAX_DELAY_MS and refuses (the old behaviour).
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ from oapi.errors import RateLimited
 from oapi.hints import hint_for
 
 MAX_DELAY_MS = 60_000
+# Below the pacing's default wait (GATEWAY_UPSTREAM_MAX_WAIT, 5 s), so callers queued behind a pause are still
+# served; 1, 2, 4 s: long enough to empty DingTalk's one-second window several times over.
+PACED_MAX_DELAY_MS = 4_000
 IP_BLOCK_MS = 300_000  # DingTalk blocks an egress IP for about five minutes
 IP_BLOCK = global_key("backoff", "ip-block")
 IP_PROBE = global_key("backoff", "ip-block", "probe")  # held by the one request allowed upstream
@@ -37,15 +47,22 @@ class Backoff:
         self.probe_after = probe_after
         self.probe_every = probe_every
 
-    def check(self, corpid: str, api: str) -> bool:
-        """Raise RateLimited while a backoff window for this corp and API (or the global IP block) is open.
+    @staticmethod
+    def window_key(corpid: str, api: str) -> str:
+        """The key of the backoff window of corp and API (oapi/pacing.py's schedule starts after it)."""
+        return corp_key(corpid, "backoff", api)
+
+    def check(self, corpid: str, api: str, *, paced: bool = False) -> bool:
+        """Raise RateLimited while a backoff window for this corp and API (or the global IP block) is open; a
+        `paced` call is not refused by the corp's window (it queues behind it) but still by the global block.
 
         Returns True when the global block is on but this call is its probe: go upstream, then call
         `lift_ip_block()` if DingTalk answered in its JSON shape.
         """
-        pttl = self._store.pttl(corp_key(corpid, "backoff", api))
-        if pttl and pttl > 0:
-            raise RateLimited(f"Backing off {api} for corp {corpid}", retry_after=max(1, math.ceil(pttl / 1000)))
+        if not paced:
+            pttl = self._store.pttl(self.window_key(corpid, api))
+            if pttl and pttl > 0:
+                raise RateLimited(f"Backing off {api} for corp {corpid}", retry_after=max(1, math.ceil(pttl / 1000)))
         pttl = self._store.pttl(IP_BLOCK)
         if not pttl or pttl <= 0:
             return False
@@ -67,13 +84,16 @@ class Backoff:
             **kw,
         )
 
-    def trip(self, corpid: str, api: str) -> int:
-        """Open (or lengthen, exponentially from 1 s) the backoff window for corp and API; return seconds."""
+    def trip(self, corpid: str, api: str, *, paced: bool = False) -> int:
+        """Open (or lengthen, exponentially from 1 s) the backoff window for corp and API; return seconds.
+
+        `paced`: the window is a pause the paced callers queue behind, capped at PACED_MAX_DELAY_MS.
+        """
         level = int(self._store.incr(corp_key(corpid, "backoff-level", api)))
         # The level decays after a quiet five minutes, so a one-off limit costs one second again.
         self._store.expire(corp_key(corpid, "backoff-level", api), 300)
-        delay_ms = min(MAX_DELAY_MS, 1000 * 2 ** min(level - 1, 16))
-        self._store.set(corp_key(corpid, "backoff", api), level, px=delay_ms)
+        delay_ms = min(PACED_MAX_DELAY_MS if paced else MAX_DELAY_MS, 1000 * 2 ** min(level - 1, 16))
+        self._store.set(self.window_key(corpid, api), level, px=delay_ms)
         return math.ceil(delay_ms / 1000)
 
     def block_ip(self, wait_seconds: int | None) -> int:

@@ -7,6 +7,7 @@ to the contract in `gateway.errors.contract_of`).
     │   └── TokenInvalid          33001/40001/40014/42001, v1.0 InvalidAuthentication: refresh once, then give up
     ├── UpstreamUnavailable       DingTalk down, timing out or busy (-1, v1.0 429); sets retry_after
     │   ├── RateLimited           45009/90002/90005/90006/90018, v1.0 Qps*/Qpm*, the egress-IP block
+    │   ├── QueueFull             the gateway's own pacing: no call slot within the wait (oapi/pacing.py)
     │   └── LockTimeout           another worker's refresh did not finish in time
     └── RegistrationGone          the corp whose secrets fetched a credential is no longer registered
 
@@ -41,6 +42,15 @@ class UpstreamUnavailable(OapiError):
 
 class RateLimited(UpstreamUnavailable):
     default_hint = "DingTalk rate-limited this corp and API; the gateway backs off for everyone until it clears."
+
+
+class QueueFull(UpstreamUnavailable):
+    """More calls of one API for one corp are queued than DingTalk's per-second limit serves within the wait."""
+
+    default_hint = (
+        "Many sign-ins for this corp arrived at once; DingTalk serves about 20 per second per API, and the gateway "
+        "queues them in order for up to GATEWAY_UPSTREAM_MAX_WAIT seconds. Retry after the seconds in Retry-After."
+    )
 
 
 class LockTimeout(UpstreamUnavailable):

@@ -34,3 +34,8 @@ STREAM_RECONNECTS = Counter(
     "dtgw_stream_reconnects_total", "Stream mode reconnects, by why the connection ended", ["corpid", "reason"]
 )
 STREAM_CONNECTED = Gauge("dtgw_stream_connected", "1 while an app's Stream connection is up", ["corpid"])
+UPSTREAM_PACED = Counter(
+    "dtgw_upstream_paced_total",
+    "Upstream calls by what pacing did with them (at_once, queued, refused)",
+    ["api", "outcome"],
+)

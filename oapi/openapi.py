@@ -1,10 +1,11 @@
 """The HTTP client for api.dingtalk.com (the v1.0 API, dingtalk-oapi.md §7.1): JSON bodies, the token in the
 `x-acs-dingtalk-access-token` header (never the query), errors as non-2xx statuses with a string `code`.
 
-It shares the oapi client's pooled sessions, timeout and backoff (oapi/upstream.py, oapi/backoff.py): a
-`Forbidden.AccessDenied.Qps*`/`Qpm*` opens the same store-kept window as a 90018, per app and API, which every
-worker honours; the egress-IP block is the same global one. 429 `systemBusy` (and a 5xx, for an idempotent call) is
-retried here at most `busy_retries` times; the rest become oapi's typed errors (oapi/errcodes.classify_v1).
+It shares the oapi client's pooled sessions, timeout, pacing and backoff (oapi/upstream.py, oapi/pacing.py,
+oapi/backoff.py): calls are paced per app and API; a `Forbidden.AccessDenied.Qps*`/`Qpm*` opens the same
+store-kept window as a 90018, per app and API, which every worker honours (paced calls queue behind it); the
+egress-IP block is the same global one. 429 `systemBusy` (and a 5xx, for an idempotent call) is retried here at
+most `busy_retries` times; the rest become oapi's typed errors (oapi/errcodes.classify_v1).
 """
 
 from __future__ import annotations
@@ -48,26 +49,34 @@ class OpenApi:
         The backoff is kept per app and API (`app_key` + `api`) under the corp, so the support console lists it with
         the corp's others. `idempotent` allows retrying a 5xx; a read timeout is never resent (a POST).
         """
-        backoff = self._upstream.backoff
+        backoff, pacer = self._upstream.backoff, self._upstream.pacer
         scope = f"{app_key}:{api}"
-        probe = backoff.check(corpid, scope)
-        status, answer = 0, dict[str, Any]()
-        for attempt in range(self._upstream.busy_retries + 1):
-            status, answer = self._send(api, body, query, token=token, corpid=corpid, idempotent=idempotent)
-            if probe:  # this call was the global IP block's probe, and DingTalk answered in its own shape
-                probe = False
-                if backoff.lift_ip_block():
-                    log.warning("dingtalk %s answered the IP-block probe: calls of every corp resume", api)
-            if not v1_retryable(status, answer, idempotent=idempotent) or attempt == self._upstream.busy_retries:
-                break
-            time.sleep(0.05 * 2**attempt)
-        error = classify_v1(api, status, answer, token_fetch=token_fetch)
-        if error is None:
-            return answer
-        if isinstance(error, RateLimited):
-            error.retry_after = backoff.trip(corpid, scope)
-        log.warning("dingtalk %s corp=%s app=%s status=%s code=%s", api, corpid, app_key, status, error.errcode)
-        raise error
+        probe = backoff.check(corpid, scope, paced=pacer.on)
+        requeued = False
+        while True:
+            status, answer = 0, dict[str, Any]()
+            for attempt in range(self._upstream.busy_retries + 1):
+                # Every attempt is a call DingTalk counts: each waits for its slot (oapi/pacing.py).
+                pacer.wait_turn(corpid, scope, api=api, backoff_key=backoff.window_key(corpid, scope))
+                status, answer = self._send(api, body, query, token=token, corpid=corpid, idempotent=idempotent)
+                if probe:  # this call was the global IP block's probe, and DingTalk answered in its own shape
+                    probe = False
+                    if backoff.lift_ip_block():
+                        log.warning("dingtalk %s answered the IP-block probe: calls of every corp resume", api)
+                if not v1_retryable(status, answer, idempotent=idempotent) or attempt == self._upstream.busy_retries:
+                    break
+                time.sleep(0.05 * 2**attempt)
+            error = classify_v1(api, status, answer, token_fetch=token_fetch)
+            if error is None:
+                return answer
+            if isinstance(error, RateLimited):
+                error.retry_after = backoff.trip(corpid, scope, paced=pacer.on)
+                if pacer.on and not requeued:
+                    # Refused before it was carried out: queue once more behind the pause (oapi/upstream.py's call).
+                    requeued = True
+                    continue
+            log.warning("dingtalk %s corp=%s app=%s status=%s code=%s", api, corpid, app_key, status, error.errcode)
+            raise error
 
     def _send(
         self,

@@ -19,6 +19,7 @@ from oapi.backoff import Backoff
 from oapi.errcodes import SYSTEM_BUSY, classify, effective_errcode
 from oapi.errors import RateLimited, UpstreamUnavailable
 from oapi.metrics import UPSTREAM_CALLS, UPSTREAM_LATENCY
+from oapi.pacing import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,14 @@ class Upstream:
         timeout: float = 5.0,
         busy_retries: int = 3,
         pool: int = 64,
+        pacer: Pacer | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.busy_retries = busy_retries
         self.backoff = Backoff(store)
+        # Shared by the v1.0 client (oapi/openapi.py); off unless given (the runtime gives one, rate from settings).
+        self.pacer = pacer or Pacer(store, rate=0, max_wait=0, max_queued=0)
         self._idempotent = _session(read_retries=2, pool=pool)
         self._once = _session(read_retries=0, pool=pool)
 
@@ -82,6 +86,11 @@ class Upstream:
         """GET `api` with `params` (POST with a `json` body, as topapi wants); return the body when errcode is 0 (or in
         `accept`), else raise.
 
+        Each attempt first waits for its slot in the corp's and API's pacing (oapi/pacing.py): a burst queues, in
+        order, for at most the pacer's wait, and what does not fit gets QueueFull (503) before anything is sent.
+        A rate-limit answer that gets through anyway queues the call once more, behind the pause it opens
+        (oapi/backoff.py).
+
         `-1` (system busy) is retried here, at most `busy_retries` times with a short backoff. This is the one
         hand-rolled retry: -1 arrives as HTTP 200 with the errcode in the JSON body, and urllib3's Retry only sees
         statuses and connection errors. It applies to every call, single-use auth codes included: -1 is an answer,
@@ -89,9 +98,43 @@ class Upstream:
         have spent the code anyway, the retry gets 40078 and the page asks for a new code. Silence (a read timeout)
         is still never retried for a call that is not idempotent.
         """
-        probe = self.backoff.check(corpid, api)
+        paced = self.pacer.on
+        probe = self.backoff.check(corpid, api, paced=paced)
+        requeued = False
+        while True:
+            body = self._attempts(api, params, corpid=corpid, idempotent=idempotent, json=json, probe=probe)
+            probe = False
+            errcode = effective_errcode(body)
+            if errcode in accept:
+                return body
+            error = classify(api, body, token_fetch=token_fetch)
+            if error is None:
+                return body
+            if isinstance(error, RateLimited):
+                error.retry_after = self.backoff.trip(corpid, api, paced=paced)
+                if paced and not requeued:
+                    requeued = True
+                    # DingTalk refused before carrying the call out (a code is not spent): queue once more, behind
+                    # the pause just opened, rather than fail a person for someone else's share of the quota.
+                    log.warning("dingtalk %s corp=%s errcode=%s: queued again", api, corpid, body.get("errcode"))
+                    continue
+            log.warning("dingtalk %s corp=%s errcode=%s", api, corpid, body.get("errcode"))
+            raise error
+
+    def _attempts(
+        self,
+        api: str,
+        params: dict[str, str],
+        *,
+        corpid: str,
+        idempotent: bool,
+        json: dict[str, Any] | None,
+        probe: bool,
+    ) -> dict[str, Any]:
+        """The call and its busy retries, each in a paced slot (DingTalk counts every one); the last answer."""
         body: dict[str, Any] = {}
         for attempt in range(self.busy_retries + 1):
+            self.pacer.wait_turn(corpid, api, api=api, backoff_key=self.backoff.window_key(corpid, api))
             body = self._get(api, params, corpid=corpid, idempotent=idempotent, json=json)
             if probe:  # this call was the global IP block's probe, and DingTalk answered in its own shape
                 probe = False
@@ -100,16 +143,7 @@ class Upstream:
             if effective_errcode(body) != SYSTEM_BUSY or attempt == self.busy_retries:
                 break
             time.sleep(0.05 * 2**attempt)
-        errcode = effective_errcode(body)
-        if errcode in accept:
-            return body
-        error = classify(api, body, token_fetch=token_fetch)
-        if error is None:
-            return body
-        if isinstance(error, RateLimited):
-            error.retry_after = self.backoff.trip(corpid, api)
-        log.warning("dingtalk %s corp=%s errcode=%s", api, corpid, body.get("errcode"))
-        raise error
+        return body
 
     def session(self, *, idempotent: bool) -> requests.Session:
         """The pooled session for a call: read timeouts are resent only for an idempotent GET."""

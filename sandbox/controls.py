@@ -21,6 +21,7 @@ MAX_LATENCY = 60.0
 PIPELINES = ("channel", "corp")
 TICKET_MODES = ("invalidate", "renew")
 DEFAULT_BLOCKED_IP = "203.0.113.7"
+MAX_ARRIVALS = 100_000  # arrival times kept for busiest_second (a long benchmark keeps the newest)
 BUSY = (-1, "系统繁忙")  # dingtalk-oapi.md §6: "system busy", to be retried with a small backoff
 
 
@@ -50,6 +51,8 @@ class Controls:
         self._busy: dict[str, _Busy] = {}
         self._random = random.Random()
         self._calls: Counter[tuple[str, str | None]] = Counter()
+        # When each call arrived (simulator clock), so tests can count calls per second as DingTalk would.
+        self._arrivals: deque[tuple[float, str, str | None]] = deque(maxlen=MAX_ARRIVALS)
         self._windows: dict[tuple[str, str | None], deque[float]] = {}
 
     # ---- on the world's data ----------------------------------------------------------------------
@@ -151,9 +154,15 @@ class Controls:
             )
 
     def reset_calls(self) -> None:
-        """Forget the call counts."""
+        """Forget the call counts (and arrival times)."""
         with self._world.lock:
             self._calls.clear()
+            self._arrivals.clear()
+
+    def arrivals(self, api: str | None = None, corpid: str | None = None) -> list[float]:
+        """When each call (errors included) reached the simulator, oldest first, optionally filtered."""
+        with self._world.lock:
+            return [t for t, a, c in self._arrivals if api in (None, a) and corpid in (None, c)]
 
     def wait(self, api: str) -> None:
         """Sleep for api's latency; called without the lock, so a slow answer does not hold up other callers."""
@@ -169,6 +178,7 @@ class Controls:
         the rate limit.
         """
         self._calls[(api, corpid)] += 1
+        self._arrivals.append((self._world.now(), api, corpid))
         fault = self._take_fault(api, corpid)
         if fault is not None:
             return fault
@@ -205,6 +215,18 @@ class Controls:
         # Rejected calls count too: a client that keeps hammering stays throttled.
         window.append(now)
         return len(window) > self._rate_limit
+
+
+def busiest_second(arrivals: list[float], window: float = 1.0) -> int:
+    """The most calls in any `window` seconds, counted as the rate limit counts them: the calls in (t - window, t]
+    for every arrival t."""
+    times = sorted(arrivals)
+    most, first = 0, 0
+    for last, t in enumerate(times):
+        while times[first] <= t - window:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
 
 
 def _check_seconds(seconds: float) -> None:

@@ -14,7 +14,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from sandbox.app_http import add_app_apis, app_posts
-from sandbox.controls import DEFAULT_BLOCKED_IP
+from sandbox.controls import DEFAULT_BLOCKED_IP, busiest_second
 from sandbox.model import APIS, Reply, SimulatorError
 from sandbox.state import Simulator
 
@@ -125,6 +125,12 @@ def create_simulator_app(sim: Simulator) -> Flask:
         """Answer the call count for the optional api and corpid filters."""
         count = sim.calls(request.args.get("api") or None, request.args.get("corpid") or None)
         return jsonify({"calls": count})
+
+    @app.get("/_sim/arrivals")
+    def sim_arrivals() -> Response:
+        """Answer when each call arrived (and the busiest second) for the optional api and corpid filters."""
+        times = sim.arrivals(request.args.get("api") or None, request.args.get("corpid") or None)
+        return jsonify({"arrivals": times, "busiest_second": busiest_second(times)})
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

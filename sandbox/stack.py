@@ -51,7 +51,7 @@ class Stack:
         self,
         *,
         workers: int = 2,
-        threads: int = 4,
+        threads: int | None = None,
         https_port: int = 8443,
         http_port: int | None = None,
         server_name: str = "127.0.0.1",
@@ -209,8 +209,8 @@ class Stack:
             f"127.0.0.1:{self.gunicorn_port}",
             "--workers",
             str(self.workers),
-            "--threads",
-            str(self.threads),
+            # Unless given: gunicorn.conf.py's, which leaves threads for page views beside the paced logins.
+            *(["--threads", str(self.threads)] if self.threads else []),
             self.app,
         ]
         proc = self._spawn("gunicorn", argv, self.gateway_env())

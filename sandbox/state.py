@@ -190,6 +190,10 @@ class Simulator:
         """Forget the call counts."""
         self._controls.reset_calls()
 
+    def arrivals(self, api: str | None = None, corpid: str | None = None) -> list[float]:
+        """When each upstream call reached the simulator (its clock), oldest first, optionally filtered."""
+        return self._controls.arrivals(api, corpid)
+
     # ---- the DingTalk client side (sandbox.client_side) -------------------------------------------
 
     def mint_auth_code(self, corpid: str, unionid: str) -> str:

@@ -31,9 +31,12 @@ def _build_app(factory: str, settings: dict[str, Any]) -> Any:
 def _request(client: Any, kind: str, settings: dict[str, Any], code: str) -> Any:
     """One request of the herd or the traffic: the page's config, or a login with `code`."""
     corpid, agentid = settings["_corpid"], settings.get("_agentid")
+    # The client address the gateway sees (its failed-login budget is per address); the test client's default.
+    environ = {"REMOTE_ADDR": settings.get("_remote_addr", "127.0.0.1")}
     if kind == "config":
-        return client.get(f"/channel/config?corpid={corpid}&agentid={agentid}&url={quote(PAGE, safe='')}")
-    return client.post("/channel/login", json={"corpid": corpid, "code": code})
+        url = f"/channel/config?corpid={corpid}&agentid={agentid}&url={quote(PAGE, safe='')}"
+        return client.get(url, environ_base=environ)
+    return client.post("/channel/login", json={"corpid": corpid, "code": code}, environ_base=environ)
 
 
 def _run_together(pool: list[threading.Thread], barrier: Any, timeout: float) -> None:

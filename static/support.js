@@ -239,6 +239,13 @@
       if (e.url) detail.push(e.url);
       if (e.message) detail.push(e.message);
       if (e.ticket_refreshed) detail.push("已刷新 ticket");
+      if (e.kind === "junk") {
+        // One entry per window for logins with unknown codes (and those refused for it), counted per address.
+        const addresses = Object.entries(e.addresses || {}).map(([a, n]) => `${a} ×${n}`);
+        if (e.other_addresses) addresses.push(`其他 ×${e.other_addresses}`);
+        detail.push(`自 ${fmtTime(e.first)} 起 ×${e.count}（其中 ${e.refused || 0} 次未询问钉钉即被拒绝）`);
+        detail.push(addresses.join(", "));
+      }
       const rid = el("div", {},
         e.reference ? el("div", { class: "reference", text: e.reference }) : null,
         e.request_id

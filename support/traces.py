@@ -46,6 +46,18 @@ _TRACE_FIELDS = (
     "reference",  # the short code the follower's error screen shows (gateway/trace.reference_of)
     "corpid",  # page refusals: the corpid the link named (a corp nobody registered is traced under "-")
     "agentid",
+    # a junk window (gateway/trace.py: record_junk): failed logins counted, not listed
+    "count",
+    "refused",
+    "first",
+    "window_start",
+    "addresses",
+    "other_addresses",
+)
+# In Chinese, like every hint the console shows (support/hints_zh.py).
+JUNK_HINT = (
+    "钉钉不认识的授权码登录（多为伪造），按时间窗和客户端地址合并计数，不逐条列出。超出失败登录额度的地址会直接被拒绝"
+    "（429），不再询问钉钉。其中若有真实用户，重新打开页面即可获得新的授权码。"
 )
 # What DingTalk checked, from the page's dd.error report: the checker opens prefilled with it. Nothing secret.
 _CHECK_FIELDS = ("url", "signedUrl", "nonceStr", "timeStamp", "signature", "corpId", "agentId", "type")
@@ -70,7 +82,11 @@ def trace_entry_view(entry: dict[str, Any]) -> dict[str, Any]:
     view["errcodes"] = [{"errcode": code, "hint": hint_zh(code), "dingtalk": dingtalk_text(code)} for code in errcodes]
     # The console speaks Chinese: an errcode's Chinese hint first; the entry's own (English) hint where no errcode
     # explains it (the gateway's own refusals).
-    view["hint"] = (hint_zh(errcodes[0]) if errcodes else None) or entry.get("hint")
+    view["hint"] = (
+        (JUNK_HINT if entry.get("kind") == trace.JUNK else None)
+        or (hint_zh(errcodes[0]) if errcodes else None)
+        or entry.get("hint")
+    )
     if entry.get("url"):
         # Writers record it redacted; the console does not rely on every writer having done so.
         view["url"] = trace.redact_url(str(entry["url"]))

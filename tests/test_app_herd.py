@@ -92,7 +92,9 @@ def test_cold_herd_of_employee_logins_fetches_the_app_token_once(
     codes = [
         sim.mint_app_code(DEMO_ORG_CORPID, DEMO_APP_KEY, userids[i % len(userids)]) for i in range(PROCESSES * THREADS)
     ]
-    results = herd(sim_server, redis_url, kind="login", codes=codes)
+    # 128 code exchanges at once are more than DingTalk serves in the pacing's wait (tests/test_pacing.py): paced,
+    # some would get 503. What is shown here is the one token fetch, so the herd goes unpaced.
+    results = herd(sim_server, redis_url, kind="login", codes=codes, extra={"GATEWAY_UPSTREAM_RATE": 0})
     assert [r["status"] for r in results] == [200] * len(results)
     assert sim.app_controls.calls(APP_TOKEN) == 1
     assert sim.app_controls.calls(USER_INFO) == len(codes)

@@ -57,7 +57,9 @@ def test_cold_herd_of_logins_fetches_the_corp_token_once(redis_app: Any, redis_u
     sim.set_latency(0.05)
     people = [p["unionid"] for p in DEMO_PEOPLE]
     codes = [sim.mint_auth_code(DEMO_CORPID, people[i % len(people)]) for i in range(PROCESSES * THREADS)]
-    results = herd(sim_server, redis_url, kind="login", codes=codes)
+    # 128 code exchanges at once are more than DingTalk serves in the pacing's wait (tests/test_pacing.py): paced,
+    # some would get 503. What is shown here is the one token fetch, so the herd goes unpaced.
+    results = herd(sim_server, redis_url, kind="login", codes=codes, extra={"GATEWAY_UPSTREAM_RATE": 0})
     assert [r["status"] for r in results] == [200] * len(results)
     assert sim.calls("gettoken") == 1
     assert sim.calls("channel/get_channel_token") == 1

@@ -28,7 +28,7 @@ from sandbox.demo import (
     DEMO_WINDOW_APP_SECRET,
     DEMO_WINDOW_CORPID,
 )
-from tests.helpers import ORIGIN, make_config
+from tests.helpers import ORIGIN, in_background, make_config
 from web.runtime import get_runtime
 
 pytestmark = pytest.mark.redis
@@ -275,16 +275,18 @@ def test_a_persistent_invalid_authentication_costs_exactly_two_calls(gateway: An
 
 
 def test_a_qps_limit_is_honoured_by_every_worker(gateway: Any, sim_server: Any, redis_url: str) -> None:
+    """Without pacing (GATEWAY_UPSTREAM_RATE=0): a window every worker keeps off the API for."""
     from app import create_app
 
     sim = sim_server.sim
+    get_runtime(gateway).upstream.pacer.rate = 0
     sim.app_controls.inject(STATUSES, 403, QPS, message="当前请求被限流")
     resp = login(gateway, DEMO_WINDOW_CORPID, follower_code(sim, FOLLOWER_EMPLOYEE))
     error = assert_error(resp, 503, "upstream_unavailable")
     assert error["dingtalk"]["code"] == QPS
     assert int(resp.headers["Retry-After"]) >= 1
     # Another worker (its own app, the same Redis) keeps off the API for the window instead of calling it.
-    other = create_app(make_config(sim_server, REDIS_URL=redis_url))
+    other = create_app(make_config(sim_server, REDIS_URL=redis_url, GATEWAY_UPSTREAM_RATE=0))
     try:
         resp = login(other, DEMO_WINDOW_CORPID, follower_code(sim, FOLLOWER_EMPLOYEE))
         assert_error(resp, 503, "upstream_unavailable")
@@ -292,6 +294,29 @@ def test_a_qps_limit_is_honoured_by_every_worker(gateway: Any, sim_server: Any, 
     finally:
         get_runtime(other).close()
     assert sim.app_controls.calls(STATUSES) == 1
+
+
+def test_a_paced_qps_refusal_queues_every_worker_behind_a_short_pause(
+    gateway: Any, sim_server: Any, redis_url: str
+) -> None:
+    """With pacing (the default) a QPS answer pauses the app's API for every worker; the refused login and another
+    worker's login queue behind the pause and succeed, rather than being refused for the window."""
+    from app import create_app
+
+    sim = sim_server.sim
+    sim.app_controls.inject(STATUSES, 403, QPS, message="当前请求被限流")
+    assert login(gateway, DEMO_WINDOW_CORPID, follower_code(sim, FOLLOWER_EMPLOYEE)).status_code == 200
+    assert sim.app_controls.calls(STATUSES) == 2  # refused once, then queued behind the pause
+    sim.app_controls.inject(STATUSES, 403, QPS, message="当前请求被限流")
+    other = create_app(make_config(sim_server, REDIS_URL=redis_url))
+    try:
+        # Followers whose status is not cached yet, so both ask DingTalk.
+        first = in_background(lambda: login(gateway, DEMO_WINDOW_CORPID, follower_code(sim, FOLLOWER_EXTERNAL)))
+        second = login(other, DEMO_WINDOW_CORPID, follower_code(sim, FOLLOWER_UNMAPPED))
+        assert first(30).status_code == 200 and second.status_code == 200
+    finally:
+        get_runtime(other).close()
+    assert sim.app_controls.calls(STATUSES) == 5  # one more refusal, and nothing else refused
 
 
 def test_a_wrong_app_secret_is_explained(gateway: Any, sim_server: Any) -> None:

@@ -310,6 +310,8 @@ def test_system_busy_is_retried_at_most_three_times(client: Any, sim: Any) -> No
 
 @pytest.mark.parametrize("errcode", [45009, 90002, 90005, 90006, 90018])
 def test_rate_limit_opens_a_shared_backoff(app: Any, sim: Any, errcode: int) -> None:
+    """Without pacing (GATEWAY_UPSTREAM_RATE=0), a rate limit refuses everyone for a growing window."""
+    get_runtime(app).upstream.pacer.rate = 0
     sim.inject("channel/get_channel_token", errcode, times=1)
     first = app.test_client().get(CFG)
     assert first.status_code == 503 and first.json["error"]["dingtalk"]["errcode"] == errcode
@@ -322,10 +324,26 @@ def test_rate_limit_opens_a_shared_backoff(app: Any, sim: Any, errcode: int) -> 
     assert app.test_client().get(CFG).status_code == 200
 
 
+@pytest.mark.parametrize("errcode", [45009, 90018])
+def test_a_paced_call_queues_behind_a_rate_limit_instead_of_failing(app: Any, sim: Any, errcode: int) -> None:
+    """With pacing (the default), a rate limit that gets through pauses the corp's API briefly; the refused call
+    and the callers after it queue behind the pause instead of being refused for the window."""
+    sim.inject("channel/get_channel_token", errcode, times=1)
+    assert app.test_client().get(CFG).status_code == 200
+    assert sim.calls("channel/get_channel_token") == 2  # the refused call, queued once more behind the pause
+    sim.inject("channel/user/get_by_code", errcode, times=2)  # refused twice: then the caller is told
+    resp = login(app.test_client(), sim)
+    assert resp.status_code == 503 and resp.json["error"]["dingtalk"]["errcode"] == errcode
+    assert 1 <= int(resp.headers["Retry-After"]) <= 4
+    assert sim.calls("channel/user/get_by_code") == 2
+
+
 def test_backoff_grows_exponentially(app: Any) -> None:
     backoff = get_runtime(app).upstream.backoff
     assert [backoff.trip("c1", "gettoken") for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
     assert backoff.trip("c2", "gettoken") == 1  # per corp
+    # Paced, it is a short pause the callers queue behind: capped below the pacing's wait.
+    assert [backoff.trip("c3", "gettoken", paced=True) for _ in range(5)] == [1, 2, 4, 4, 4]
 
 
 @pytest.mark.parametrize("kind", ["status1111", "html"])

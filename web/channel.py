@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, render_template, request
 
 from channel.config import record_refusal, report_config_error, signed_config
+from channel.junk import sign_in
 from channel.login import login, login_for_client
 from channel.schemas import ConfigErrorBody, ConfigQuery, LoginBody
 from gateway.errors import AgentMismatch, InvalidRequest, UnknownCorp, UrlNotAllowed, contract_of
@@ -102,12 +103,17 @@ def login_view() -> Response:
     body = load(LOGIN_BODY, json_body())
     request.environ[CORPID_KEY] = body["corpid"]
     rt, request_id = get_runtime(), current_request_id() or ""
-    if body["oauth"]:  # an OpenID Connect client's sign-in: its redirect URI with a code, instead of a token
-        result = login_for_client(
-            rt, body["corpid"], body["code"], body["oauth"], request_id=request_id, authorize=complete_authorization
-        )
-        return jsonify(result)
-    return jsonify(login(rt, body["corpid"], body["code"], request_id=request_id, issuer=issuer()))
+    corpid, code, handle = body["corpid"], body["code"], body["oauth"]
+
+    def attempt(address: str) -> dict[str, Any]:
+        if handle:  # an OpenID Connect client's sign-in: its redirect URI with a code, instead of a token
+            return login_for_client(
+                rt, corpid, code, handle, request_id=request_id, authorize=complete_authorization, client=address
+            )
+        return login(rt, corpid, code, request_id=request_id, issuer=issuer(), client=address)
+
+    # Within the failed-login budgets of the client's address (behind nginx, the real one) and the corp.
+    return jsonify(sign_in(rt, corpid, client=request.remote_addr or "", request_id=request_id, attempt=attempt))
 
 
 @bp.post("/config/error")
