@@ -34,6 +34,7 @@ on a thread of its own while a request does something it does not depend on (a c
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import math
@@ -556,7 +557,9 @@ def fetched_meanwhile(cache: CredentialCache[C]) -> Iterator[Meanwhile[C]]:
     if cache.peek() is not None:
         yield meanwhile
         return
-    thread = threading.Thread(target=meanwhile.fetch, name="dtgw-fetch-meanwhile", daemon=True)
+    # In a copy of the request's context, so that the fetch's log lines carry the request's id.
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(meanwhile.fetch,), name="dtgw-fetch-meanwhile", daemon=True)
     thread.start()
     try:
         yield meanwhile

@@ -332,19 +332,23 @@ def test_refreshers_of_several_processes_fetch_each_credential_once_per_period_a
         # Refreshed ahead during the window, and by one refresher at a time: three processes refreshing on their own
         # would fetch about three times as often.
         assert 1 <= ahead <= window // SPACING + 1, (corpid, pipeline, ahead, window)
-    # Every fetch DingTalk saw is one the gateway stored (cold start included): none lost to a race.
+    # Every fetch DingTalk saw is one the gateway stored (cold start included): none made outside the cache.
     api_of = {
         "channel:token": "channel/get_channel_token",
         "channel:ticket": "channel/get_channel_jsapi_ticket",
         "corp:token": "gettoken",
     }
+
+    # (A refresher may still refresh once between its process's last /metrics read and the process's exit.)
+    def seen_is_stored(seen: int, corpid: str, pipeline: str) -> bool:
+        stored = sum(n for (c, _, p), n in fetched_in_all.items() if (c, p) == (corpid, pipeline))
+        return stored <= seen <= stored + 1
+
     for pipeline, api in api_of.items():
-        stored = sum(n for (c, _, p), n in fetched_in_all.items() if (c, p) == (DEMO_CORPID, pipeline))
-        assert sim.calls(api, DEMO_CORPID) == stored, pipeline
+        assert seen_is_stored(sim.calls(api, DEMO_CORPID), DEMO_CORPID, pipeline), pipeline
     app_calls = sim.app_controls.calls
-    stored_app = {p: sum(n for (c, _, q), n in fetched_in_all.items() if (c, q) == (APP_CORPID, p)) for p in APP}
-    assert app_calls("v1.0/oauth2/accessToken", APP_KEY) == stored_app["app:token"]
-    assert app_calls("v1.0/oauth2/jsapiTickets", APP_KEY) == stored_app["app:ticket"]
+    assert seen_is_stored(app_calls("v1.0/oauth2/accessToken", APP_KEY), APP_CORPID, "app:token")
+    assert seen_is_stored(app_calls("v1.0/oauth2/jsapiTickets", APP_KEY), APP_CORPID, "app:ticket")
 
 
 # -- the concurrent cold login ---------------------------------------------------------------------------------------
