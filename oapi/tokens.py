@@ -527,7 +527,8 @@ class Meanwhile(Generic[C]):
             self.cache.get()
         except Exception as e:  # kept for the request's own use of the credential, in its own step
             self.failure = e
-            log.info("fetch meanwhile corp=%s pipeline=%s failed: %s", self.cache.corpid, self.cache.pipeline, type(e))
+            cache = self.cache
+            log.info("fetch meanwhile corp=%s pipeline=%s failed: %s", cache.corpid, cache.pipeline, type(e).__name__)
 
     def then(self, call: Callable[[str], T]) -> Callable[[str], T]:
         """`call`, which needs the credential: it first meets the fetch's failure, as it would have met it fetching
