@@ -27,6 +27,7 @@ from kit.errors import Failure
 from oapi.corp import NO_SUCH_USER, UserLink
 from oapi.errors import CodeInvalid
 from oapi.hints import hint_for
+from oapi.tokens import fetched_meanwhile
 
 log = logging.getLogger(__name__)
 # Completes an OpenID Connect authorization once the person is known (web/oidc.py, with the protocol library):
@@ -170,10 +171,17 @@ def _unlinked_hint(corp: Corp) -> str:
 
 
 def _legacy_window(rt: Runtime, corp: Corp, code: str, steps: _Steps, entry: dict[str, Any]) -> Person:
-    """Kind channel: code -> openid/unionid (channel token) -> userid (corp token), the link cached."""
-    follower = rt.channel_client(corp).follower_for_code(code)
+    """Kind channel: code -> openid/unionid (channel token) -> userid (corp token), the link cached.
+
+    The corp token does not depend on the code: on a cold start it is fetched while the code is exchanged, so
+    the login waits for three upstream calls in a row, not four. A failure of that fetch is met only if the userid
+    lookup needs the token, at that step, as before.
+    """
+    corp_client = rt.corp_client(corp)
+    with fetched_meanwhile(corp_client.token) as corp_token:
+        follower = rt.channel_client(corp).follower_for_code(code)
     steps.at = "map_userid"
-    link = _cached_link(rt, corp.corpid, follower.unionid, entry, rt.corp_client(corp).userid_for_unionid)
+    link = _cached_link(rt, corp.corpid, follower.unionid, entry, corp_token.then(corp_client.userid_for_unionid))
     return Person(unionid=follower.unionid, link=link, openid=follower.openid)
 
 

@@ -25,6 +25,7 @@ from oapi.corp import CorpClient
 from oapi.credentials import CacheSettings
 from oapi.openapi import OpenApi
 from oapi.pacing import Pacer
+from oapi.refresh import Refresher
 from oapi.tokens import Credentials
 from oapi.upstream import Upstream
 
@@ -56,8 +57,16 @@ class Runtime:
     def near(self) -> NearCache | None:
         return self.credentials.near
 
+    @property
+    def refresher(self) -> Refresher | None:
+        """The process's refresh-ahead thread's owner (None when off)."""
+        watcher = self.credentials.watcher
+        return watcher if isinstance(watcher, Refresher) else None
+
     def close(self) -> None:
-        """Release pooled connections to DingTalk and the store."""
+        """Stop refreshing ahead; release pooled connections to DingTalk and the store."""
+        if self.refresher is not None:
+            self.refresher.close()
         if self.near is not None:
             self.near.close()
         self.upstream.close()
@@ -93,6 +102,17 @@ def build_runtime(settings: Settings, store: redis.Redis) -> Runtime:
     sealer = Sealer(settings.secret_key)
     # Only over a real Redis: the in-process store is already local, and fakeredis has no CLIENT TRACKING.
     near = NearCache(store, NAMESPACE + ":") if settings.redis_url and settings.near_cache else None
+    # Only over a real Redis, as the near cache: the in-process store serves one process, whose requests refresh.
+    refresher = (
+        Refresher(
+            store,
+            lead=settings.refresh_ahead_lead,
+            every=settings.refresh_ahead_every,
+            idle=settings.refresh_ahead_idle,
+        )
+        if settings.redis_url and settings.refresh_ahead
+        else None
+    )
     upstream = Upstream(
         settings.dingtalk_api_base,
         store,
@@ -124,6 +144,7 @@ def build_runtime(settings: Settings, store: redis.Redis) -> Runtime:
                 fail_ttl=settings.config_error_ttl,
             ),
             near,
+            watcher=refresher,
         ),
         keys=KeyRing(store, sealer, max_token_ttl=settings.session_ttl),
         clients=ClientRegistry(store),

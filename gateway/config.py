@@ -27,6 +27,13 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_TOKEN_JITTER": 30,  # spreads refreshes of many corps over time
     "GATEWAY_LOCK_WAIT": 3.0,  # how long a caller waits for another worker's refresh
     "GATEWAY_LOCK_TTL": 2.0,  # a crashed refresher's lock frees itself after this (renewed while its fetch runs)
+    # Refresh-ahead (oapi/refresh.py; only with REDIS_URL): each process's refresher looks every REFRESH_AHEAD_EVERY
+    # seconds (jittered) at the credentials its requests used within REFRESH_AHEAD_IDLE, and refreshes each one that
+    # would enter its margin within REFRESH_AHEAD_LEAD, so that no request waits on a fetch.
+    "GATEWAY_REFRESH_AHEAD": True,
+    "GATEWAY_REFRESH_AHEAD_LEAD": 60.0,
+    "GATEWAY_REFRESH_AHEAD_EVERY": 5.0,
+    "GATEWAY_REFRESH_AHEAD_IDLE": 7200.0,  # a credential used within its lifetime is kept warm
     "GATEWAY_TICKET_COOLDOWN": 60,  # at most one forced ticket refresh per corp per window
     "GATEWAY_CONFIG_ERROR_TTL": 30,  # how long a configuration error on a token fetch is remembered
     "GATEWAY_USERID_CACHE_TTL": 3600,  # unionid -> userid mapping
@@ -123,6 +130,9 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, An
         raise RuntimeError("GATEWAY_UPSTREAM_MAX_QUEUED must be at least 1")
     if min(config[n] for n in ("GATEWAY_JUNK_ADDRESS_BUDGET", "GATEWAY_JUNK_CORP_BUDGET", "GATEWAY_JUNK_WINDOW")) < 0:
         raise RuntimeError("GATEWAY_JUNK_ADDRESS_BUDGET, _CORP_BUDGET and _WINDOW must not be negative (0: no budget)")
+    if not 0 < config["GATEWAY_REFRESH_AHEAD_EVERY"] < config["GATEWAY_REFRESH_AHEAD_LEAD"]:
+        # A credential is due for `lead` seconds before it leaves the store: every pass must be able to meet it.
+        raise RuntimeError("GATEWAY_REFRESH_AHEAD_EVERY must be above 0 and below GATEWAY_REFRESH_AHEAD_LEAD")
     if config["GATEWAY_SERVICE_WINDOW_CONFIG_TYPE"] not in (0, 1):
         raise RuntimeError("GATEWAY_SERVICE_WINDOW_CONFIG_TYPE must be 0 or 1 (dd.config's type)")
     if config["GATEWAY_ISSUER"]:
@@ -153,6 +163,10 @@ class Settings:
     token_jitter: int
     lock_wait: float
     lock_ttl: float
+    refresh_ahead: bool
+    refresh_ahead_lead: float
+    refresh_ahead_every: float
+    refresh_ahead_idle: float
     ticket_cooldown: int
     config_error_ttl: int
     userid_cache_ttl: int

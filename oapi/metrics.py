@@ -1,6 +1,6 @@
 """oapi's Prometheus metrics: upstream calls by API and errcode (a v1.0 call: its path, and its string code or its
 HTTP status), credential fetches and forced refreshes by corp and pipeline (`app:token`, `app:ticket` beside the
-legacy pipelines).
+legacy pipelines), who fetched them and who waited for them, pacing, and Stream mode.
 
 Module-level, because prometheus_client registries are process-wide; the gateway's /metrics reports them.
 """
@@ -38,4 +38,17 @@ UPSTREAM_PACED = Counter(
     "dtgw_upstream_paced_total",
     "Upstream calls by what pacing did with them (at_once, queued, refused)",
     ["api", "outcome"],
+)
+
+# Refresh-ahead's two figures (oapi/refresh.py): who fetched each stored credential, the background refresher
+# ("ahead") or a request that found it missing ("request"); and how many requests found one missing and waited.
+CREDENTIAL_REFRESHES = Counter(
+    "dtgw_credential_refreshes_total",
+    "Token and ticket fetches stored, by who fetched: the background refresher (ahead) or a request (request)",
+    ["corpid", "pipeline", "path"],
+)
+CREDENTIAL_WAITS = Counter(
+    "dtgw_credential_waits_total",
+    "Requests that found a token or ticket missing and waited for its fetch (their own or another worker's)",
+    ["corpid", "pipeline"],
 )

@@ -24,10 +24,17 @@ be carried out later. So a ticket fetch is never resent after a read timeout (oa
 drops the cached ticket before it fetches, a failed one releases its cooldown, and a fetch that overlapped another
 (its lock expired while it was frozen) stores nothing and drops what is cached: what is left cached is never a
 ticket that a fetch of ours may have killed, and a dead one that a late request kills is reported by the next page.
+
+Refresh-ahead (oapi/refresh.py): a request's `get()` marks the cache used, and the process's refresher then calls
+`refresh_ahead()` before the entry leaves the store, under the same lock taken without waiting, so in steady state
+no request finds it missing. A ticket refreshed ahead stays in use while its successor is fetched; should that
+fetch fail, the ticket is dropped as after a forced refresh. `fetched_meanwhile()` fetches a missing credential
+on a thread of its own while a request does something it does not depend on (a cold login's code exchange).
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import math
@@ -36,9 +43,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import redis
 from redis.exceptions import LockError
@@ -60,10 +68,20 @@ from oapi.credential_scripts import (
 from oapi.credentials import C, CacheSettings, Credential, Fetch
 from oapi.errcodes import is_configuration
 from oapi.errors import LockTimeout, OapiError, RegistrationGone, TokenInvalid, UpstreamError, UpstreamUnavailable
-from oapi.metrics import CREDENTIAL_FETCHES
+from oapi.metrics import CREDENTIAL_FETCHES, CREDENTIAL_REFRESHES, CREDENTIAL_WAITS
 
 log = logging.getLogger(__name__)
 HISTORY_KEPT = 5  # tickets kept (sealed) for the signature checker: enough for a few refreshes within one page's life
+
+# True on the refresher's thread while it refreshes ahead: what it fetches (a ticket, and the token the ticket's fetch
+# may need) is counted as fetched ahead, and nobody waited for it.
+AHEAD: ContextVar[bool] = ContextVar("dtgw_refresh_ahead", default=False)
+
+
+class Watcher(Protocol):
+    """Keeps the credentials a process uses fresh (oapi/refresh.py's Refresher); told when a cache is used."""
+
+    def watch(self, cache: CredentialCache[Any]) -> None: ...
 
 
 class CredentialCache(Generic[C]):
@@ -82,6 +100,7 @@ class CredentialCache(Generic[C]):
         near: NearCache | None = None,
         registration: str | None = None,
         fetch_invalidates: bool = False,
+        watcher: Watcher | None = None,
     ) -> None:
         self.store = store
         self.corpid = corpid
@@ -99,6 +118,9 @@ class CredentialCache(Generic[C]):
         self._fetch = fetch
         self._settings = settings
         self._near = near
+        self._watcher = watcher
+        # Set by a request's get(); the refresher clears it on every pass, and forgets a cache left unused for long.
+        self.used = False
 
     # Scripts are only needed when writing or invalidating, never on the hot read path: built on first use.
     @cached_property
@@ -163,10 +185,64 @@ class CredentialCache(Generic[C]):
 
     def get(self) -> C:
         """A usable credential: the cached one, or a fresh one fetched by exactly one worker."""
+        if not self.used:  # at most once per pass of the refresher: the hot path only reads the flag
+            self._use()
         cached = self.peek()
         if cached is not None:
             return cached
+        if not AHEAD.get():
+            CREDENTIAL_WAITS.labels(self.corpid, self.pipeline).inc()
         return self._refresh(newer_than=None)
+
+    def _use(self) -> None:
+        if AHEAD.get():
+            return  # the refresher's own use (a ticket's fetch reads the token) keeps nothing warm
+        self.used = True
+        if self._watcher is not None:
+            self._watcher.watch(self)
+
+    # -- refreshing ahead (oapi/refresh.py) ------------------------------------------------------------------
+    def refresh_ahead(self, lead: float) -> C | None:
+        """Fetch a successor now if the cached credential leaves the store within `lead` seconds, unless another
+        worker is refreshing it already: then that one's fetch serves everybody, and this returns at once.
+
+        The successor, or None when nothing was fetched: not cached (left to the request that needs it), not due,
+        the lock taken elsewhere, or a configuration error remembered. Requests go on using the cached credential
+        meanwhile. A ticket's successor fetch that fails may still have killed it, so then the ticket is dropped
+        (as a forced refresh drops it first) and the next page fetches alone.
+        """
+        lock = self._lock()
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            # Re-read under the lock: another worker's refresher may have stored the successor since we looked.
+            current = self._due(lead)
+            if current is None or self.remembered_failure():
+                return None
+            ahead = AHEAD.set(True)
+            try:
+                with keep_alive(lock, self._settings.lock_ttl):
+                    return self._fetch_and_store()
+            except BaseException:
+                if self.fetch_invalidates:
+                    self.invalidate(current)
+                raise
+            finally:
+                AHEAD.reset(ahead)
+        finally:
+            try:
+                lock.release()
+            except LockError:
+                pass  # frozen past the lock's TTL: the write was guarded by its generation
+
+    def _due(self, lead: float) -> C | None:
+        """The credential in the store if it leaves the store within `lead` seconds (read past the near cache)."""
+        pipe = self.store.pipeline(transaction=True)  # value and TTL from the same moment
+        pipe.hgetall(self.key)
+        pipe.pttl(self.key)
+        fields, ttl_ms = pipe.execute()
+        cred = self._parse(fields)
+        return cred if cred is not None and 0 <= int(ttl_ms) < lead * 1000 else None
 
     # -- refreshing ------------------------------------------------------------------------------------------
     def force_refresh(self, cooldown: int) -> C | None:
@@ -243,8 +319,7 @@ class CredentialCache(Generic[C]):
         # A configuration error (wrong secret, IP whitelist) is remembered briefly: a hundred workers asking
         # again cannot fix it, and hammering gettoken gets the corp throttled.
         self._raise_remembered_failure()
-        # thread_local=False: the keep-alive thread renews the lock on the fetching thread's behalf.
-        lock = self.store.lock(self.key + ":lock", timeout=self._settings.lock_ttl, blocking=False, thread_local=False)
+        lock = self._lock()
         deadline = time.monotonic() + self._settings.lock_wait
         while not lock.acquire(blocking=False):
             # Someone else is fetching: watch the cache rather than queueing on the lock, so every waiter
@@ -273,6 +348,10 @@ class CredentialCache(Generic[C]):
                 # We were frozen past the lock's TTL (the keep-alive could not run); the write above was
                 # guarded by its generation.
                 pass
+
+    def _lock(self) -> Lock:
+        # thread_local=False: the keep-alive thread renews the lock on the fetching thread's behalf.
+        return self.store.lock(self.key + ":lock", timeout=self._settings.lock_ttl, blocking=False, thread_local=False)
 
     def _fetch_and_store(self) -> C:
         generation = int(
@@ -342,6 +421,7 @@ class CredentialCache(Generic[C]):
         CREDENTIAL_FETCHES.labels(self.corpid, self.pipeline, "ok").inc()
         if written and self.fetch_invalidates:
             self._remember(cred, lifetime)
+        CREDENTIAL_REFRESHES.labels(self.corpid, self.pipeline, "ahead" if AHEAD.get() else "request").inc()
         log.info(
             "fetched corp=%s pipeline=%s fp=%s gen=%s ttl=%ss%s",
             self.corpid,
@@ -429,6 +509,7 @@ class Credentials:
     near: NearCache | None = None
     # Set for one registration of a corp (corp/runtime.py binds each client to its Corp's): see the module doc.
     registration: str | None = None
+    watcher: Watcher | None = None  # the process's refresher (oapi/refresh.py), if refreshing ahead
 
     def for_registration(self, registration: str) -> Credentials:
         """The same caches, reading and writing only what belongs to this registration of the corp."""
@@ -449,6 +530,7 @@ class Credentials:
             near=self.near,
             registration=self.registration,
             fetch_invalidates=fetch_invalidates,
+            watcher=self.watcher,
         )
 
 
@@ -480,6 +562,59 @@ def keep_alive(lock: Lock, ttl: float) -> Iterator[None]:
 
 
 T = TypeVar("T")
+
+
+class Meanwhile(Generic[C]):
+    """A credential being fetched on a thread of its own while a request does something else (fetched_meanwhile)."""
+
+    def __init__(self, cache: CredentialCache[C]) -> None:
+        self.cache = cache
+        self.failure: Exception | None = None
+
+    def fetch(self) -> None:
+        try:
+            self.cache.get()
+        except Exception as e:  # kept for the request's own use of the credential, in its own step
+            self.failure = e
+            cache = self.cache
+            log.info("fetch meanwhile corp=%s pipeline=%s failed: %s", cache.corpid, cache.pipeline, type(e).__name__)
+
+    def then(self, call: Callable[[str], T]) -> Callable[[str], T]:
+        """`call`, which needs the credential: it first meets the fetch's failure, as it would have met it fetching
+        the credential itself, unless another worker has stored one since."""
+
+        def needing_it(arg: str) -> T:
+            failure = self.failure
+            if failure is not None and self.cache.peek() is None:
+                raise failure
+            return call(arg)
+
+        return needing_it
+
+
+@contextmanager
+def fetched_meanwhile(cache: CredentialCache[C]) -> Iterator[Meanwhile[C]]:
+    """While the block runs, fetch `cache`'s credential on a thread of its own if it is not cached, so that a cold
+    start waits for the longer of the two, not for both one after the other.
+
+    For a credential the block may need only later, or not at all (a cold login needs the corp token after the
+    code exchange, and only for a follower whose link is not cached): whatever the fetch meets stays on its thread
+    and is met by `Meanwhile.then(call)`, the call that needs the credential, so the request fails as it would have
+    without this, at the same step. The thread is joined before the block's outcome, good or bad, goes on; each
+    step of a fetch is bounded (upstream timeouts, the lock wait).
+    """
+    meanwhile = Meanwhile(cache)
+    if cache.peek() is not None:
+        yield meanwhile
+        return
+    # In a copy of the request's context, so that the fetch's log lines carry the request's id.
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(meanwhile.fetch,), name="dtgw-fetch-meanwhile", daemon=True)
+    thread.start()
+    try:
+        yield meanwhile
+    finally:
+        thread.join()
 
 
 def with_token(cache: CredentialCache[C], call: Callable[[C], T]) -> T:

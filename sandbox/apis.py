@@ -51,22 +51,29 @@ def _get_token(world: World, params: Mapping[str, str]) -> Reply:
     secret = _param(params, "corpsecret", "appsecret")
     _check_secret(world, corpid, secret, "corp", unknown=_CORP_UNKNOWN, wrong=_CORP_SECRET_WRONG)
     token = _issue_token(world, corpid, "corp")
-    return {"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": int(TOKEN_TTL)}
+    return {"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": int(world.ttl(TOKEN_TTL))}
 
 
 def _get_channel_token(world: World, params: Mapping[str, str]) -> Reply:
-    """Answer GET /channel/get_channel_token (channel token pipeline); no expires_in, as upstream."""
+    """Answer GET /channel/get_channel_token (channel token pipeline); no expires_in, as upstream.
+
+    Under the lifetime control it names the shortened lifetime: a client rightly assumes DingTalk's 7200 s for an
+    answer without one (dingtalk-oapi.md §1), and could not know of a lifetime DingTalk itself never shortens.
+    """
     corpid = _param(params, "corpid")
     secret = _param(params, "channel_secret")
     _check_secret(world, corpid, secret, "channel", unknown=_CHANNEL_REFUSED, wrong=_CHANNEL_REFUSED)
-    return {"errcode": 0, "errmsg": "ok", "access_token": _issue_token(world, corpid, "channel")}
+    reply: dict[str, object] = {"errcode": 0, "errmsg": "ok", "access_token": _issue_token(world, corpid, "channel")}
+    if world.lifetime is not None:
+        reply["expires_in"] = int(world.lifetime)
+    return reply
 
 
 def _get_channel_ticket(world: World, params: Mapping[str, str]) -> Reply:
     """Answer GET /channel/get_channel_jsapi_ticket."""
     token = _token(world, params, "channel")
     ticket = _issue_ticket(world, token.corpid, "channel")
-    return {"errcode": 0, "errmsg": "ok", "ticket": ticket, "expires_in": int(TICKET_TTL)}
+    return {"errcode": 0, "errmsg": "ok", "ticket": ticket, "expires_in": int(world.ttl(TICKET_TTL))}
 
 
 def _get_corp_ticket(world: World, params: Mapping[str, str]) -> Reply:
@@ -75,7 +82,7 @@ def _get_corp_ticket(world: World, params: Mapping[str, str]) -> Reply:
     if params.get("type", "jsapi") != "jsapi":
         raise bad_param("type")
     ticket = _issue_ticket(world, token.corpid, "corp")
-    return {"errcode": 0, "errmsg": "ok", "ticket": ticket, "expires_in": int(TICKET_TTL)}
+    return {"errcode": 0, "errmsg": "ok", "ticket": ticket, "expires_in": int(world.ttl(TICKET_TTL))}
 
 
 def _get_by_code(world: World, params: Mapping[str, str]) -> Reply:
@@ -167,11 +174,11 @@ def _issue_token(world: World, corpid: str, pipeline: str) -> str:
     now = world.now()
     current = world.current_tokens.get((corpid, pipeline))
     if current is None or current.revoked or now >= current.expires_at:
-        current = Token(secrets.token_hex(16), corpid, pipeline, now + TOKEN_TTL)
+        current = Token(secrets.token_hex(16), corpid, pipeline, now + world.ttl(TOKEN_TTL))
         world.tokens[current.value] = current
         world.current_tokens[(corpid, pipeline)] = current
     else:
-        current.expires_at = now + TOKEN_TTL
+        current.expires_at = now + world.ttl(TOKEN_TTL)
     return current.value
 
 
@@ -181,11 +188,11 @@ def _issue_ticket(world: World, corpid: str, kind: str) -> str:
     current = world.current_tickets.get((corpid, kind))
     live = current is not None and not current.superseded and now < current.expires_at
     if current is not None and live and world.corps[corpid].ticket_mode == "renew":
-        current.expires_at = now + TICKET_TTL
+        current.expires_at = now + world.ttl(TICKET_TTL)
         return current.value
     if current is not None:
         current.superseded = True
-    ticket = Ticket(secrets.token_urlsafe(64), corpid, kind, now + TICKET_TTL)
+    ticket = Ticket(secrets.token_urlsafe(64), corpid, kind, now + world.ttl(TICKET_TTL))
     world.tickets[ticket.value] = ticket
     world.current_tickets[(corpid, kind)] = ticket
     return ticket.value

@@ -245,22 +245,22 @@ class Apps:
         now = self.world.now()
         current = self.current_token.get(app.app_key)
         if current is None or current.revoked or now >= current.expires_at:
-            current = Issued(secrets.token_hex(16), app.app_key, now, now + APP_TOKEN_TTL)
+            current = Issued(secrets.token_hex(16), app.app_key, now, now + self.world.ttl(APP_TOKEN_TTL))
             self.tokens[current.value] = current
             self.current_token[app.app_key] = current
         else:  # the same token, its lifetime extended (§7.2)
-            current.expires_at = now + APP_TOKEN_TTL
-        return {"accessToken": current.value, "expireIn": int(APP_TOKEN_TTL)}
+            current.expires_at = now + self.world.ttl(APP_TOKEN_TTL)
+        return {"accessToken": current.value, "expireIn": int(self.world.ttl(APP_TOKEN_TTL))}
 
     def _jsapi_ticket(self, token: str | None) -> dict[str, Any]:
         app_key = self._v1_token(token)
         now = self.world.now()
         current = self.current_ticket.get(app_key)
         if current is None or now >= current.expires_at:
-            current = Issued(secrets.token_urlsafe(48), app_key, now, now + APP_TICKET_TTL)
+            current = Issued(secrets.token_urlsafe(48), app_key, now, now + self.world.ttl(APP_TICKET_TTL))
             self.current_ticket[app_key] = current
         else:  # the same ticket, renewed by 2 h, at most 24 h after it was created (§7.2)
-            current.expires_at = min(now + APP_TICKET_TTL, current.created_at + APP_TICKET_MAX_AGE)
+            current.expires_at = min(now + self.world.ttl(APP_TICKET_TTL), current.created_at + APP_TICKET_MAX_AGE)
         return {"jsapiTicket": current.value, "expireIn": max(1, int(current.expires_at - now))}
 
     def _v1_token(self, token: str | None) -> str:

@@ -18,6 +18,8 @@ from sandbox.model import Reply, SimulatorError, World, bad_param, check_api
 
 # Longer than any sane client timeout; a typo must not hang a test run for hours.
 MAX_LATENCY = 60.0
+# A whole number of seconds, as DingTalk's expires_in is; up to DingTalk's own 7200.
+MIN_LIFETIME, MAX_LIFETIME = 1.0, 7200.0
 PIPELINES = ("channel", "corp")
 TICKET_MODES = ("invalidate", "renew")
 DEFAULT_BLOCKED_IP = "203.0.113.7"
@@ -79,6 +81,19 @@ class Controls:
         _check_seconds(seconds)
         with self._world.lock:
             self._world.offset += seconds
+
+    def set_lifetime(self, seconds: float | None) -> None:
+        """Make every token and ticket issued from now on, of both generations, live `seconds` (None: DingTalk's 7200).
+
+        For runs that watch many lifetimes go by in real time (refresh-ahead); everything else answers as before, and
+        what was issued keeps its lifetime, as a renewal does.
+        """
+        if seconds is not None:
+            _check_seconds(seconds)
+            if not MIN_LIFETIME <= seconds <= MAX_LIFETIME:
+                raise SimulatorError(40035, f"lifetime must be between {MIN_LIFETIME:g} and {MAX_LIFETIME:g} s")
+        with self._world.lock:
+            self._world.lifetime = float(seconds) if seconds is not None else None
 
     def set_ip_blocked(self, corpid: str, ip: str | None = DEFAULT_BLOCKED_IP) -> None:
         """Make the corp's token endpoints answer 60020 naming ip as off the whitelist; None clears."""

@@ -91,6 +91,10 @@ def create_simulator_app(sim: Simulator) -> Flask:
         sim.advance(_field(body, "seconds", (int, float)))
         return _ok()
 
+    def sim_lifetime(body: dict[str, Any]) -> dict[str, Any]:
+        sim.set_lifetime(_field(body, "seconds", (int, float), default=None))  # null: DingTalk's own again
+        return _ok()
+
     def sim_reset_calls(body: dict[str, Any]) -> dict[str, Any]:
         sim.reset_calls()
         return _ok()
@@ -112,6 +116,7 @@ def create_simulator_app(sim: Simulator) -> Flask:
         "/_sim/revoke": sim_revoke,
         "/_sim/ticket_mode": sim_ticket_mode,
         "/_sim/advance": sim_advance,
+        "/_sim/lifetime": sim_lifetime,
         "/_sim/reset_calls": sim_reset_calls,
         "/_sim/ip_blocked": sim_ip_blocked,
         **app_posts(sim, _field),

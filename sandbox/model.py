@@ -110,6 +110,8 @@ class World:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.offset = 0.0  # moved by the advance control
+        # Set by the lifetime control: how long every token and ticket issued from then on lives (None: DingTalk's).
+        self.lifetime: float | None = None
         self.lock = threading.Lock()
         self.corps: dict[str, Corp] = {}
         self.tokens: dict[str, Token] = {}
@@ -122,6 +124,10 @@ class World:
     def now(self) -> float:
         """Return the simulated time."""
         return self.clock() + self.offset
+
+    def ttl(self, default: float) -> float:
+        """How long a token or ticket issued now lives: DingTalk's `default`, unless the lifetime control says less."""
+        return default if self.lifetime is None else self.lifetime
 
     def corp(self, corpid: str) -> Corp:
         """Return the registered corp or raise 40089; called with the lock held."""

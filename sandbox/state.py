@@ -150,6 +150,10 @@ class Simulator:
         """Move the simulator's clock forward."""
         self._controls.advance(seconds)
 
+    def set_lifetime(self, seconds: float | None) -> None:
+        """Make every token and ticket issued from now on live `seconds` (None: DingTalk's 7200 s)."""
+        self._controls.set_lifetime(seconds)
+
     def inject(
         self,
         api: str,

@@ -1,19 +1,22 @@
 """Traffic from several OS processes at once, each with its own copy of the gateway app, for the concurrency tests
-(tests/test_concurrency.py, tests/test_rotation.py) and `python -m bench.herd`.
+(tests/test_concurrency.py, tests/test_rotation.py, tests/test_refresh.py) and `python -m bench.herd`.
 
 `run_herd` releases P processes x T threads at one barrier (a thundering herd on a cold cache); `run_traffic` keeps
-requests flowing while an action happens in the middle. Processes are spawned, never forked from a threaded
-parent (the simulator serves from a thread). Each builds its app from `factory`, a "module:function" name that is
-called with the settings (as gunicorn is given `app:create_app()`), so the simulator's package imports none of
-the gateway's.
+requests flowing while an action happens in the middle; `run_steady` keeps a mix of requests flowing for a set
+time once every process is warm, and reads each process's `/metrics` on both sides of that window. Processes are
+spawned, never forked from a threaded parent (the simulator serves from a thread). Each builds its app from
+`factory`, a "module:function" name that is called with the settings (as gunicorn is given `app:create_app()`), so
+the simulator's package imports none of the gateway's.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import multiprocessing as mp
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -261,3 +264,110 @@ def run_herd(
     for p in procs:
         p.join(30)
     return results
+
+
+# -- steady traffic ---------------------------------------------------------------------------------------------------
+
+
+def _mint(api_base: str, step: dict[str, str]) -> str:
+    """A fresh single-use code from the simulator's client side, for a login step."""
+    if step["kind"] == "login":
+        path, body = "/_client/auth_code", {"corpid": step["corpid"], "unionid": step["unionid"]}
+    else:
+        path = "/_client/app_code"
+        body = {"corpid": step["corpid"], "client_id": step["client_id"], "userid": step["userid"]}
+    req = urllib.request.Request(
+        api_base + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (the loopback simulator)
+        return str(json.load(resp)["code"])
+
+
+def _step(client: Any, api_base: str, step: dict[str, str]) -> Any:
+    """One request of a steady mix: a page's config, or a login with a code minted for it."""
+    if step["kind"] == "config":
+        query = f"corpid={step['corpid']}&agentid={step['agentid']}&url={quote(PAGE, safe='')}"
+        return client.get(f"/channel/config?{query}")
+    return client.post("/channel/login", json={"corpid": step["corpid"], "code": _mint(api_base, step)})
+
+
+def _steady_worker(
+    factory: str,
+    index: int,
+    settings: dict[str, Any],
+    steps: list[dict[str, str]],
+    threads: int,
+    seconds: float,
+    pause: float,
+    barrier: Any,
+    out: Any,
+) -> None:
+    """One OS process: build the app, warm it (every step once), wait for every process, read /metrics, run the
+    mix on `threads` threads for `seconds`, read /metrics again."""
+    app = _build_app(factory, settings)
+    api_base = settings["DINGTALK_API_BASE"]
+    warm = [{"step": s["kind"], "status": _step(app.test_client(), api_base, s).status_code} for s in steps]
+    barrier.wait(timeout=120)
+    probe = app.test_client()
+    before = probe.get("/metrics").get_data(as_text=True)
+    started = time.time()
+    results: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def loop(offset: int) -> None:
+        client = app.test_client()
+        i = offset
+        while time.time() < started + seconds:
+            step = steps[i % len(steps)]
+            i += 1
+            t0 = time.time()
+            resp = _step(client, api_base, step)
+            with lock:
+                results.append({"step": step["kind"], "status": resp.status_code, "start": t0, "end": time.time()})
+            time.sleep(pause)
+
+    pool = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(seconds + TRAFFIC_DEADLINE)
+    ended = time.time()
+    after = probe.get("/metrics").get_data(as_text=True)
+    out.put((index, {"warm": warm, "results": results, "metrics": (before, after), "window": (started, ended)}))
+
+
+def run_steady(
+    *,
+    settings: dict[str, Any],
+    processes: int,
+    threads: int,
+    steps: list[dict[str, str]],
+    seconds: float,
+    pause: float = 0.05,
+    factory: str = GATEWAY_FACTORY,
+) -> list[dict[str, Any]]:
+    """Steady traffic from several processes for `seconds`, once each has sent every step once (warm).
+
+    A step is `{"kind": "config", "corpid", "agentid"}`, `{"kind": "login", "corpid", "unionid"}` (a legacy
+    follower's code) or `{"kind": "app_login", "corpid", "client_id", "userid"}` (a current app's code); each thread
+    goes through them in turn, `pause` seconds apart, so the load stays bounded on a small machine. Returns per
+    process: the warm-up's statuses, every request of the window, the process's `/metrics` text before and after
+    the window, and the window's wall-clock start and end.
+    """
+    ctx = mp.get_context("spawn")  # no fork of a threaded parent (the simulator serves from a thread)
+    barrier = ctx.Barrier(processes)
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_steady_worker,
+            args=(factory, i, settings, steps, threads, seconds, pause, barrier, out),
+            daemon=True,
+        )
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    reports = [out.get(timeout=seconds + TRAFFIC_DEADLINE + 60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    return [report for _, report in sorted(reports, key=lambda r: r[0])]

@@ -169,6 +169,33 @@ def test_channel_token_has_no_expires_in_and_renews(client: FlaskClient, sim: Si
     assert call(client, "channel/get_channel_jsapi_ticket", access_token=first["access_token"])["errcode"] == 0
 
 
+def test_the_lifetime_control_shortens_every_token_and_ticket(client: FlaskClient, sim: Simulator) -> None:
+    assert post(client, "/_sim/lifetime", {"seconds": 20}) == {"errcode": 0, "errmsg": "ok"}
+    corp = call(client, "gettoken", corpid=DEMO_CORPID, corpsecret=DEMO_CORP_SECRET)
+    channel = call(client, "channel/get_channel_token", corpid=DEMO_CORPID, channel_secret=DEMO_CHANNEL_SECRET)
+    # The channel token names its lifetime only when it is not DingTalk's 7200 s, which a client assumes.
+    assert corp["expires_in"] == channel["expires_in"] == 20
+    ticket = call(client, "channel/get_channel_jsapi_ticket", access_token=channel["access_token"])
+    assert ticket["expires_in"] == 20
+    sim.advance(19)
+    assert call(client, "get_jsapi_ticket", access_token=corp["access_token"])["errcode"] == 0
+    assert corp_token(client) == corp["access_token"]  # renewed by 20 s, as DingTalk renews by 7200
+    sim.advance(15)
+    assert call(client, "channel/get_channel_jsapi_ticket", access_token=channel["access_token"])["errcode"] == 42001
+    assert call(client, "get_jsapi_ticket", access_token=corp["access_token"])["errcode"] == 0
+    sim.advance(10)
+    assert call(client, "get_jsapi_ticket", access_token=corp["access_token"])["errcode"] == 42001
+    assert post(client, "/_sim/lifetime", {"seconds": None}) == {"errcode": 0, "errmsg": "ok"}
+    fresh = call(client, "channel/get_channel_token", corpid=DEMO_CORPID, channel_secret=DEMO_CHANNEL_SECRET)
+    assert "expires_in" not in fresh
+    assert call(client, "gettoken", corpid=DEMO_CORPID, corpsecret=DEMO_CORP_SECRET)["expires_in"] == 7200
+
+
+@pytest.mark.parametrize("seconds", [0, 0.5, 7201, -1, "20", True])
+def test_the_lifetime_control_refuses_odd_lifetimes(client: FlaskClient, seconds: Any) -> None:
+    assert post(client, "/_sim/lifetime", {"seconds": seconds})["errcode"] == 40035
+
+
 @pytest.mark.parametrize("pipeline", ["channel", "corp"])
 def test_tokens_expire_after_7200_seconds(client: FlaskClient, sim: Simulator, pipeline: str) -> None:
     token = channel_token(client) if pipeline == "channel" else corp_token(client)

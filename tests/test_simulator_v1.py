@@ -53,6 +53,21 @@ def test_access_token_is_the_same_within_its_lifetime(v1: SimulatorServer) -> No
     assert app_token(v1) != resp.json()["accessToken"]
 
 
+def test_the_lifetime_control_shortens_app_tokens_and_tickets(v1: SimulatorServer) -> None:
+    v1.sim.set_lifetime(20)
+    resp = post(v1, ACCESS_TOKEN, {"appKey": APP_KEY, "appSecret": APP_SECRET})
+    token = resp.json()["accessToken"]
+    assert resp.json()["expireIn"] == 20
+    first = ticket(v1, token).json()
+    assert first["expireIn"] == 20
+    v1.sim.advance(19)
+    renewed = ticket(v1, token).json()
+    assert renewed["jsapiTicket"] == first["jsapiTicket"] and renewed["expireIn"] == 20
+    v1.sim.advance(21)
+    assert_v1_error(ticket(v1, token), 400, "InvalidAuthentication")
+    assert app_token(v1) != token
+
+
 @pytest.mark.parametrize(
     "body", [{"appKey": APP_KEY, "appSecret": "wrong"}, {"appKey": "nobody", "appSecret": APP_SECRET}, {}]
 )
