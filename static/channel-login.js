@@ -170,9 +170,10 @@
 
   // ---- the gateway ------------------------------------------------------------------------------
 
-  function GatewayError(status, body) {
+  function GatewayError(status, body, retryAfter) {
     var e = (body && body.error) || {};
     this.status = status;
+    this.retryAfter = retryAfter || 0; // seconds, from the Retry-After header (503 upstream_unavailable, 429)
     this.code = e.code || "http_" + status;
     this.errcode = e.dingtalk && e.dingtalk.errcode;
     this.requestId = e.request_id;
@@ -192,7 +193,7 @@
         return resp.json().then(
           function (data) {
             if (!resp.ok) {
-              throw new GatewayError(resp.status, data);
+              throw new GatewayError(resp.status, data, parseInt(resp.headers.get("Retry-After") || "", 10));
             }
             return data;
           },
@@ -433,6 +434,28 @@
   }
 
   /** Exchange a code; a code the gateway calls invalid is replaced by a fresh one, once. */
+  // A burst of sign-ins for one corp queues for DingTalk's quota; what cannot be served within the gateway's wait
+  // gets 503 upstream_unavailable with an honest Retry-After, and the code was not sent yet (a paced refusal comes
+  // before the call). So the page waits that long and posts the same code again, a few times, before it gives up.
+  var MAX_QUEUE_RETRIES = 4;
+  var MAX_RETRY_AFTER = 15; // seconds: a longer wait (DingTalk blocked, a long outage) is shown, not waited out
+
+  function postLogin(body, retries) {
+    return call("POST", "/channel/login", body).then(null, function (err) {
+      var wait = err instanceof GatewayError && err.code === "upstream_unavailable" ? err.retryAfter : 0;
+      if (wait > 0 && wait <= MAX_RETRY_AFTER && retries < MAX_QUEUE_RETRIES) {
+        busy("queued", "登录人数较多，正在排队（约 " + wait + " 秒）…");
+        return new Promise(function (resolve) {
+          setTimeout(resolve, wait * 1000);
+        }).then(function () {
+          busy("signing-in", "正在登录…");
+          return postLogin(body, retries + 1);
+        });
+      }
+      throw err;
+    });
+  }
+
   function signIn(attempt) {
     // The container may now ask the person to choose or confirm: say so, not that the page is working.
     busy("authorizing", attempt === 0 ? "请在钉钉中确认授权…" : "授权码已失效，正在重新获取…");
@@ -443,7 +466,7 @@
         if (oauth) {
           body.oauth = oauth;
         }
-        return call("POST", "/channel/login", body).then(
+        return postLogin(body, 0).then(
           function (result) {
             if (result.redirect) {
               busy("redirecting", "登录成功，正在返回应用…");

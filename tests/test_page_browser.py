@@ -567,3 +567,29 @@ def test_unfollowed_follower_is_asked_to_follow_first(browser: Any, gateway: Liv
         assert_nothing_secret_kept(v, sent, body)
     assert body["error"]["code"] == "not_following"
     assert gateway.trace(DEMO_WINDOW_CORPID)[0]["outcome"] == "not_following"
+
+
+def test_a_queued_login_waits_retry_after_and_sends_the_same_code_again(browser: Any, gateway: LiveGateway) -> None:
+    """A burst past the gateway's wait gets 503 upstream_unavailable with Retry-After before DingTalk is asked (issue
+    19): the page waits that long and posts the same, still unspent, code again instead of showing an error."""
+    with visit(browser, gateway.origin) as v:
+        posted: list[dict[str, Any]] = []
+
+        def first_is_queued(route: Any) -> None:
+            posted.append(route.request.post_data_json)
+            if len(posted) == 1:
+                body = {"error": {"code": "upstream_unavailable", "message": "queue full", "hint": "wait"}}
+                route.fulfill(status=503, json=body, headers={"Retry-After": "1"})
+            else:
+                route.continue_()
+
+        v.page.route(
+            "**/channel/login",
+            lambda route: first_is_queued(route) if route.request.method == "POST" else route.continue_(),
+        )
+        v.page.goto(gateway.page_url())
+        v.pick(EMPLOYEE)
+        v.state("queued")
+        v.state("signed-in")
+        assert v.page.inner_text("#success-userid") == EMPLOYEE["userid"]
+        assert len(posted) == 2 and posted[0]["code"] == posted[1]["code"]
