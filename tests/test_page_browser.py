@@ -51,6 +51,7 @@ SECRET_KEY = "browser-test-secret-key-0123456789"
 TIMEOUT_MS = 15_000
 
 EMPLOYEE = next(p for p in DEMO_PEOPLE if p["contact_type"] == 0)
+EXTERNAL = next(p for p in DEMO_PEOPLE if p["contact_type"] == 1)
 UNLINKED = next(p for p in DEMO_PEOPLE if p["userid"] is None)
 
 
@@ -593,3 +594,31 @@ def test_a_queued_login_waits_retry_after_and_sends_the_same_code_again(browser:
         v.state("signed-in")
         assert v.page.inner_text("#success-userid") == EMPLOYEE["userid"]
         assert len(posted) == 2 and posted[0]["code"] == posted[1]["code"]
+
+
+def test_the_follower_page_wording(browser: Any, gateway: LiveGateway) -> None:
+    """Issue 22, item 5: the picker's labels, the status line while the person chooses, an empty choice, the external
+    contact's success line, and no status line repeating a result card's title."""
+    with visit(browser, gateway.origin) as v:
+        v.page.goto(gateway.page_url())
+        v.page.wait_for_selector("#sandbox-panel:not([hidden])", timeout=TIMEOUT_MS)
+        # While the person chooses, the page says it waits for them, not that it is asking DingTalk.
+        status = v.page.inner_text("#status")
+        assert status == "请在钉钉中确认授权…" and "正在请求钉钉授权" not in status
+        # One pair of brackets per label: "王经理（员工 · 经理）", never "王经理（员工（经理））".
+        names = v.page.locator(".picker__name").all_inner_texts()
+        assert names and all(n.count("（") == 1 and n.count("）") == 1 for n in names), names
+        # Submitting without a choice: the page's own Chinese message, never the browser's English bubble.
+        assert v.page.evaluate("() => document.getElementById('sandbox-picker').noValidate") is True
+        v.page.get_by_role("button", name="以此身份授权").click()
+        error = v.page.locator("#sandbox-picker-error")
+        assert error.is_visible() and "请先选择一个身份" in error.inner_text()
+        assert v.page.locator("#sandbox-panel").is_visible()
+        # An external contact is told so, not that they are a member of the corp.
+        login_exchange(v, lambda: v.pick(EXTERNAL))
+        v.state("signed-in")
+        said = v.page.inner_text("#success-as")
+        assert "外部联系人" in said and "企业成员" not in said and "员工" not in said
+        # The card's title says what happened; the status line does not repeat it.
+        assert v.page.is_hidden("#status") or v.page.inner_text("#status") != v.page.inner_text("#success-title")
+        v.shot("22-wording-external-contact")
