@@ -284,12 +284,14 @@ def stream(corpids: tuple[str, ...], metrics_port: int | None) -> None:
     and stops cleanly on SIGTERM or Ctrl-C. Each connection's state is shown by /healthz.
     """
     # Imported here: the SDK (and the aiohttp it pulls in) costs every web worker a quarter of a second otherwise.
-    from corp.stream import StreamRunner, run_stream
+    from corp.stream import StreamRunner, run_stream, stream_corps
 
     rt = get_runtime()
     if not rt.settings.redis_url and not current_app.config.get("TESTING"):
         fail("REDIS_URL is not set: the events must go to the shared store the web side reads")
     try:
+        if corpids:  # a named corp that cannot be served is said before any connection or event loop starts
+            stream_corps(rt, corpids, strict=True)
         runner = StreamRunner(rt, corpids)
         if metrics_port is not None:
             from prometheus_client import start_http_server
