@@ -11,8 +11,9 @@ A push is checked in this order, and the first failure answers:
     payload decrypts to a JSON object for our receiver key      else 400 decrypt_failed
     (signature, nonce) not seen in the last 2 windows           else 403 signature_invalid (replayed)
 
-Then the event is recorded in the corp's event log (corp.events; duplicates stored once) and its effects
-applied, all before the encrypted reply is sent: an acknowledged event is never lost. Effects are idempotent
+Then the event is recorded in the corp's event log (corp.events.record_durably: duplicates stored once, and on a
+replica of the store's primary when it has replicas, else 503) and its effects applied, all before the encrypted
+reply is sent: an acknowledged event is never lost, not even with the primary. Effects are idempotent
 and run on every delivery, so an event whose first delivery was stored but not acknowledged (store hiccup
 after the append) still has them. Nothing decrypted is ever logged or put in an error.
 """
@@ -27,7 +28,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 from prometheus_client import Counter
 
-from corp.events import HANDSHAKE_TYPES, EventLog, event_ids, event_type
+from corp.events import HANDSHAKE_TYPES, EventLog, event_ids, event_type, record_durably
 from corp.follows import FOLLOW_EVENTS, FollowCache, follow_changes
 from corp.links import LinkCache
 from corp.runtime import Runtime
@@ -200,7 +201,9 @@ def handle_push(rt: Runtime, corpid: str, push: Push, *, now: float | None = Non
     if kind in HANDSHAKE_TYPES:
         outcome = "handshake"
     else:
-        outcome = "stored" if events.append(event).stored else "duplicate"
+        # Durable before anything else happens: an acknowledged event must survive the loss of the primary.
+        recorded = record_durably(rt.store, corpid, event, ack_timeout=rt.settings.replica_ack_timeout)
+        outcome = "stored" if recorded.stored else "duplicate"
     if kind in LINK_EVENTS:
         userids = event_ids(event).get("UserId", [])
         LinkCache(rt.store, corpid, rt.settings.userid_cache_ttl).drop_users(userids)

@@ -11,6 +11,7 @@ import redis
 
 from corp.registry import Corp, CorpRegistry
 from gateway.config import Settings
+from gateway.store import CLUSTER, IN_PROCESS, SENTINEL, mode_of
 from kit.keys import NAMESPACE
 from kit.nearcache import NearCache
 from kit.sealing import Sealer, session_jwt_key
@@ -45,9 +46,18 @@ class Runtime:
     _corp_clients: dict[str, CorpClient] = field(default_factory=dict, repr=False)
     _app_clients: dict[str, CurrentAppClient] = field(default_factory=dict, repr=False)
 
+    # Why there is no near cache, for /healthz (empty when there is one).
+    near_off_reason: str = ""
+
     @property
     def near(self) -> NearCache | None:
         return self.credentials.near
+
+    def near_cache_status(self) -> tuple[str, dict[str, Any]]:
+        """The near cache's state ("live", "connecting" or "off") and what it is doing, for /healthz."""
+        if self.near is None:
+            return "off", {"tracking": None, "flushes": 0, "reason": self.near_off_reason}
+        return self.near.status(), self.near.describe()
 
     def close(self) -> None:
         """Release pooled connections to DingTalk and the store."""
@@ -84,8 +94,7 @@ class Runtime:
 def build_runtime(settings: Settings, store: redis.Redis) -> Runtime:
     """Build the runtime from the settings and the store (app.py composes; nothing here knows Flask)."""
     sealer = Sealer(settings.secret_key)
-    # Only over a real Redis: the in-process store is already local, and fakeredis has no CLIENT TRACKING.
-    near = NearCache(store, NAMESPACE + ":") if settings.redis_url and settings.near_cache else None
+    near, near_off_reason = near_cache_for(settings, store)
     upstream = Upstream(
         settings.dingtalk_api_base,
         store,
@@ -112,4 +121,23 @@ def build_runtime(settings: Settings, store: redis.Redis) -> Runtime:
             near,
         ),
         session_key=session_jwt_key(settings.secret_key),
+        near_off_reason=near_off_reason,
     )
+
+
+def near_cache_for(settings: Settings, store: redis.Redis) -> tuple[NearCache | None, str]:
+    """The near cache this store allows, or None and why not."""
+    mode = mode_of(store)
+    if mode == IN_PROCESS:
+        # The in-process store is already local, and fakeredis has no CLIENT TRACKING.
+        return None, "the store is in-process (REDIS_URL unset): nothing to keep closer"
+    if not settings.near_cache:
+        return None, "GATEWAY_NEAR_CACHE is off: every read goes to the store"
+    if mode == CLUSTER:
+        # Tracking is per node: one connection to every primary, made again whenever the slot map changes, with no
+        # moment where a key moving between nodes goes unannounced. Not built; every read goes to the store
+        # (docs/deployment.md has the cost).
+        return None, "Redis Cluster: not supported (tracking is per node); every read goes to the store"
+    if mode == SENTINEL:
+        return NearCache(store, NAMESPACE + ":", primary=store.connection_pool.get_master_address), ""
+    return NearCache(store, NAMESPACE + ":"), ""

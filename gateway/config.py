@@ -33,6 +33,10 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_SERVICE_WINDOW_CONFIG_TYPE": 0,
     "GATEWAY_SESSION_TTL": 7200,  # session token lifetime
     "GATEWAY_CALLBACK_WINDOW": 300,  # accepted callback timestamp skew
+    # How long recording an event waits for a replica of the store's primary to have it (Redis WAIT); an event no
+    # replica acknowledged in time is answered 503, and DingTalk delivers it again. Below the store's socket
+    # timeout (2 s). Only when the primary has replicas.
+    "GATEWAY_REPLICA_ACK_TIMEOUT": 1.0,
     "GATEWAY_TRACE_LIMIT": 200,  # trace entries kept per corp
     "GATEWAY_NEAR_CACHE": True,  # keep credentials in process memory while Redis reports them unchanged
     "GATEWAY_CORP_CACHE_TTL": 2.0,  # a registration change made on another host is seen within this
@@ -125,6 +129,7 @@ class Settings:
     service_window_config_type: int
     session_ttl: int
     callback_window: int
+    replica_ack_timeout: float
     trace_limit: int
     near_cache: bool
     corp_cache_ttl: float

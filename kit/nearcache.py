@@ -28,6 +28,14 @@ gateway's database.
 redis-py has this built in (`cache_config`), but only for RESP3 servers from Redis 7.4 on; Debian 12 ships 7.0.
 With an older Redis or one that refuses `CLIENT TRACKING`, the cache never becomes live and every read goes to the
 store, as before (a warning says why).
+
+After a failover (Redis Sentinel) the tracking connection is made again, to the new primary (its connection class
+asks the sentinels, as the store client's do), and the cache starts empty: the new primary may hold an older value
+than the one kept (replication is asynchronous), and announcements of writes made meanwhile were never heard. So
+nothing is served from memory that the new primary does not hold. Sentinel closes every client of a primary it
+demotes, and the connection dies with a primary that dies; beside that, `primary` (given for a Sentinel store) is
+asked every `check_every` seconds, and a tracking connection to any other server is dropped: a primary cut off
+from the sentinels but not from this process must not keep the cache alive.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -69,6 +78,8 @@ class NearCache:
         ping_every: float = 1.0,
         stale_after: float = 3.0,
         max_backoff: float = 5.0,
+        primary: Callable[[], tuple[str, int]] | None = None,
+        check_every: float = 1.0,
     ) -> None:
         self._store = store
         self._prefix = prefix
@@ -84,6 +95,11 @@ class NearCache:
         self._thread: threading.Thread | None = None
         self._conn: Any = None
         self._warned = False
+        self._primary = primary
+        self._check_every = check_every
+        self._server = ""  # host:port the tracking connection is on, while live
+        self._flushes = 0  # times everything was dropped because the connection was lost or made again
+        self._reason = ""  # why it is not live, for /healthz
         _INSTANCES.add(self)
 
     # -- the read path -------------------------------------------------------------------------------------------
@@ -127,6 +143,15 @@ class NearCache:
         """ "live", or "connecting" (not subscribed yet, or lost and retrying: reads go to the store meanwhile)."""
         self._ensure_listening()
         return "live" if self.live else "connecting"
+
+    def describe(self) -> dict[str, Any]:
+        """What it is doing, for /healthz: the server it tracks, how often it emptied itself, why it is not live."""
+        live = self.status() == "live"
+        return {
+            "tracking": self._server if live else None,
+            "flushes": self._flushes,
+            "reason": None if live else (self._reason or "connecting to the store's invalidation channel"),
+        }
 
     def close(self) -> None:
         """Stop listening and forget everything."""
@@ -172,6 +197,8 @@ class NearCache:
 
     def _lose(self) -> None:
         with self._lock:
+            if self._live:
+                self._flushes += 1
             self._live = False
             self._seq += 1
             self._entries.clear()
@@ -183,6 +210,7 @@ class NearCache:
                 self._subscribe_and_serve()
                 backoff = 0.1
             except Exception as e:  # whatever it is, the answer is the same: not live, and retry
+                self._reason = f"{type(e).__name__}: {e}"
                 if not self._stop.is_set() and not self._warned:
                     log.warning(
                         "near cache off until the store's invalidation channel is back (%s: %s); reading the "
@@ -221,14 +249,21 @@ class NearCache:
         conn.read_response()
         conn.send_command("SUBSCRIBE", CHANNEL, check_health=False)
         conn.read_response()
+        # A unix socket has a path, not a host and port.
+        server = (str(getattr(conn, "host", "") or getattr(conn, "path", "")), int(getattr(conn, "port", 0) or 0))
         with self._lock:
+            # Empty on every (re)connection: whatever was kept came from a connection whose announcements are lost,
+            # and perhaps from another primary.
             self._entries.clear()
             self._seq += 1
             self._heard = time.monotonic()
             self._live = True
+            self._server = f"{server[0]}:{server[1]}"
+            self._reason = ""
         if self._warned:
             log.warning("near cache live again")
             self._warned = False
+        checked = time.monotonic()
         while not self._stop.is_set():
             if conn.can_read(timeout=self._ping_every):
                 self._handle(conn.read_response())
@@ -236,6 +271,17 @@ class NearCache:
                 raise redis.exceptions.ConnectionError("no answer to PING on the invalidation channel")
             else:
                 conn.send_command("PING", check_health=False)
+            if self._primary is not None and time.monotonic() - checked >= self._check_every:
+                checked = time.monotonic()
+                self._check_primary(server)
+
+    def _check_primary(self, server: tuple[str, int]) -> None:
+        try:
+            host, port = self._primary()  # type: ignore[misc]
+        except redis.exceptions.RedisError:
+            return  # the sentinels cannot be asked: that says nothing about where the primary is
+        if (host, int(port)) != server:
+            raise redis.exceptions.ConnectionError(f"the primary moved to {host}:{port}")
 
     def _handle(self, message: Any) -> None:
         self._heard = time.monotonic()

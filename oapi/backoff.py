@@ -21,8 +21,9 @@ from oapi.hints import hint_for
 
 MAX_DELAY_MS = 60_000
 IP_BLOCK_MS = 300_000  # DingTalk blocks an egress IP for about five minutes
-IP_BLOCK = global_key("backoff", "ip-block")
-IP_PROBE = global_key("backoff", "ip-block", "probe")  # held by the one request allowed upstream
+# One hash tag for the block and its probe: lifting the block deletes both in one command, one cluster slot.
+IP_BLOCK = global_key("backoff", "{ip-block}")
+IP_PROBE = global_key("backoff", "{ip-block}", "probe")  # held by the one request allowed upstream
 PROBE_AFTER = 10.0
 PROBE_EVERY = 10.0
 
