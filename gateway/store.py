@@ -74,12 +74,11 @@ def parse_store_url(url: str) -> StoreUrl:
         raise StoreUrlError(
             f"REDIS_URL must start with redis://, rediss://, {SENTINEL_SCHEME}:// or {CLUSTER_SCHEME}://"
         )
+    if "?" in rest or "#" in rest:
+        raise StoreUrlError(f"REDIS_URL ({scheme}://…) takes no query options (percent-encode ? and # in a password)")
     # urlsplit reads one host only; the comma-separated list is split here, after the userinfo.
     userinfo, at, hostpart = rest.rpartition("@") if "@" in rest.split("/", 1)[0] else ("", "", rest)
     hosts, _, path = hostpart.partition("/")
-    path, _, query = path.partition("?")
-    if query:
-        raise StoreUrlError(f"REDIS_URL ({scheme}://…) takes no query options")
     nodes: list[tuple[str, int]] = []
     for item in hosts.split(","):
         parsed = urlsplit("//" + item.strip())

@@ -251,6 +251,8 @@ class NearCache:
         conn.read_response()
         # A unix socket has a path, not a host and port.
         server = (str(getattr(conn, "host", "") or getattr(conn, "path", "")), int(getattr(conn, "port", 0) or 0))
+        if self._primary is not None:
+            self._check_primary(server)  # before going live: a server that is not the primary never serves
         with self._lock:
             # Empty on every (re)connection: whatever was kept came from a connection whose announcements are lost,
             # and perhaps from another primary.

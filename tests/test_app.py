@@ -64,6 +64,16 @@ def test_healthz(client: Any) -> None:
     resp = client.get("/healthz")
     assert resp.status_code == 200 and resp.json["status"] == "ok" and resp.json["store"] == "ok"
     assert resp.json["near_cache"] == "off"  # the in-process store needs none
+    assert resp.json["store_mode"] == "in-process"
+    assert "in-process" in resp.json["near_cache_info"]["reason"]
+
+
+def test_a_malformed_redis_url_stops_the_start_and_says_why_without_the_password() -> None:
+    from app import create_app
+
+    with pytest.raises(RuntimeError) as refused:
+        create_app({"GATEWAY_SECRET_KEY": "k", "REDIS_URL": "redis+sentinel://:hunter2@s1:26379"})
+    assert "/SERVICE" in str(refused.value) and "hunter2" not in str(refused.value)
 
 
 @pytest.mark.parametrize(
