@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -24,7 +25,7 @@ import pytest
 import redis
 
 from corp.events import EventLog
-from gateway.store import connect
+from gateway.store import Replication, connect
 from kit.keys import corp_key
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CORPID, DEMO_PEOPLE
 from sandbox.redis_ha import Sentinels
@@ -295,42 +296,92 @@ def test_a_connection_that_lands_on_a_replica_gets_readonly_and_a_clean_503(
     assert client.post("/channel/config/error", json=report).status_code == 202
 
 
-def test_a_push_no_replica_acknowledges_is_a_503_and_survives_as_its_redelivery(
-    sim_server: Any, group: Sentinels, apps: list[Any]
-) -> None:
-    """The replica is cut off (frozen: still connected, acknowledging nothing) when a push arrives, and then the
-    primary dies. Answered `success`, the push would be lost with the primary; it is answered 503, so DingTalk
-    delivers it again, to the new primary, where it is stored once."""
-    app = make_app(sim_server, group)
-    apps.append(app)
-    client = app.test_client()
-    sender = Sender(CALLBACK_TOKEN, AES_KEY, DEMO_CORPID)
-    event = {"EventType": "user_leave_org", "UserId": ["durable-1"], "TimeStamp": "1700000000000"}
-    ok = sender.push(client, {**event, "UserId": ["durable-0"]})
-    assert ok.status_code == 200 and sender.check_reply(ok.get_json()) == "success"
+def ballast_bytes() -> int:
+    """More than the kernel's socket buffers between two loopback peers can hold (the receiver's tcp_rmem maximum
+    and the sender's tcp_wmem maximum): written while the replica is frozen, it keeps what follows in the
+    primary's own output buffer, which dies with the primary."""
+    try:
+        rmem = int(Path("/proc/sys/net/ipv4/tcp_rmem").read_text().split()[2])
+        wmem = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 64 << 20
+    return rmem + wmem + (8 << 20)
+
+
+def push_while_the_replica_is_cut_off_then_lose_the_primary(group: Sentinels, client: Any, event: Any) -> Any:
+    """Freeze the replica (still connected, receiving nothing more), send the push, SIGKILL the primary, thaw the
+    replica and wait for it to be promoted; return the push's answer."""
     old = group.primary_port()
+    assert old is not None
     replica = next(s for port, s in group.servers.items() if port != old)
     assert replica.proc is not None
     os.kill(replica.proc.pid, signal.SIGSTOP)
     try:
-        started = time.monotonic()
-        resp = sender.push(client, event)
-        took = time.monotonic() - started
-        assert is_clean_503(resp), (resp.status_code, resp.get_json())
-        assert "replica" in resp.get_json()["error"]["message"]
-        assert took < get_runtime(app).settings.replica_ack_timeout + 1.5  # WAIT is bounded
-        assert group.kill_primary() == old  # with the event that no replica has
+        direct = redis.Redis(port=old)
+        direct.set("ballast", b"x" * ballast_bytes())  # fills the pipe to the replica: what follows stays behind
+        direct.close()
+        resp = Sender(CALLBACK_TOKEN, AES_KEY, DEMO_CORPID).push(client, event)
+        assert group.kill_primary() == old  # with whatever no replica has
     finally:
         os.kill(replica.proc.pid, signal.SIGCONT)
     group.wait_failover(old)
+    return resp
+
+
+def logged_users(app: Any) -> list[list[str]]:
+    store = get_runtime(app).store
+    wait_for(lambda: store_takes_writes(store), "writes on the new primary")
+    return [e.ids["UserId"] for e in EventLog(store, DEMO_CORPID).recent()]
+
+
+LEFT = {"EventType": "user_leave_org", "UserId": ["durable-1"], "TimeStamp": "1700000000000"}
+
+
+def test_a_push_no_replica_acknowledges_is_a_503_and_survives_as_its_redelivery(
+    sim_server: Any, group: Sentinels, apps: list[Any]
+) -> None:
+    """The replica is cut off when a push arrives, and then the primary dies with the push. It was answered 503,
+    not `success`, so DingTalk delivers it again, to the new primary, where it is stored once."""
+    app = make_app(sim_server, group)
+    apps.append(app)
+    client = app.test_client()
+    sender = Sender(CALLBACK_TOKEN, AES_KEY, DEMO_CORPID)
+    ok = sender.push(client, {**LEFT, "UserId": ["durable-0"]})
+    assert ok.status_code == 200 and sender.check_reply(ok.get_json()) == "success"
+    started = time.monotonic()
+    resp = push_while_the_replica_is_cut_off_then_lose_the_primary(group, client, LEFT)
+    assert is_clean_503(resp), (resp.status_code, resp.get_json())
+    assert "replica" in resp.get_json()["error"]["message"]
+    assert logged_users(app) == [["durable-0"]]  # it really was lost with the primary
     deadline = time.monotonic() + 20
-    while (again := sender.push(client, event)).status_code != 200:  # DingTalk's redeliveries
+    while (again := sender.push(client, LEFT)).status_code != 200:  # DingTalk's redeliveries
         assert is_clean_503(again) and time.monotonic() < deadline, again.get_json()
         time.sleep(0.2)
     assert sender.check_reply(again.get_json()) == "success"
-    assert sender.push(client, event).status_code == 200  # one more redelivery: a duplicate
-    logged = [e.ids["UserId"] for e in EventLog(get_runtime(app).store, DEMO_CORPID).recent()]
-    assert logged == [["durable-0"], ["durable-1"]]
+    assert sender.push(client, LEFT).status_code == 200  # one more redelivery: a duplicate
+    assert logged_users(app) == [["durable-0"], ["durable-1"]]
+    assert time.monotonic() - started < 60
+
+
+def test_without_the_wait_for_a_replica_the_same_push_is_acknowledged_and_lost(
+    sim_server: Any, group: Sentinels, apps: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control: the gateway before this change (record on the primary, answer at once) acknowledges the push
+    the previous test refuses, and the primary takes it along when it dies."""
+    import corp.events
+
+    def without_wait(store: Any, key: str, queue: Any, *, timeout: float) -> Any:
+        pipe = store.pipeline(transaction=False)
+        queue(pipe)
+        return pipe.execute(), Replication(0, 0)
+
+    monkeypatch.setattr(corp.events, "write_replicated", without_wait)
+    app = make_app(sim_server, group)
+    apps.append(app)
+    sender = Sender(CALLBACK_TOKEN, AES_KEY, DEMO_CORPID)
+    resp = push_while_the_replica_is_cut_off_then_lose_the_primary(group, app.test_client(), LEFT)
+    assert resp.status_code == 200 and sender.check_reply(resp.get_json()) == "success"
+    assert logged_users(app) == []  # acknowledged, and gone
 
 
 def test_healthz_names_the_store_and_what_the_near_cache_tracks(
