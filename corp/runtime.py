@@ -13,7 +13,7 @@ from corp.registry import Corp, CorpRegistry
 from gateway.config import Settings
 from gateway.store import CLUSTER, IN_PROCESS, SENTINEL, mode_of
 from kit.keys import NAMESPACE
-from kit.nearcache import NearCache
+from kit.nearcache import ClusterNearCache, NearCache
 from kit.sealing import Sealer, session_jwt_key
 from oapi.apps import CurrentAppClient
 from oapi.channel import ChannelClient
@@ -134,10 +134,8 @@ def near_cache_for(settings: Settings, store: redis.Redis) -> tuple[NearCache | 
     if not settings.near_cache:
         return None, "GATEWAY_NEAR_CACHE is off: every read goes to the store"
     if mode == CLUSTER:
-        # Tracking is per node: one connection to every primary, made again whenever the slot map changes, with no
-        # moment where a key moving between nodes goes unannounced. Not built; every read goes to the store
-        # (docs/deployment.md has the cost).
-        return None, "Redis Cluster: not supported (tracking is per node); every read goes to the store"
+        # Tracking is per node: one tracking connection to every primary (kit/nearcache.py ClusterNearCache).
+        return ClusterNearCache(store, NAMESPACE + ":"), ""
     if mode == SENTINEL:
         return NearCache(store, NAMESPACE + ":", primary=store.connection_pool.get_master_address), ""
     return NearCache(store, NAMESPACE + ":"), ""

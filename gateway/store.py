@@ -159,6 +159,7 @@ class ClusterStore:
                         )
                     except redis.exceptions.RedisClusterException as e:
                         raise redis.exceptions.ConnectionError(f"no node of the cluster answers ({e})") from e
+                    _record_only_redirections(self._client)
                 client = self._client
         return client
 
@@ -176,6 +177,23 @@ class ClusterStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
+
+
+def _record_only_redirections(client: RedisCluster) -> None:
+    """Work around a redis-py bug fixed in 7.1 (redis/redis-py#3815): before it, a transaction that met a connection
+    error (a primary that died) stored that error as the slot map's pending MOVED, and every later command of the
+    client then failed with AttributeError (a 500) until the process restarted. 7.1 stores redirections only; so
+    does this. Nothing to do from 7.1 on (pyproject.toml still allows 6.x: the venv is shared)."""
+    if tuple(int(part) for part in redis.__version__.split(".")[:2] if part.isdigit()) >= (7, 1):
+        return
+    manager = client.nodes_manager
+    record = manager.update_moved_exception
+
+    def update_moved_exception(exception: Exception) -> None:
+        if isinstance(exception, redis.exceptions.AskError):  # MovedError is one too
+            record(exception)
+
+    manager.update_moved_exception = update_moved_exception
 
 
 def mode_of(store: Any) -> str:

@@ -11,10 +11,13 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 
 from sandbox.processes import ChildFailed, free_port, terminate, wait_until
 from sandbox.redis_server import RedisServer
@@ -224,6 +227,11 @@ class Cluster:
                 str(node_timeout_ms),
                 "--dir",
                 str(node_dir),
+                "--logfile",
+                str(node_dir / "redis.log"),
+                # A replica syncs at once (the default waits 5 s for more replicas to share the transfer).
+                "--repl-diskless-sync-delay",
+                "0",
             )
             self.servers.append(RedisServer(port, options=options))
 
@@ -254,10 +262,84 @@ class Cluster:
         if create.returncode != 0:
             raise ChildFailed(f"redis-cli --cluster create failed: {create.stdout[-2000:]}{create.stderr}", None)
         deadline = time.monotonic() + timeout
-        while not all(self._node_ok(s.port) for s in self.servers):
+        # Settled: every node sees every slot served, and every replica has synced with its primary (a replica
+        # that never did cannot take over).
+        while not all(self._node_ok(s.port) and self._replica_synced(s.port) for s in self.servers):
             if time.monotonic() > deadline:
                 raise ChildFailed(f"the cluster did not settle within {timeout:g} s", None)
             time.sleep(0.1)
+
+    def _replica_synced(self, port: int) -> bool:
+        client = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+        try:
+            info: Any = client.info("replication")
+            return info.get("role") == "master" or info.get("master_link_status") == "up"
+        except redis.exceptions.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def server(self, port: int) -> RedisServer:
+        return next(s for s in self.servers if s.port == port)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """CLUSTER NODES as a running node sees it: port, id, flags, the id of its primary (for a replica)."""
+        port = next(s.port for s in self.servers if s.running)
+        client = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+        try:
+            text = client.execute_command("CLUSTER", "NODES")
+        finally:
+            client.close()
+        rows = []
+        for line in str(text).splitlines():
+            node_id, address, flags, primary = line.split()[:4]
+            rows.append(
+                {
+                    "id": node_id,
+                    "port": int(address.split("@")[0].rpartition(":")[2]),
+                    "flags": set(flags.split(",")),
+                    "primary": primary,
+                }
+            )
+        return rows
+
+    def primary_port_for(self, key: str) -> int | None:
+        """The port of the primary serving `key`'s slot, as a fresh client reads the slot map (None: not served)."""
+        nodes = [ClusterNode("127.0.0.1", s.port) for s in self.servers if s.running]
+        try:
+            client = RedisCluster(startup_nodes=nodes, socket_timeout=1, socket_connect_timeout=0.5)
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
+            return None
+        try:
+            return int(client.get_node_from_key(key).port)
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
+            return None
+        finally:
+            client.close()
+
+    def replica_ports_of(self, port: int) -> list[int]:
+        nodes = self.nodes()
+        primary_id = next(n["id"] for n in nodes if n["port"] == port)
+        return [n["port"] for n in nodes if n["primary"] == primary_id]
+
+    def wait_failover(self, key: str, old_port: int, timeout: float = 30) -> int:
+        """Wait until another node serves `key`'s slot and every running node sees the cluster ok; its port."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            port = self.primary_port_for(key)
+            if port not in (None, old_port) and all(self._state_ok(s.port) for s in self.servers if s.running):
+                return port  # type: ignore[return-value]
+            time.sleep(0.1)
+        raise ChildFailed(f"no failover of {key}'s slot away from {old_port} within {timeout:g} s", None)
+
+    def _state_ok(self, port: int) -> bool:
+        client = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+        try:
+            return "cluster_state:ok" in str(client.execute_command("CLUSTER", "INFO"))
+        except redis.exceptions.RedisError:
+            return False
+        finally:
+            client.close()
 
     def _node_ok(self, port: int) -> bool:
         client = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
@@ -278,3 +360,37 @@ class Cluster:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sandbox.redis_ha sentinel|cluster`: start one on loopback, print its REDIS_URL, run until Ctrl-C."""
+    import argparse
+    import signal
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="python -m sandbox.redis_ha", description=main.__doc__)
+    parser.add_argument("kind", choices=["sentinel", "cluster"])
+    parser.add_argument("--replicas", type=int, default=None, help="sentinel: 1 (default); cluster: per primary, 0")
+    parser.add_argument("--primaries", type=int, default=3, help="cluster only (default 3)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix=f"redis-{args.kind}-") as workdir:
+        group: Sentinels | Cluster
+        if args.kind == "sentinel":
+            group = Sentinels(workdir, replicas=1 if args.replicas is None else args.replicas)
+        else:
+            group = Cluster(workdir, primaries=args.primaries, replicas=args.replicas or 0)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            group.start()
+            print(group.url, flush=True)
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            group.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
