@@ -1,7 +1,7 @@
 """The gateway on each kind of store: one Redis, Redis Sentinel (a primary, a replica, three sentinels) and a Redis
 Cluster of three primaries, all on loopback (sandbox/redis_ha.py). For each: /channel/config throughput and
 latency from P processes × T threads for a set time, and the store commands each request costs, with the near
-cache on and off (it is always off on a cluster: docs/deployment.md).
+cache on and off (on a cluster: one tracking connection per primary).
 
     python -m bench.stores [--seconds 5] [--processes 2] [--threads 2] [--forms single sentinel cluster]
 
@@ -112,7 +112,7 @@ def measure(form: str, deployment: Any, url: str, near: bool, args: argparse.Nam
         latencies = sorted((r["end"] - r["start"]) * 1000 for r in ok)
         return {
             "store": form,
-            "near_cache": near and form != "cluster",
+            "near_cache": near,
             "requests": len(rows),
             "ok": len(ok),
             "valid_signatures": valid,
@@ -143,7 +143,7 @@ def main() -> None:
             try:
                 deployment.start()
                 url = deployment.url
-                for near in (True, False) if form != "cluster" else (False,):
+                for near in (True, False):
                     rows.append(measure(form, deployment, url, near, args))
             finally:
                 deployment.stop()

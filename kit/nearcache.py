@@ -36,6 +36,8 @@ nothing is served from memory that the new primary does not hold. Sentinel close
 demotes, and the connection dies with a primary that dies; beside that, `primary` (given for a Sentinel store) is
 asked every `check_every` seconds, and a tracking connection to any other server is dropped: a primary cut off
 from the sentinels but not from this process must not keep the cache alive.
+
+On a Redis Cluster, `ClusterNearCache` (below) keeps one tracking connection per primary.
 """
 
 from __future__ import annotations

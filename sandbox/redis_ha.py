@@ -70,9 +70,16 @@ class Sentinels:
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         ports = [free_port() for _ in range(1 + replicas)]
-        self.servers = {port: RedisServer(port, options=primary_options) for port in ports[:1]}
+
+        def options(port: int) -> tuple[str, ...]:
+            # A replica writes the snapshot of a full sync to its directory: the workdir, not the caller's.
+            node_dir = self.workdir / str(port)
+            node_dir.mkdir(parents=True, exist_ok=True)
+            return ("--dir", str(node_dir), "--repl-diskless-sync-delay", "0")
+
+        self.servers = {port: RedisServer(port, options=(*options(port), *primary_options)) for port in ports[:1]}
         for port in ports[1:]:
-            self.servers[port] = RedisServer(port, options=("--replicaof", "127.0.0.1", str(ports[0])))
+            self.servers[port] = RedisServer(port, options=(*options(port), "--replicaof", "127.0.0.1", str(ports[0])))
         self.first_primary = ports[0]
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.sentinel_procs: list[subprocess.Popen[bytes]] = []
