@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from gateway.store import SOCKET_TIMEOUT
+
 # Only sandbox mode may run without a secret key: its demo corp's secrets are public anyway.
 SANDBOX_SECRET_KEY = "sandbox-only-insecure-key-never-use-in-production"
 
@@ -35,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_CALLBACK_WINDOW": 300,  # accepted callback timestamp skew
     # How long recording an event waits for a replica of the store's primary to have it (Redis WAIT); an event no
     # replica acknowledged in time is answered 503, and DingTalk delivers it again. Below the store's socket
-    # timeout (2 s). Only when the primary has replicas.
+    # timeout (gateway/store.py SOCKET_TIMEOUT). Only when the primary has replicas.
     "GATEWAY_REPLICA_ACK_TIMEOUT": 1.0,
     "GATEWAY_TRACE_LIMIT": 200,  # trace entries kept per corp
     "GATEWAY_NEAR_CACHE": True,  # keep credentials in process memory while Redis reports them unchanged
@@ -95,6 +97,11 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, An
         )
     if not 1 <= config["GATEWAY_FOLLOW_CACHE_TTL"] <= 60:
         raise RuntimeError("GATEWAY_FOLLOW_CACHE_TTL must be between 1 and 60 seconds (the contract's bound)")
+    if not 0 < config["GATEWAY_REPLICA_ACK_TIMEOUT"] <= SOCKET_TIMEOUT - 0.5:
+        raise RuntimeError(
+            f"GATEWAY_REPLICA_ACK_TIMEOUT must be above 0 and at most {SOCKET_TIMEOUT - 0.5:g} seconds "
+            f"(the store's socket timeout is {SOCKET_TIMEOUT:g} s, and Redis's WAIT must answer before it)"
+        )
     if config["GATEWAY_SERVICE_WINDOW_CONFIG_TYPE"] not in (0, 1):
         raise RuntimeError("GATEWAY_SERVICE_WINDOW_CONFIG_TYPE must be 0 or 1 (dd.config's type)")
     config["DINGTALK_API_BASE"] = str(config["DINGTALK_API_BASE"]).rstrip("/")

@@ -40,8 +40,14 @@ EXTENSION = "dtgw.redis"
 SINGLE, SENTINEL, CLUSTER, IN_PROCESS = "single", "sentinel", "cluster", "in-process"
 SENTINEL_SCHEME, CLUSTER_SCHEME = "redis+sentinel", "redis+cluster"
 
-# Every data connection, whichever the form.
-_TIMEOUTS: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 1.0, "health_check_interval": 30}
+# Every data connection, whichever the form. A command that waits in Redis (WAIT) must return before the socket
+# gives up on it (gateway/config.py holds GATEWAY_REPLICA_ACK_TIMEOUT below this).
+SOCKET_TIMEOUT = 2.0
+_TIMEOUTS: dict[str, Any] = {
+    "socket_timeout": SOCKET_TIMEOUT,
+    "socket_connect_timeout": 1.0,
+    "health_check_interval": 30,
+}
 # A sentinel is asked on every new connection, one after the other until one names the primary: a dead one must
 # cost little.
 _SENTINEL_TIMEOUTS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}

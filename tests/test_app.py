@@ -60,6 +60,16 @@ def test_overrides_are_coerced_like_the_environment() -> None:
         load_settings(env={}, overrides={"GATEWAY_SECRET_KEY": "k", "GATEWAY_TICKET_COOLDOWN": 1.5})
 
 
+@pytest.mark.parametrize("seconds", ["0", "-1", "1.6", "5"])
+def test_a_replica_wait_the_store_socket_would_cut_short_is_refused(seconds: str) -> None:
+    from gateway.config import load_settings
+
+    with pytest.raises(RuntimeError, match="GATEWAY_REPLICA_ACK_TIMEOUT"):
+        load_settings(env={"GATEWAY_SECRET_KEY": "k", "GATEWAY_REPLICA_ACK_TIMEOUT": seconds})
+    settings = load_settings(env={"GATEWAY_SECRET_KEY": "k", "GATEWAY_REPLICA_ACK_TIMEOUT": "0.5"})
+    assert settings.replica_ack_timeout == 0.5
+
+
 def test_healthz(client: Any) -> None:
     resp = client.get("/healthz")
     assert resp.status_code == 200 and resp.json["status"] == "ok" and resp.json["store"] == "ok"
