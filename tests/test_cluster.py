@@ -277,7 +277,11 @@ def tracked(app: Any) -> set[int]:
 
 def is_clean_503(resp: Any) -> bool:
     body = resp.get_json(silent=True) or {}
-    return resp.status_code == 503 and body["error"]["code"] == "store_unavailable" and resp.headers["Retry-After"]
+    return (
+        resp.status_code == 503
+        and body.get("error", {}).get("code") == "store_unavailable"
+        and int(resp.headers.get("Retry-After", "0")) >= 1
+    )
 
 
 class Traffic:
