@@ -263,8 +263,8 @@ def record_durably(
     result = EventLog(store, corpid).append(event, received_ms=received_ms, ack_timeout=ack_timeout)
     if not result.replication.enough:
         raise NotDurable(
-            f"The event is on the store's primary, but none of its {result.replication.replicas} replicas "
-            f"acknowledged it within {ack_timeout:g} s",
+            f"The event is on the store's primary, but no replica acknowledged it within {ack_timeout:g} s "
+            f"({result.replication.replicas} connected)",
             hint="Redis replication is lagging or a replica is cut off; DingTalk delivers the event again later, "
             "and it is stored once. Check the replicas (INFO replication) if this persists.",
             retry_after=2,

@@ -276,11 +276,7 @@ def write_replicated(
         queue(pipe)
         return pipe.execute(), Replication(0, 0)
     primary = store.get_redis_connection(store.get_node_from_key(key)) if mode == CLUSTER else store
-    role = primary.execute_command("ROLE")
-    if role[0] != "master":
-        # A demoted primary we are still connected to; its writes would be refused anyway.
-        raise redis.exceptions.ReadOnlyError("the store's primary has become a replica (a failover)")
-    replicas = len(role[2])
+    replicas = _replicas_of(primary)
     pipe = primary.pipeline(transaction=False)
     queue(pipe)
     if replicas:
@@ -288,6 +284,33 @@ def write_replicated(
     results = pipe.execute()
     acked = int(results.pop()) if replicas else 0
     return results, Replication(replicas, acked)
+
+
+_warned_no_role = False
+
+
+def _replicas_of(primary: Any) -> int:
+    """How many replicas are connected to this primary: ROLE, else INFO replication (an ACL may forbid either)."""
+    global _warned_no_role
+    try:
+        role = primary.execute_command("ROLE")
+        is_primary, replicas = role[0] == "master", len(role[2]) if role[0] == "master" else 0
+    except redis.exceptions.NoPermissionError:
+        try:
+            info = primary.info("replication")
+            is_primary, replicas = info.get("role") == "master", int(info.get("connected_slaves", 0))
+        except redis.exceptions.NoPermissionError:
+            if not _warned_no_role:
+                log.warning(
+                    "the store's user may run neither ROLE nor INFO: events are recorded without waiting for a "
+                    "replica (allow ROLE to the gateway's Redis user, or set min-replicas-to-write)"
+                )
+                _warned_no_role = True
+            return 0
+    if not is_primary:
+        # A demoted primary we are still connected to; its writes would be refused anyway.
+        raise redis.exceptions.ReadOnlyError("the store's primary has become a replica (a failover)")
+    return replicas
 
 
 # -- faults --------------------------------------------------------------------------------------------------------

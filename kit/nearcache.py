@@ -446,7 +446,6 @@ class ClusterNearCache(NearCache):
                     channel.heard = time.monotonic()
                     channel.live = True
                     self._live = all(ch.live for ch in self._channels.values())
-                    self._server = "cluster"
                     if self._live:
                         self._reason = ""
                 backoff = 0.1

@@ -147,3 +147,28 @@ def test_a_write_is_enough_on_one_replica_of_any_number() -> None:
     assert Replication(0, 0).enough
     assert Replication(2, 1).enough
     assert not Replication(1, 0).enough
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("forbidden", "warned"), [(["-role"], False), (["-role", "-info"], True)], ids=["no-role", "no-role-no-info"]
+)
+def test_a_user_that_may_not_ask_for_the_replicas_still_records(
+    redis_url: str, real_redis: redis.Redis, caplog: pytest.LogCaptureFixture, forbidden: list[str], warned: bool
+) -> None:
+    """A locked-down Redis user (an ACL without ROLE, or without INFO too) still writes: INFO replication counts the
+    replicas instead, and without it the write waits for none (with a warning saying what to allow)."""
+    import gateway.store
+
+    real_redis.acl_setuser(
+        "locked", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", *forbidden]
+    )
+    gateway.store._warned_no_role = False
+    store = redis.Redis.from_url(redis_url, username="locked", password="pw", decode_responses=True)
+    try:
+        results, replication = write_replicated(store, "k", lambda pipe: pipe.set("k", "v"), timeout=0.1)
+        assert results == [True] and replication == Replication(0, 0)
+        assert ("neither ROLE nor INFO" in caplog.text) is warned
+    finally:
+        store.close()
+        real_redis.acl_deluser("locked")
