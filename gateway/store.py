@@ -182,6 +182,8 @@ class ClusterStore:
             self._client.close()
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # never for this object's own state (copy, pickle, a half-made instance)
+            raise AttributeError(name)
         return getattr(self.client, name)
 
 
@@ -232,14 +234,6 @@ def ping(client: Any) -> bool:
         return bool(client.ping())
     except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
         return False
-
-
-def primary_address(client: Any) -> str | None:
-    """host:port of the primary a Sentinel store writes to now (asking the sentinels); None for other stores."""
-    if mode_of(client) != SENTINEL:
-        return None
-    host, port = client.connection_pool.get_master_address()
-    return f"{host}:{port}"
 
 
 # -- writes that must survive a failover --------------------------------------------------------------------------
