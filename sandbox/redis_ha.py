@@ -269,9 +269,14 @@ class Cluster:
         if create.returncode != 0:
             raise ChildFailed(f"redis-cli --cluster create failed: {create.stdout[-2000:]}{create.stderr}", None)
         deadline = time.monotonic() + timeout
-        # Settled: every node sees every slot served, and every replica has synced with its primary (a replica
-        # that never did cannot take over).
-        while not all(self._node_ok(s.port) and self._replica_synced(s.port) for s in self.servers):
+        # Settled: every node sees every slot served, and every replica is one and has synced with its primary. A
+        # node redis-cli has not made a replica yet still says "master"; a replica that never synced would be
+        # promoted empty.
+        replicas = len(self.servers) - len(self.servers) // (1 + self.replicas)
+        while not (
+            all(self._node_ok(s.port) for s in self.servers)
+            and sum(self._replica_synced(s.port) for s in self.servers) == replicas
+        ):
             if time.monotonic() > deadline:
                 raise ChildFailed(f"the cluster did not settle within {timeout:g} s", None)
             time.sleep(0.1)
@@ -280,7 +285,7 @@ class Cluster:
         client = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
         try:
             info: Any = client.info("replication")
-            return info.get("role") == "master" or info.get("master_link_status") == "up"
+            return info.get("role") == "slave" and info.get("master_link_status") == "up"
         except redis.exceptions.RedisError:
             return False
         finally:
@@ -337,7 +342,34 @@ class Cluster:
             if port not in (None, old_port) and all(self._state_ok(s.port) for s in self.servers if s.running):
                 return port  # type: ignore[return-value]
             time.sleep(0.1)
-        raise ChildFailed(f"no failover of {key}'s slot away from {old_port} within {timeout:g} s", None)
+        raise ChildFailed(
+            f"no failover of {key}'s slot away from {old_port} within {timeout:g} s\n{self.diagnose()}", None
+        )
+
+    def diagnose(self, lines: int = 15) -> str:
+        """Each running node's role, replication state and key count, and its log's last lines: for a test that
+        failed after a failover."""
+        out = []
+        for server in self.servers:
+            head = f"== {server.port}: "
+            if server.running:
+                client = redis.Redis(port=server.port, socket_timeout=1, decode_responses=True)
+                try:
+                    info: Any = client.info("replication")
+                    head += (
+                        f"{info.get('role')} link={info.get('master_link_status')} "
+                        f"offset={info.get('master_repl_offset')} keys={client.dbsize()}"
+                    )
+                except redis.exceptions.RedisError as e:
+                    head += f"{type(e).__name__}: {e}"
+                finally:
+                    client.close()
+            else:
+                head += "not running"
+            log_file = self.workdir / str(server.port) / "redis.log"
+            tail = log_file.read_text(errors="replace").splitlines()[-lines:] if log_file.exists() else []
+            out.append("\n".join([head, *tail]))
+        return "\n".join(out)
 
     def _state_ok(self, port: int) -> bool:
         client = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
@@ -354,10 +386,22 @@ class Cluster:
             text = client.execute_command("CLUSTER", "INFO")
             info = dict(line.split(":", 1) for line in text.split() if ":" in line)
             known = int(info.get("cluster_known_nodes", 0))
+            # Every bus link up, no node still in handshake: a manual failover needs the replica's link to its
+            # primary, and an election the votes of the other primaries.
+            # And this node's view of the roles is the final one: gossip reaches each node in its own time, and a
+            # node that still lists a replica as a primary hands clients a wrong topology.
+            rows = [line.split() for line in str(client.execute_command("CLUSTER", "NODES")).splitlines()]
+            linked = all(
+                row[7] == "connected" and not {"handshake", "noaddr", "fail", "fail?"} & set(row[2].split(","))
+                for row in rows
+            )
+            replicas = sum("slave" in row[2].split(",") for row in rows)
             return (
                 info.get("cluster_state") == "ok"
                 and int(info.get("cluster_slots_ok", 0)) == CLUSTER_SLOTS
                 and known == len(self.servers)
+                and linked
+                and replicas == len(self.servers) - len(self.servers) // (1 + self.replicas)
             )
         except redis.exceptions.RedisError:
             return False
