@@ -79,13 +79,17 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
-        ok = store.ping(store.get_store(app))
-        near = get_runtime(app).near
+        client = store.get_store(app)
+        ok = store.ping(client)
+        near_cache, near_cache_info = get_runtime(app).near_cache_status()
         body = {
             "status": "ok" if ok else "degraded",
             "store": "ok" if ok else "unreachable",
+            "store_mode": store.mode_of(client),  # single, sentinel, cluster or in-process
             # Informational: without it every page view reads the ticket from the store (slower, still correct).
-            "near_cache": near.status() if near is not None else "off",
+            "near_cache": near_cache,
+            # The server it tracks, how often it emptied itself (every reconnect, e.g. a failover), why it is off.
+            "near_cache_info": near_cache_info,
             "sandbox": sandbox,
             # Informational too: what `flask events stream` reports per app (state, last event); {} when it never ran.
             "streams": _streams(app) if ok else {},

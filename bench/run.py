@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ratio-seconds", type=float, default=1.5, help="length of each ratio round (default 1.5)")
     parser.add_argument("--upstream-latency", type=float, default=0.02, help="seconds (default 0.02)")
     parser.add_argument("--latency-logins", type=int, default=200)
+    parser.add_argument(
+        "--redis-url",
+        help="use this store (e.g. the REDIS_URL `python -m sandbox.redis_ha cluster` prints) instead of starting one",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--png", type=Path, default=ROOT / "docs" / "bench-workers.png")
     args = parser.parse_args(argv)
@@ -59,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     infra = Stack(sandbox=True, simulator_rate_limit=0)
     try:
-        infra.start_redis()
+        if args.redis_url:
+            infra.redis_url = args.redis_url
+        else:
+            infra.start_redis()
         infra.start_simulator()
         if "workers" in args.parts:
             results["workers"] = bench_workers(infra, args)

@@ -11,9 +11,10 @@ A push is checked in this order, and the first failure answers:
     payload decrypts to a JSON object for our receiver key      else 400 decrypt_failed
     (signature, nonce) not seen in the last 2 windows           else 403 signature_invalid (replayed)
 
-Then corp.intake.record_and_apply records the event in the corp's event log (duplicates stored once, by
-DingTalk's event id when the payload carries one, so an event also taken over Stream mode is not recorded
-twice) and applies its effects, all before the encrypted reply is sent: an acknowledged event is never lost.
+Then corp.intake.record_and_apply records the event in the corp's event log (corp.events.record_durably:
+duplicates stored once, by DingTalk's event id when the payload carries one, so an event also taken over Stream
+mode is not recorded twice; on a replica of the store's primary when it has replicas, else 503) and applies its
+effects, all before the encrypted reply is sent: an acknowledged event is never lost, not even with the primary.
 Nothing decrypted is ever logged or put in an error.
 """
 

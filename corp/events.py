@@ -14,6 +14,11 @@ them. A consumer that wants details asks DingTalk for the current state of the n
 
 Handshake events (``check_url``, ``check_create_suite_url``, ``check_update_suite_url``) are probes DingTalk
 sends while the URL is being registered; they carry nothing to act on and are not recorded.
+
+An event is acknowledged to DingTalk only once `record_durably` returned: it is in the log on the primary and, when
+the primary has replicas, on at least one of them (Redis WAIT), so losing the primary does not lose it. Otherwise
+the receiver answers 503 and DingTalk delivers the event again; the dedupe marker stores it once. Every receiver
+(the HTTP push receiver today, a Stream receiver later) records through that one function.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import Any
 
 import redis
 
+from gateway.errors import StoreUnavailable
+from gateway.store import Replication, write_replicated
 from kit.keys import corp_key
 
 STREAM_MAXLEN = 10_000
@@ -46,10 +53,14 @@ _MAX_TYPE_LENGTH = 64
 
 # Dedupe check and XADD in one atomic step: a crash can neither store an event twice nor mark it seen
 # without storing it. The marker is written after XADD, so an XADD error leaves no marker behind.
+# A duplicate renews its marker: that write is what the WAIT after the script waits for, and a replica that has
+# it has every earlier write too, the first delivery's XADD included (which may not have reached a replica when
+# that delivery was answered 503).
 _APPEND_ONCE = """
 local unpack = unpack or table.unpack
 local seen = redis.call('GET', KEYS[1])
 if seen then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
   return {0, seen}
 end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
@@ -163,10 +174,16 @@ class Event:
 
 @dataclass(frozen=True)
 class AppendResult:
-    """What append did: ``stored`` is False for a duplicate, whose ``entry_id`` is the first delivery's."""
+    """What append did: ``stored`` is False for a duplicate, whose ``entry_id`` is the first delivery's;
+    ``replication`` says whether a replica of the primary has it."""
 
     stored: bool
     entry_id: str
+    replication: Replication = Replication(0, 0)
+
+
+class NotDurable(StoreUnavailable):
+    """The event is on the store's primary, but none of its replicas acknowledged it in time."""
 
 
 class EventLog:
@@ -198,9 +215,16 @@ class EventLog:
         return corp_key(self._corpid, "callback-seen", digest[:32])
 
     def append(
-        self, event: Mapping[str, Any], *, received_ms: int | None = None, source: str | None = None
+        self,
+        event: Mapping[str, Any],
+        *,
+        received_ms: int | None = None,
+        source: str | None = None,
+        ack_timeout: float = 1.0,
     ) -> AppendResult:
-        """Record a decrypted event unless it was recorded before (within DEDUPE_TTL), by either receiver."""
+        """Record a decrypted event unless it was recorded before (within DEDUPE_TTL), by either receiver
+        (`source`); when the primary has replicas, wait up to ``ack_timeout`` seconds for one to have it (the
+        result says whether one did)."""
         if received_ms is None:
             received_ms = time.time_ns() // 1_000_000
         digest = dedupe_id(event)
@@ -219,8 +243,14 @@ class EventLog:
         args: list[str | int] = [self._dedupe_ttl, self._maxlen]
         for name, value in fields.items():
             args.extend((name, value))
-        stored, entry_id = self._append_once(keys=[self._seen_key(digest[:32]), self.key], args=args)
-        return AppendResult(stored=bool(int(stored)), entry_id=str(entry_id))
+        keys = [self._seen_key(digest[:32]), self.key]
+
+        def queue(pipe: Any) -> None:
+            self._append_once(keys=keys, args=args, client=pipe)
+
+        results, replication = write_replicated(self._store, self.key, queue, timeout=ack_timeout)
+        stored, entry_id = results[0]
+        return AppendResult(stored=bool(int(stored)), entry_id=str(entry_id), replication=replication)
 
     def claim_request(self, signature: str, nonce: str, ttl: int) -> bool:
         """Mark a (signature, nonce) pair as seen; False if it was seen within ``ttl`` seconds (a replay)."""
@@ -259,3 +289,30 @@ class EventLog:
                 idle_since = time.monotonic()
             elif idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
                 return
+
+
+def record_durably(
+    store: redis.Redis,
+    corpid: str,
+    event: Mapping[str, Any],
+    *,
+    ack_timeout: float,
+    received_ms: int | None = None,
+    source: str | None = None,
+) -> AppendResult:
+    """Record an event so that it survives the loss of the store's primary, before anyone acknowledges it.
+
+    Stored once (a redelivery is a duplicate), and on a replica too when the primary has replicas; NotDurable (503
+    `store_unavailable`, so DingTalk delivers the event again) when no replica acknowledged it within
+    ``ack_timeout`` seconds. Redis errors (primary unreachable, read-only, full) propagate as they are: 503 too.
+    """
+    result = EventLog(store, corpid).append(event, received_ms=received_ms, source=source, ack_timeout=ack_timeout)
+    if not result.replication.enough:
+        raise NotDurable(
+            f"The event is on the store's primary, but no replica acknowledged it within {ack_timeout:g} s "
+            f"({result.replication.replicas} connected)",
+            hint="Redis replication is lagging or a replica is cut off; DingTalk delivers the event again later, "
+            "and it is stored once. Check the replicas (INFO replication) if this persists.",
+            retry_after=2,
+        )
+    return result

@@ -1,7 +1,8 @@
 """Record and apply: what both receivers (HTTP push, corp/callbacks.py; Stream mode, corp/stream.py) do with an
 event once they have it in the clear, before they acknowledge it to DingTalk.
 
-    record   the event in the corp's durable, de-duplicated log (corp/events.py), by its id across both receivers
+    record   the event in the corp's durable, de-duplicated log (corp/events.record_durably: on a replica too when
+             the store's primary has replicas), by its id across both receivers
     apply    its effects: leave/modify events drop cached links (corp/links.py); a first delivery of a follow or
              unfollow event updates the follow status cache (corp/follows.py)
 
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from corp.events import HANDSHAKE_TYPES, EventLog, event_ids, event_type
+from corp.events import HANDSHAKE_TYPES, event_ids, event_type, record_durably
 from corp.follows import FOLLOW_EVENTS, FollowCache, follow_changes
 from corp.links import LinkCache
 from corp.runtime import Runtime
@@ -48,7 +49,9 @@ def record_and_apply(rt: Runtime, corpid: str, event: Mapping[str, Any], *, sour
     if kind in HANDSHAKE_TYPES:
         outcome = HANDSHAKE
     else:
-        appended = EventLog(rt.store, corpid).append(event, source=source)
+        # Durable before anything else happens: on a replica too when the primary has replicas (else NotDurable,
+        # 503: not acknowledged, so DingTalk delivers it again), so an acknowledged event survives the primary.
+        appended = record_durably(rt.store, corpid, event, ack_timeout=rt.settings.replica_ack_timeout, source=source)
         outcome, entry_id = (STORED if appended.stored else DUPLICATE), appended.entry_id
     if kind in LINK_EVENTS:
         LinkCache(rt.store, corpid, rt.settings.userid_cache_ttl).drop_users(event_ids(event).get("UserId", []))

@@ -11,12 +11,12 @@ import redis
 
 from corp.registry import Corp, CorpRegistry
 from gateway.config import Settings
-from gateway.store import WRITE_REFUSED
+from gateway.store import CLUSTER, IN_PROCESS, SENTINEL, WRITE_REFUSED, mode_of
 from identity.authorizations import Authorizations
 from identity.clients import ClientRegistry
 from identity.keys import KeyRing
 from kit.keys import NAMESPACE
-from kit.nearcache import NearCache
+from kit.nearcache import ClusterNearCache, NearCache
 from kit.sealing import Sealer
 from oapi.apps import CurrentAppClient
 from oapi.channel import ChannelClient
@@ -53,6 +53,9 @@ class Runtime:
     _corp_clients: dict[str, CorpClient] = field(default_factory=dict, repr=False)
     _app_clients: dict[str, CurrentAppClient] = field(default_factory=dict, repr=False)
 
+    # Why there is no near cache, for /healthz (empty when there is one).
+    near_off_reason: str = ""
+
     @property
     def near(self) -> NearCache | None:
         return self.credentials.near
@@ -62,6 +65,12 @@ class Runtime:
         """The process's refresh-ahead thread's owner (None when off)."""
         watcher = self.credentials.watcher
         return watcher if isinstance(watcher, Refresher) else None
+
+    def near_cache_status(self) -> tuple[str, dict[str, Any]]:
+        """The near cache's state ("live", "connecting" or "off") and what it is doing, for /healthz."""
+        if self.near is None:
+            return "off", {"tracking": None, "flushes": 0, "reason": self.near_off_reason}
+        return self.near.status(), self.near.describe()
 
     def close(self) -> None:
         """Stop refreshing ahead; release pooled connections to DingTalk and the store."""
@@ -100,8 +109,7 @@ class Runtime:
 def build_runtime(settings: Settings, store: redis.Redis) -> Runtime:
     """Build the runtime from the settings and the store (app.py composes; nothing here knows Flask)."""
     sealer = Sealer(settings.secret_key)
-    # Only over a real Redis: the in-process store is already local, and fakeredis has no CLIENT TRACKING.
-    near = NearCache(store, NAMESPACE + ":") if settings.redis_url and settings.near_cache else None
+    near, near_off_reason = near_cache_for(settings, store)
     # Only over a real Redis, as the near cache: the in-process store serves one process, whose requests refresh.
     refresher = (
         Refresher(
@@ -149,4 +157,21 @@ def build_runtime(settings: Settings, store: redis.Redis) -> Runtime:
         keys=KeyRing(store, sealer, max_token_ttl=settings.session_ttl),
         clients=ClientRegistry(store),
         authorizations=Authorizations(store),
+        near_off_reason=near_off_reason,
     )
+
+
+def near_cache_for(settings: Settings, store: redis.Redis) -> tuple[NearCache | None, str]:
+    """The near cache this store allows, or None and why not."""
+    mode = mode_of(store)
+    if mode == IN_PROCESS:
+        # The in-process store is already local, and fakeredis has no CLIENT TRACKING.
+        return None, "the store is in-process (REDIS_URL unset): nothing to keep closer"
+    if not settings.near_cache:
+        return None, "GATEWAY_NEAR_CACHE is off: every read goes to the store"
+    if mode == CLUSTER:
+        # Tracking is per node: one tracking connection to every primary (kit/nearcache.py ClusterNearCache).
+        return ClusterNearCache(store, NAMESPACE + ":"), ""
+    if mode == SENTINEL:
+        return NearCache(store, NAMESPACE + ":", primary=store.connection_pool.get_master_address), ""
+    return NearCache(store, NAMESPACE + ":"), ""

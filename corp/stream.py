@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import redis
 
+from corp.events import NotDurable
 from corp.intake import record_and_apply
 from corp.registry import Corp
 from corp.runtime import Runtime
@@ -105,7 +106,8 @@ class StreamRunner:
         def record(event: StreamEvent) -> str:
             try:
                 return record_and_apply(self.rt, corpid, event.as_event(), source="stream").outcome
-            except redis.RedisError as e:  # the store, not the event: every event would fail alike
+            # The store, not the event: every event would fail alike (NotDurable: no replica took it in time).
+            except (redis.RedisError, NotDurable) as e:
                 raise RecordingUnavailable(f"store unavailable ({type(e).__name__})") from e
 
         return record

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from gateway.store import SOCKET_TIMEOUT
+
 # Only sandbox mode may run without a secret key: its demo corp's secrets are public anyway.
 SANDBOX_SECRET_KEY = "sandbox-only-insecure-key-never-use-in-production"
 
@@ -43,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_SERVICE_WINDOW_CONFIG_TYPE": 0,
     "GATEWAY_SESSION_TTL": 7200,  # session token lifetime
     "GATEWAY_CALLBACK_WINDOW": 300,  # accepted callback timestamp skew
+    # How long recording an event waits for a replica of the store's primary to have it (Redis WAIT); an event no
+    # replica acknowledged in time is answered 503, and DingTalk delivers it again. Below the store's socket
+    # timeout (gateway/store.py SOCKET_TIMEOUT). Only when the primary has replicas.
+    "GATEWAY_REPLICA_ACK_TIMEOUT": 1.0,
     "GATEWAY_TRACE_LIMIT": 200,  # trace entries kept per corp
     "GATEWAY_NEAR_CACHE": True,  # keep credentials in process memory while Redis reports them unchanged
     "GATEWAY_CORP_CACHE_TTL": 2.0,  # a registration change made on another host is seen within this
@@ -133,6 +139,11 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, An
     if not 0 < config["GATEWAY_REFRESH_AHEAD_EVERY"] < config["GATEWAY_REFRESH_AHEAD_LEAD"]:
         # A credential is due for `lead` seconds before it leaves the store: every pass must be able to meet it.
         raise RuntimeError("GATEWAY_REFRESH_AHEAD_EVERY must be above 0 and below GATEWAY_REFRESH_AHEAD_LEAD")
+    if not 0 < config["GATEWAY_REPLICA_ACK_TIMEOUT"] <= SOCKET_TIMEOUT - 0.5:
+        raise RuntimeError(
+            f"GATEWAY_REPLICA_ACK_TIMEOUT must be above 0 and at most {SOCKET_TIMEOUT - 0.5:g} seconds "
+            f"(the store's socket timeout is {SOCKET_TIMEOUT:g} s, and Redis's WAIT must answer before it)"
+        )
     if config["GATEWAY_SERVICE_WINDOW_CONFIG_TYPE"] not in (0, 1):
         raise RuntimeError("GATEWAY_SERVICE_WINDOW_CONFIG_TYPE must be 0 or 1 (dd.config's type)")
     if config["GATEWAY_ISSUER"]:
@@ -174,6 +185,7 @@ class Settings:
     service_window_config_type: int
     session_ttl: int
     callback_window: int
+    replica_ack_timeout: float
     trace_limit: int
     near_cache: bool
     corp_cache_ttl: float

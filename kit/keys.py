@@ -26,5 +26,9 @@ REGISTRATION_FIELD = "registration"
 
 
 def global_key(*parts: str) -> str:
-    """A key that belongs to no corp (the corp index, the egress-IP block)."""
+    """A key that belongs to no corp (the corp index, the egress-IP block).
+
+    On a cluster each lands in a slot of its own; keys that one command or script touches together share a hash
+    tag among their parts (the egress-IP block and its probe: `{ip-block}`).
+    """
     return ":".join((NAMESPACE, *parts))

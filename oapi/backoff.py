@@ -31,8 +31,9 @@ MAX_DELAY_MS = 60_000
 # served; 1, 2, 4 s: long enough to empty DingTalk's one-second window several times over.
 PACED_MAX_DELAY_MS = 4_000
 IP_BLOCK_MS = 300_000  # DingTalk blocks an egress IP for about five minutes
-IP_BLOCK = global_key("backoff", "ip-block")
-IP_PROBE = global_key("backoff", "ip-block", "probe")  # held by the one request allowed upstream
+# One hash tag for the block and its probe: lifting the block deletes both in one command, one cluster slot.
+IP_BLOCK = global_key("backoff", "{ip-block}")
+IP_PROBE = global_key("backoff", "{ip-block}", "probe")  # held by the one request allowed upstream
 PROBE_AFTER = 10.0
 PROBE_EVERY = 10.0
 

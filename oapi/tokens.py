@@ -160,6 +160,9 @@ class CredentialCache(Generic[C]):
         except redis.exceptions.OutOfMemoryError:
             # A full Redis refuses to queue even reads in MULTI; a plain read still works (kept by nobody).
             return self._parse(self.store.hgetall(self.key))
+        if isinstance(fields, list):
+            # redis-py 6.4's RedisCluster transactions hand back HGETALL's raw reply (name, value, …), not a dict.
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
         cred = self._parse(fields)
         if cred is not None:
             near.put(self.key, cred, ttl_ms=int(ttl_ms), snapshot=snapshot, read_at=read_at)

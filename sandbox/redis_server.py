@@ -17,9 +17,10 @@ def redis_server_argv(port: int, *options: str) -> list[str]:
 class RedisServer:
     """A redis-server on a given loopback port, restartable (for the outage tests)."""
 
-    def __init__(self, port: int, data_dir: str | None = None) -> None:
+    def __init__(self, port: int, data_dir: str | None = None, options: tuple[str, ...] = ()) -> None:
         self.port = port
         self.data_dir = data_dir  # set: append-only file there, so data survives a restart like production
+        self.options = options  # more redis-server options (a replica's --replicaof, a cluster node's settings)
         self.url = f"redis://127.0.0.1:{port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -31,7 +32,9 @@ class RedisServer:
             else ["--appendonly", "no"]
         )
         self.proc = subprocess.Popen(
-            redis_server_argv(self.port, *persistence), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            redis_server_argv(self.port, *persistence, *self.options),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_until(self._answers, "redis-server", self.proc, 10)
 
@@ -40,6 +43,17 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(timeout=10)
             self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies at once, with no chance to hand anything over (a crashed host)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def _answers(self) -> bool:
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)

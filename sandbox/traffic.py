@@ -17,7 +17,7 @@ import multiprocessing as mp
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -141,6 +141,128 @@ def _traffic_worker(
 
 # A bound on how long traffic may run, however loaded the machine: a stuck run fails instead of hanging CI.
 TRAFFIC_DEADLINE = 240.0
+
+
+def _timed_worker(
+    factory: str,
+    index: int,
+    settings: dict[str, Any],
+    kinds: list[str],
+    codes: list[str],
+    pause: float,
+    start_at: Any,
+    seconds: float,
+    barrier: Any,
+    out: Any,
+) -> None:
+    """One OS process of timed traffic: one thread per entry of `kinds` sends that kind of request, one every
+    `pause` seconds at most, from `start_at` until `seconds` later (login threads share `codes`, one per login)."""
+    app = _build_app(factory, settings)
+    results: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    pending = list(reversed(codes))
+
+    def loop(kind: str) -> None:
+        client = app.test_client()
+        while True:
+            now = time.time()
+            if now >= start_at.value + seconds:
+                return
+            code = ""
+            if kind == "login":
+                with lock:
+                    if not pending:
+                        return
+                    code = pending.pop()
+            try:
+                resp = _request(client, kind, settings, code)
+                row: dict[str, Any] = {"kind": kind, "status": resp.status_code, "start": now, "end": time.time()}
+                row["body"] = resp.get_json(silent=True)
+                if resp.status_code >= 500:
+                    row["retry_after"] = resp.headers.get("Retry-After")
+            except Exception as e:  # an exception through the test client is a 500 a server would have sent
+                row = {"kind": kind, "status": 500, "start": now, "end": time.time(), "body": repr(e)}
+            with lock:
+                results.append(row)
+            time.sleep(max(0.0, pause - (time.time() - now)))
+
+    pool = [threading.Thread(target=loop, args=(kind,)) for kind in kinds]
+    barrier.wait(timeout=120)
+    while time.time() < start_at.value:
+        time.sleep(0.001)
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(seconds + TRAFFIC_DEADLINE)
+    out.put((index, results))
+
+
+def run_timed(
+    *,
+    settings: dict[str, Any],
+    processes: int,
+    kinds: list[str],
+    seconds: float,
+    actions: Sequence[tuple[float, Callable[[], Any]]] = (),
+    codes: list[str] | None = None,
+    pause: float = 0.02,
+    factory: str = GATEWAY_FACTORY,
+    beside: Callable[[float, float], Any] | None = None,
+) -> tuple[float, list[dict[str, Any]]]:
+    """Traffic for a set time: `processes` processes, each with one thread per entry of `kinds` ("config",
+    "login"), for `seconds` seconds; each `(at, action)` runs `at` seconds after the start, in this process, and
+    `beside(start, end)` (if given) runs on a thread of this process for the whole time (say, pushes through an
+    app of its own). Return the start (wall clock) and every request's kind, status, start and end times and body.
+
+    Timed rather than counted: a fault at 10 s and a recovery bound of 15 s are about time, whatever the machine
+    gets through meanwhile. `pause` paces each thread, so a loaded two-core machine is not saturated.
+    """
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(processes + 1)
+    out = ctx.Queue()
+    start_at = ctx.Value("d", 0.0)
+    codes = codes or []
+    per = len(codes) // processes
+    procs = [
+        ctx.Process(
+            target=_timed_worker,
+            args=(
+                factory,
+                i,
+                settings,
+                kinds,
+                codes[i * per : (i + 1) * per],
+                pause,
+                start_at,
+                seconds,
+                barrier,
+                out,
+            ),
+            daemon=True,
+        )
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    start_at.value = time.time() + 3600  # set once everyone is ready
+    barrier.wait(timeout=120)
+    start = time.time() + 0.2
+    start_at.value = start
+    side = None
+    if beside is not None:
+        side = threading.Thread(target=beside, args=(start, start + seconds))
+        side.start()
+    for at, action in sorted(actions, key=lambda pair: pair[0]):
+        time.sleep(max(0.0, start + at - time.time()))
+        action()
+    results: list[dict[str, Any]] = []
+    for _ in procs:
+        results.extend(out.get(timeout=seconds + TRAFFIC_DEADLINE)[1])
+    for p in procs:
+        p.join(30)
+    if side is not None:
+        side.join(seconds + 60)
+    return start, results
 
 
 def run_traffic(

@@ -135,6 +135,18 @@ def need_chromium() -> str:
     return executable
 
 
+def need_tools(*tools: str) -> None:
+    """Skip (fail under CI=true) unless every executable of `tools` is installed (Debian's redis-server,
+    redis-sentinel, redis-tools)."""
+    missing = [tool for tool in tools if not shutil.which(tool)]
+    if missing:
+        if CI:
+            pytest.fail(
+                f"CI=true but {', '.join(missing)} missing: apt-get install redis-server redis-sentinel redis-tools"
+            )
+        pytest.skip(f"needs {', '.join(missing)} (apt-get install redis-server redis-sentinel redis-tools)")
+
+
 def store_dump(client: redis.Redis) -> str:
     """Every key and value in a store, as one string to scan for secrets."""
     parts: list[str] = []

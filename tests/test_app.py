@@ -60,10 +60,30 @@ def test_overrides_are_coerced_like_the_environment() -> None:
         load_settings(env={}, overrides={"GATEWAY_SECRET_KEY": "k", "GATEWAY_TICKET_COOLDOWN": 1.5})
 
 
+@pytest.mark.parametrize("seconds", ["0", "-1", "1.6", "5"])
+def test_a_replica_wait_the_store_socket_would_cut_short_is_refused(seconds: str) -> None:
+    from gateway.config import load_settings
+
+    with pytest.raises(RuntimeError, match="GATEWAY_REPLICA_ACK_TIMEOUT"):
+        load_settings(env={"GATEWAY_SECRET_KEY": "k", "GATEWAY_REPLICA_ACK_TIMEOUT": seconds})
+    settings = load_settings(env={"GATEWAY_SECRET_KEY": "k", "GATEWAY_REPLICA_ACK_TIMEOUT": "0.5"})
+    assert settings.replica_ack_timeout == 0.5
+
+
 def test_healthz(client: Any) -> None:
     resp = client.get("/healthz")
     assert resp.status_code == 200 and resp.json["status"] == "ok" and resp.json["store"] == "ok"
     assert resp.json["near_cache"] == "off"  # the in-process store needs none
+    assert resp.json["store_mode"] == "in-process"
+    assert "in-process" in resp.json["near_cache_info"]["reason"]
+
+
+def test_a_malformed_redis_url_stops_the_start_and_says_why_without_the_password() -> None:
+    from app import create_app
+
+    with pytest.raises(RuntimeError) as refused:
+        create_app({"GATEWAY_SECRET_KEY": "k", "REDIS_URL": "redis+sentinel://:hunter2@s1:26379"})
+    assert "/SERVICE" in str(refused.value) and "hunter2" not in str(refused.value)
 
 
 @pytest.mark.parametrize(

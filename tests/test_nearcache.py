@@ -301,3 +301,40 @@ def test_config_requests_read_the_ticket_from_memory(
         assert all(sim_server.sim.check_config(**{**b, "url": "https://h5.example.com/p"})["ok"] for b in bodies)
     finally:
         rt.close()
+
+
+def test_a_tracking_connection_to_a_server_that_is_no_longer_the_primary_is_dropped(
+    client: redis.Redis, real_redis: redis.Redis
+) -> None:
+    """Sentinel names another primary while this connection still works (a primary cut off from the sentinels,
+    not from us): the cache empties and tracks the primary the sentinels name, nothing else."""
+    kwargs = client.connection_pool.connection_kwargs
+    here = (kwargs["host"], int(kwargs["port"]))
+    named = {"primary": here}
+    cache = NearCache(
+        client,
+        PREFIX,
+        ping_every=0.1,
+        stale_after=1.0,
+        max_backoff=0.1,
+        primary=lambda: named["primary"],
+        check_every=0.1,
+    )
+    try:
+        cache.snapshot()
+        wait_until(lambda: cache.live)
+        assert cache.describe() == {"tracking": f"{here[0]}:{here[1]}", "flushes": 0, "reason": None}
+        kept(cache)
+        named["primary"] = ("127.0.0.1", 1)  # the sentinels now name another server
+        wait_until(lambda: not cache.live)
+        assert cache.get(KEY) is None
+        info = cache.describe()
+        assert info["flushes"] == 1 and info["tracking"] is None
+        wait_until(lambda: "primary moved" in (cache.describe()["reason"] or ""))
+        time.sleep(0.5)
+        assert not cache.live  # reconnecting here again does not make it live: this is not the primary
+        named["primary"] = here
+        wait_until(lambda: cache.live)
+        assert cache.get(KEY) is None  # and it starts empty
+    finally:
+        cache.close()

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 
 from corp.registry import Corp
-from kit.keys import global_key
+from oapi.backoff import IP_BLOCK
 from sandbox.demo import DEMO_AGENT_ID, DEMO_CHANNEL_SECRET, DEMO_CORPID
 from tests.helpers import EMPLOYEE, ORIGIN, make_config, register_demo
 from web.runtime import get_runtime
@@ -249,7 +249,7 @@ def test_one_probe_lifts_an_ip_block_long_before_it_ends(app: Any, client: Any, 
     # Before: 300 s for every corp. Now one probe after probe_after finds DingTalk answering again.
     assert lifted < 5, f"seconds until pages were signed again after one HTML answer: {lifted:.1f}"
     assert login(client, sim).status_code == 200
-    assert get_runtime(app).store.exists(global_key("backoff", "ip-block")) == 0
+    assert get_runtime(app).store.exists(IP_BLOCK) == 0
 
 
 @pytest.mark.redis
@@ -267,7 +267,7 @@ def test_probes_go_one_at_a_time_across_workers_and_a_failed_one_keeps_the_end(
             backoff.probe_after, backoff.probe_every = 0.3, 0.5
         sim.inject("channel/get_channel_token", 0, raw="<html>still blocked</html>", times=10_000)
         assert apps[0].test_client().get(CFG).status_code == 503
-        block = global_key("backoff", "ip-block")
+        block = IP_BLOCK
         ends_at = time.time() + real_redis.pttl(block) / 1000
         sim.set_latency(0.2, "channel/get_channel_token")  # each probe is in flight for a while
         statuses: Counter[int] = Counter()

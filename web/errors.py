@@ -66,9 +66,11 @@ def init_app(app: Flask) -> None:
         return response
 
     @app.errorhandler(redis.exceptions.RedisError)
-    def _store_down(e: redis.exceptions.RedisError) -> Response:
-        # Not only a lost connection: a full Redis (OOM), a replica after a failover (READONLY) and the like
-        # answer every write with an error while reads still work. What else Redis refuses is a bug (500).
+    @app.errorhandler(redis.exceptions.RedisClusterException)  # not a RedisError: a slot no node serves, …
+    def _store_down(e: Exception) -> Response:
+        # Not only a lost connection: a full Redis (OOM), a replica after a failover (READONLY), a cluster whose
+        # slots are moving and the like answer with an error while the store recovers. What else Redis refuses
+        # is a bug (500).
         fault = store_fault(e)
         if fault is None:
             return _unexpected(e)
