@@ -152,6 +152,9 @@
     $("error-followup").hidden = !followup;
     $("error-tech").textContent = tech.filter(Boolean).join(" · ");
     app.setAttribute("data-error", kind);
+    // A used or expired sign-in request (oauth) cannot succeed on a reload of the same link: only the application
+    // that started it can start a new one, so no retry button is offered there.
+    $("retry").hidden = kind === "oauth";
     show("error", "view-error", "", "error-title");
   }
 

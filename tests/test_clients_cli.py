@@ -119,3 +119,15 @@ def test_client_ids_are_checked(app: Any, runner: Any, client_id: str) -> None:
 def test_the_redirect_uri_is_required(app: Any, runner: Any) -> None:
     result = runner.invoke(args=["client", "add", "rp1", "--corp", DEMO_CORPID])
     assert result.exit_code != 0 and "--redirect-uri" in result.output
+
+
+def test_removing_a_corp_names_the_clients_that_still_point_at_it(app: Any, runner: Any) -> None:
+    assert add(runner, "rp1").exit_code == 0
+    assert add(runner, "spa", "--public").exit_code == 0
+    result = runner.invoke(args=["corp", "remove", DEMO_CORPID])
+    assert result.exit_code == 0 and f"Removed corp {DEMO_CORPID}." in result.output
+    assert "OpenID Connect clients still name" in result.output and "rp1, spa" in result.output
+    assert {c["client_id"] for c in json.loads(runner.invoke(args=["client", "list", "--json"]).output)} == {
+        "rp1",
+        "spa",
+    }

@@ -276,6 +276,7 @@ def test_a_spent_handle_stops_on_the_page(browser: Any, stack: Stack, how: str) 
         assert "返回应用" in t.page.inner_text("#error-cause")
         assert t.logins[-1][1]["error"]["code"] == "invalid_request"
         assert len(stack.callback.seen) == seen  # nothing went to the client
+        assert t.page.is_hidden("#retry")  # a reload of the spent link cannot succeed: no retry offered
         t.shot(f"oidc-03-handle-{how}")
 
 

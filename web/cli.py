@@ -169,10 +169,20 @@ def list_corps(as_json: bool) -> None:
 @bp.cli.command("remove")
 @click.argument("corpid")
 def remove(corpid: str) -> None:
-    """Forget a corp and everything cached for it."""
-    if not get_runtime().registry.remove(corpid):
+    """Forget a corp and everything cached for it (its OpenID Connect clients stay registered, and are named)."""
+    rt = get_runtime()
+    if not rt.registry.remove(corpid):
         fail(f"corp {corpid} is not registered")
     click.echo(f"Removed corp {corpid}.")
+    # Clients are the relying parties' configuration, not the corp's cache: kept, but their sign-ins now fail, so
+    # the person removing the corp is told which ones to remove (or to register the corp again).
+    orphans = sorted(c.client_id for c in rt.clients.all() if c.corpid == corpid)
+    if orphans:
+        click.echo(
+            f"Note: OpenID Connect clients still name {corpid}: {', '.join(orphans)}. Their sign-ins fail until the "
+            "corp is registered again; remove them with `flask client remove CLIENT_ID`.",
+            err=True,
+        )
 
 
 @bp.cli.command("check")
